@@ -1,0 +1,38 @@
+# `make demo` and `make test` each set up .venv (once) and run.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The machine's pip config lists local indexes that may be absent; their warnings are noise.
+QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+
+.PHONY: demo test test-fast bench install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@echo "installing prunetune into $(VENV) (first time takes a few minutes: torch wheels)..."
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PY) -c "import torch, torchvision, torch_pruning, ray, optuna, pyarrow, pandas, pydantic" 
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/prunetune run configs/demo.yaml --fresh
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) benchmarks/prune_speed.py
+	$(PY) benchmarks/adaptive_vs_pipeline.py
+	$(PY) benchmarks/search_overhead.py
+
+clean:
+	rm -rf $(VENV) *.egg-info
