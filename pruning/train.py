@@ -1,0 +1,191 @@
+"""One training/evaluation loop: SGD + momentum, cosine LR, optional label smoothing, AMP on CUDA.
+
+Data comes as ``Split`` tensors already on the device (``Split.batches``), so small
+datasets cost no DataLoader work. A NaN/inf loss ends training with ``TrialError``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pruning.errors import TrialError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``lr`` is the peak rate of a per-step cosine schedule to 0."""
+
+    epochs: int = 10
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 64
+    label_smoothing: float = 0.0
+    augment: bool = False
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # only takes effect on CUDA
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    val_acc: float
+    lr: float
+    wall_s: float
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device {device!r} requested but CUDA is not available; choose one of: auto, cpu")
+    return torch.device(device)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, lr: float | None = None) -> torch.optim.SGD:
+    """SGD with momentum; no weight decay on BN and biases (1-D parameters)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr if lr is None else lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.momentum > 0,
+    )
+
+
+def cosine_lr(peak: float, step: int, total_steps: int) -> float:
+    return 0.5 * peak * (1.0 + math.cos(math.pi * min(step, total_steps) / max(1, total_steps)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    scaler: torch.amp.GradScaler | None = None,
+) -> float:
+    """One SGD step on a batch; returns the loss. Raises ``TrialError`` on a non-finite loss."""
+    use_amp = scaler is not None
+    with torch.autocast(device_type=x.device.type, dtype=torch.float16, enabled=use_amp):
+        loss = nn.functional.cross_entropy(model(x), y, label_smoothing=cfg.label_smoothing)
+    if not torch.isfinite(loss):
+        raise TrialError(f"training loss became {loss.item()} (lr={optimizer.param_groups[0]['lr']:.4g})")
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Any, *, batch_size: int = 512, device: str | torch.device = "cpu") -> float:
+    """Top-1 accuracy in [0, 1] of ``model`` on a ``Split`` (eval mode; training mode restored)."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in split.batches(batch_size, device=device):
+        correct += int((model(x).argmax(1) == y).sum())
+        total += len(y)
+    model.train(was_training)
+    return correct / max(1, total)
+
+
+def make_scaler(device: torch.device, cfg: TrainConfig) -> torch.amp.GradScaler | None:
+    return torch.amp.GradScaler("cuda") if (cfg.amp and device.type == "cuda") else None
+
+
+def train(
+    model: nn.Module,
+    data: Any,
+    cfg: TrainConfig,
+    *,
+    on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
+    start_epoch: int = 0,
+) -> list[EpochMetrics]:
+    """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs, evaluating on ``data.val``.
+
+    ``on_epoch(metrics, model)`` is called after every epoch (report, checkpoint).
+    ``start_epoch`` resumes the cosine schedule where a checkpoint left it.
+    """
+    device = resolve_device(cfg.device)
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    scaler = make_scaler(device, cfg)
+    steps_per_epoch = max(1, math.ceil(len(data.train) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    history = []
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        losses = []
+        for x, y in data.train.batches(
+            cfg.batch_size, shuffle=True, seed=cfg.seed * 100_003 + epoch, device=device, augment=cfg.augment
+        ):
+            set_lr(optimizer, cosine_lr(cfg.lr, step, total))
+            losses.append(train_step(model, optimizer, x, y, cfg, scaler))
+            step += 1
+        metrics = EpochMetrics(
+            epoch=epoch + 1,
+            train_loss=sum(losses) / max(1, len(losses)),
+            val_acc=evaluate(model, data.val, device=device),
+            lr=cosine_lr(cfg.lr, step, total),
+            wall_s=time.perf_counter() - t0,
+        )
+        log.info("epoch %d/%d loss %.4f val_acc %.4f", metrics.epoch, cfg.epochs, metrics.train_loss, metrics.val_acc)
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics, model)
+    return history
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:
+    """Save the whole module (pruned shapes included) plus metadata, atomically.
+
+    The file loads with plain ``torch.load(path, weights_only=False)["model"]``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"model": model, **extra}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by ``save_checkpoint``; ``UsageError`` if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many types for a corrupt file
+        raise UsageError(f"checkpoint {str(path)!r} is not readable: {type(e).__name__}: {e}") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), nn.Module):
+        raise UsageError(f"checkpoint {str(path)!r} is not a prunetune checkpoint (no 'model' module in it)")
+    return ckpt
