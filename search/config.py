@@ -1,0 +1,293 @@
+"""Experiment configuration: pydantic models, frozen, unknown keys rejected.
+
+Load with ``load_config(path, overrides)``; every problem becomes one ``UsageError`` line
+naming the key, the bad value and (for names) the valid choices. Inside the code the
+config is trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pruning.errors import UsageError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExperimentSection(_Section):
+    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 0
+    results_dir: str = "results"  # the experiment lives in <results_dir>/<name>/ (a shared path on a cluster)
+
+
+class ModelSection(_Section):
+    name: str = "small_vgg"
+    width_mult: float = Field(1.0, gt=0)
+    checkpoint: str | None = None  # a trained base model to start from instead of training one
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from pruning.models import MODELS, model_names
+
+        if ":" not in v and v not in model_names() and v.removeprefix("torchvision.") not in model_names():
+            raise ValueError(MODELS.unknown_message(v, extra=", any torchvision classification model, or 'pkg.module:fn'"))
+        return v
+
+
+class DataSection(_Section):
+    name: str = "digits"
+    root: str | None = None
+    image_size: int | None = Field(None, gt=0)
+    limit: int | None = Field(None, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from pruning.data import DATASETS
+
+        DATASETS[v]
+        return v
+
+
+class TrainSection(_Section):
+    """Base-model training (also the defaults for finetuning, with ``finetune_lr``)."""
+
+    epochs: int = Field(30, ge=0)
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    batch_size: int = Field(64, ge=1)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    augment: bool = False
+    device: str = "auto"
+    calib_batches: int = Field(8, ge=1)
+    latency_batch: int = Field(64, ge=1)
+
+
+class AdaptiveSpace(_Section):
+    """Ranges of the online grow/prune loop's knobs (trial mode ``adaptive``)."""
+
+    gamma: tuple[float, float] = (0.3, 0.8)
+    prune_threshold: tuple[float, float] = (0.3, 0.7)
+    patience: list[int] = [1, 2]
+    grow_fraction: tuple[float, float] = (0.1, 0.3)
+    eval_every_steps: list[int] = [10, 20]
+    grow_method: list[Literal["split", "zero"]] = ["split"]
+    max_width_mult: float = Field(2.0, gt=0)
+    epochs: int = Field(6, ge=1)  # training epochs of the adaptive loop (then finetune_epochs)
+    from_scratch: bool = False
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AdaptiveSpace:
+        for name in ("gamma", "prune_threshold", "grow_fraction"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: min {lo} > max {hi}")
+        if not (0.0 <= self.gamma[0] and self.gamma[1] <= 1.0):
+            raise ValueError(f"gamma range {list(self.gamma)} must lie in [0, 1]")
+        return self
+
+
+class Baseline(_Section):
+    """A fixed trial enqueued before the sampler's: uniform ratio or global ranking."""
+
+    ranking: Literal["uniform", "global"] = "uniform"
+    ratio: float = Field(0.5, gt=0, le=1)
+    criterion: str = "l1"
+
+
+class SpaceSection(_Section):
+    """What the sampler chooses per trial."""
+
+    modes: list[Literal["prune", "adaptive"]] = ["prune"]
+    criteria: list[str] = ["l1", "taylor_fo"]
+    ratio_min: float = Field(0.2, gt=0)
+    ratio_max: float = Field(1.0, gt=0)
+    tie: Literal["none", "stage", "all"] = "none"  # one ratio per group, per stage, or one for all
+    grow: bool = False  # allow ratio_max > 1: widen groups by growth before finetuning
+    steps: list[int] = [1]
+    finetune_epochs: tuple[int, int] = (3, 3)
+    finetune_lr: tuple[float, float] = (0.01, 0.01)
+    min_channels: int = Field(1, ge=1)
+    round_to: int = Field(1, ge=1)
+    adaptive: AdaptiveSpace = AdaptiveSpace()
+    baselines: list[Baseline] = []
+
+    @field_validator("criteria")
+    @classmethod
+    def _known_criteria(cls, v: list[str]) -> list[str]:
+        from pruning.criteria import CRITERIA
+
+        for name in v:
+            CRITERIA[name]
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpaceSection:
+        if not self.modes:
+            raise ValueError("search space is empty: modes lists no trial mode; choose from: prune, adaptive")
+        if "prune" in self.modes and not self.criteria:
+            raise ValueError("search space is empty: criteria lists no criterion")
+        if self.ratio_min > self.ratio_max:
+            raise ValueError(f"ratio_min {self.ratio_min} > ratio_max {self.ratio_max}")
+        if self.ratio_max > 1.0 and not self.grow:
+            raise ValueError(f"ratio_max {self.ratio_max} > 1 needs grow: true (widening by growth)")
+        if not self.steps or min(self.steps) < 1:
+            raise ValueError(f"steps must be a non-empty list of integers >= 1, got {self.steps}")
+        lo, hi = self.finetune_epochs
+        if lo < 0 or lo > hi:
+            raise ValueError(f"finetune_epochs range {[lo, hi]} must satisfy 0 <= min <= max")
+        if not (0 < self.finetune_lr[0] <= self.finetune_lr[1]):
+            raise ValueError(f"finetune_lr range {list(self.finetune_lr)} must satisfy 0 < min <= max")
+        for b in self.baselines:
+            from pruning.criteria import CRITERIA
+
+            CRITERIA[b.criterion]
+        return self
+
+
+class Objective(_Section):
+    metric: Literal["val_acc", "macs", "latency_ms", "params"]
+    mode: Literal["max", "min"]
+
+
+class ObjectivesSection(_Section):
+    objectives: list[Objective] = [Objective(metric="val_acc", mode="max"), Objective(metric="macs", mode="min")]
+    macs_budget: int | None = Field(None, gt=0)  # trials above it are infeasible (sampler constraint)
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> ObjectivesSection:
+        if not self.objectives:
+            raise ValueError("objectives is empty; choose from: val_acc (max), macs, latency_ms, params (min)")
+        if len({o.metric for o in self.objectives}) != len(self.objectives):
+            raise ValueError("objectives name a metric twice")
+        return self
+
+
+class SamplerSection(_Section):
+    name: Literal["tpe", "nsga2", "random", "cmaes"] = "tpe"
+    n_startup_trials: int = Field(4, ge=0)
+    population_size: int = Field(8, ge=2)  # NSGA-II
+
+
+class SchedulerSection(_Section):
+    name: Literal["none", "asha"] = "none"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+
+
+class ResourcesSection(_Section):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)  # fractions pack several trials per GPU, e.g. 0.25 -> 4 per GPU
+    num_cpus: int | None = Field(None, ge=1)  # for a local Ray start; None = all
+    num_gpus: int | None = Field(None, ge=0)
+    max_failures: int = Field(2, ge=0)  # retries of a trial whose worker/node died
+
+
+class ExperimentConfig(_Section):
+    experiment: ExperimentSection = ExperimentSection()
+    model: ModelSection = ModelSection()
+    data: DataSection = DataSection()
+    train: TrainSection = TrainSection()
+    search: SpaceSection = SpaceSection()
+    objectives: ObjectivesSection = ObjectivesSection()
+    sampler: SamplerSection = SamplerSection()
+    scheduler: SchedulerSection = SchedulerSection()
+    resources: ResourcesSection = ResourcesSection()
+    num_samples: int = Field(16, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _sampler_fits(self) -> ExperimentConfig:
+        if self.sampler.name == "cmaes" and len(self.objectives.objectives) != 1:
+            raise ValueError("sampler cmaes is single-objective; give one objective or choose tpe, nsga2, random")
+        return self
+
+    @property
+    def exp_dir(self) -> Path:
+        return Path(self.experiment.results_dir) / self.experiment.name
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+    def search_hash(self) -> str:
+        """Hash of everything that changes what a trial means (resume refuses a change)."""
+        d = self.model_dump(mode="json")
+        d.pop("max_concurrent", None)
+        d["resources"] = None
+        d["experiment"].pop("results_dir", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown key {loc!r} in config"
+    if err["type"].startswith("literal_error"):
+        return f"{loc}: got {err.get('input')!r}; {msg.lower()}"
+    where = f"{loc}: " if loc else ""
+    value = err.get("input")
+    if isinstance(value, dict) or repr(value) in msg or "got" in msg:
+        return f"{where}{msg}"
+    return f"{where}{msg} (got {value!r})"
+
+
+def parse_set(items: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c=x"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"bad --set {item!r}; expected key.path=value, e.g. num_samples=8")
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UsageError(f"bad --set {item!r}: {p!r} is set twice")
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        merged[k] = _merge(merged[k], v) if isinstance(v, dict) and isinstance(merged.get(k), dict) else v
+    return merged
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UsageError(_format_error(e)) from None
+    except UsageError as e:  # a registry lookup inside a validator
+        raise UsageError(str(e)) from None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file {str(p)!r} does not exist")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise UsageError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"config file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    return config_from_dict(_merge(raw, parse_set(overrides)))
