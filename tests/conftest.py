@@ -1,0 +1,13 @@
+import os
+
+import pytest
+import torch
+
+# Tests are CPU-only and must be repeatable; keep torch from fighting other processes for the 2 cores.
+torch.set_num_threads(1)
+os.environ.setdefault("PRUNETUNE_TEST", "1")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,31 @@
+import torch
+from torch import nn
+
+from pruning.cost import count_macs, count_params, measure_latency_ms
+
+
+def test_macs_of_known_layers():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1, stride=2), nn.Flatten(),
+                      nn.Linear(4 * 4 * 4, 10))
+    expected = 8 * 8 * 3 * 8 * 9 + 4 * 4 * 8 * 4 * 1 + 64 * 10
+    assert count_macs(m, (3, 8, 8)) == expected
+
+
+def test_depthwise_conv_counts_per_group():
+    m = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+    assert count_macs(m, (8, 4, 4)) == 4 * 4 * 8 * 1 * 9
+
+
+def test_params_and_mode_restored():
+    m = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    m.train()
+    assert count_params(m) == 4 * 3 + 3 + 3 + 3
+    count_macs(m, (4,))
+    assert m.training
+
+
+def test_latency_is_positive_and_restores_threads():
+    threads = torch.get_num_threads()
+    ms = measure_latency_ms(nn.Conv2d(3, 4, 3), (3, 8, 8), batch_size=2, runs=3, warmup=1, threads=1)
+    assert ms > 0
+    assert torch.get_num_threads() == threads
