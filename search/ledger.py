@@ -1,0 +1,483 @@
+"""The results ledger: one Parquet schema, atomic writes, and the Pareto front.
+
+An experiment directory holds three files, all written by :class:`Ledger`:
+
+``trials.parquet``
+    One row per finished trial (status TERMINATED, STOPPED or ERROR), unique by
+    ``trial_id``. This is the source of truth of a search: ``resume`` reads it back.
+``epochs.parquet``
+    One row per (trial, epoch) reported while a trial trains.
+``pareto.parquet``
+    The non-dominated TERMINATED trials on (val_acc max, macs min) plus ``rank``.
+    Derived: it is recomputed from the trials on every flush.
+
+Units: accuracies are fractions in [0, 1]; ``macs`` are multiply-accumulates of one
+forward pass on one sample (FLOPs would be 2·MACs); ``params`` is a count;
+``latency_ms`` milliseconds; ``wall_s`` seconds; ``macs_ratio`` is macs / base macs;
+timestamps are UTC.
+
+Every write goes to a temporary file in the same directory, is fsynced, then renamed
+over the old file with ``os.replace``, so a kill at any moment leaves the previous valid
+file. The ledger has a single writer (the driver); it takes no lock.
+
+All file access goes through :func:`_read_table` and :func:`_write_table_atomic`, so a
+pyarrow filesystem (``s3://``, ``gs://``) can be plugged in there later; today only local
+paths are supported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pruning.errors import UsageError
+
+__all__ = [
+    "EPOCHS_FILE",
+    "EPOCHS_SCHEMA",
+    "Ledger",
+    "PARETO_FILE",
+    "PARETO_SCHEMA",
+    "STATUSES",
+    "TRIALS_FILE",
+    "TRIALS_SCHEMA",
+    "atomic_write",
+    "non_dominated_ranks",
+    "pareto_front",
+    "read_epochs",
+    "read_pareto",
+    "read_trials",
+]
+
+logger = logging.getLogger(__name__)
+
+TRIALS_FILE = "trials.parquet"
+EPOCHS_FILE = "epochs.parquet"
+PARETO_FILE = "pareto.parquet"
+
+#: Final states of a trial, as Ray Tune names them.
+STATUSES = ("TERMINATED", "STOPPED", "ERROR")
+
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+TRIALS_SCHEMA = pa.schema(
+    [
+        pa.field("experiment", pa.string(), nullable=False),
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # one of STATUSES
+        pa.field("mode", pa.string()),  # prune | adaptive | baseline ...
+        pa.field("criterion", pa.string()),
+        pa.field("params_json", pa.string()),  # the sampled params, JSON
+        pa.field("widths", pa.list_(pa.int32())),  # channels per prunable group, model order
+        pa.field("group_names", pa.list_(pa.string())),
+        pa.field("base_val_acc", pa.float64()),  # fraction
+        pa.field("val_acc", pa.float64()),  # fraction
+        pa.field("test_acc", pa.float64()),  # fraction
+        pa.field("macs", pa.int64()),  # multiply-accumulates, one sample
+        pa.field("params", pa.int64()),  # parameter count
+        pa.field("latency_ms", pa.float64()),
+        pa.field("macs_ratio", pa.float64()),  # macs / base macs
+        pa.field("epochs", pa.int32()),
+        pa.field("wall_s", pa.float64()),
+        pa.field("seed", pa.int64()),
+        pa.field("git_sha", pa.string()),
+        pa.field("prunetune_version", pa.string()),
+        pa.field("started_at", _UTC_US),
+        pa.field("finished_at", _UTC_US),
+        pa.field("checkpoint", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+
+EPOCHS_SCHEMA = pa.schema(
+    [
+        pa.field("trial_id", pa.string(), nullable=False),
+        pa.field("epoch", pa.int32(), nullable=False),
+        pa.field("train_loss", pa.float64()),
+        pa.field("val_acc", pa.float64()),  # fraction
+        pa.field("macs", pa.int64()),
+        pa.field("widths", pa.list_(pa.int32())),
+        pa.field("lr", pa.float64()),
+        pa.field("wall_s", pa.float64()),
+    ]
+)
+
+#: The trials columns plus ``rank`` (1 = the Pareto front, 2 = the front of the rest, ...).
+PARETO_SCHEMA = TRIALS_SCHEMA.append(pa.field("rank", pa.int32(), nullable=False))
+
+_ACCURACY_FIELDS = frozenset({"base_val_acc", "val_acc", "test_acc"})
+_INT_BOUNDS = {
+    pa.int32(): (-(2**31), 2**31 - 1),
+    pa.int64(): (-(2**63), 2**63 - 1),
+}
+
+
+# --------------------------------------------------------------------------- row checks
+
+
+def _check_int(key: str, value: Any, typ: pa.DataType) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"field {key!r} must be an integer ({typ}), got {type(value).__name__} {value!r}")
+    lo, hi = _INT_BOUNDS[typ]
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"field {key!r} = {value!r} is out of range for {typ}")
+    return int(value)
+
+
+def _check_value(key: str, value: Any, typ: pa.DataType) -> Any:
+    """Return ``value`` converted to the plain Python value pyarrow stores for ``typ``."""
+    if pa.types.is_string(typ):
+        if not isinstance(value, str):
+            raise ValueError(f"field {key!r} must be a string, got {type(value).__name__} {value!r}")
+        return str(value)
+    if pa.types.is_integer(typ):
+        return _check_int(key, value, typ)
+    if pa.types.is_floating(typ):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise ValueError(f"field {key!r} must be a number, got {type(value).__name__} {value!r}")
+        value = float(value)
+        return None if math.isnan(value) else value
+    if pa.types.is_list(typ):
+        if isinstance(value, np.ndarray):
+            if value.ndim != 1:
+                raise ValueError(f"field {key!r} must be 1-D, got an array of shape {value.shape}")
+            value = value.tolist()
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise ValueError(f"field {key!r} must be a list of {typ.value_type}, got {type(value).__name__} {value!r}")
+        return [_check_value(f"{key}[{i}]", v, typ.value_type) for i, v in enumerate(value)]
+    if pa.types.is_timestamp(typ):
+        if not isinstance(value, dt.datetime):
+            raise ValueError(f"field {key!r} must be a datetime, got {type(value).__name__} {value!r}")
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"field {key!r} must be timezone-aware (e.g. datetime.now(timezone.utc)), got {value!r}")
+        if isinstance(value, pd.Timestamp):
+            value = value.to_pydatetime()
+        return value.astimezone(dt.timezone.utc)
+    raise TypeError(f"no validator for {typ} (field {key!r})")  # a schema edit without a validator
+
+
+def _validate_row(row: Mapping[str, Any], schema: pa.Schema, what: str) -> dict[str, Any]:
+    """Check ``row`` against ``schema``; return it complete (missing nullable keys -> None)."""
+    unknown = sorted(set(row) - set(schema.names))
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; the schema has: {', '.join(schema.names)}")
+    out: dict[str, Any] = {}
+    for field in schema:
+        value = row.get(field.name)
+        if value is None:
+            if not field.nullable:
+                raise ValueError(f"{what} field {field.name!r} is required")
+            out[field.name] = None
+            continue
+        out[field.name] = _check_value(field.name, value, field.type)
+    if out.get("status") is not None and out["status"] not in STATUSES:
+        raise ValueError(f"field 'status' = {out['status']!r}; choose one of: {', '.join(STATUSES)}")
+    for key in _ACCURACY_FIELDS & set(out):
+        acc = out[key]
+        if acc is not None and not 0.0 <= acc <= 1.0:
+            raise ValueError(f"field {key!r} = {acc!r} must be a fraction in [0, 1], not a percentage")
+    return out
+
+
+# --------------------------------------------------------------------------- tables <-> frames
+
+
+def _conform(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+    """``table`` with exactly the columns of ``schema``: missing nullable ones filled with nulls."""
+    extra = sorted(set(table.column_names) - set(schema.names))
+    if extra:
+        raise UsageError(f"{source} has columns {extra} that this prunetune does not know; is it from a newer version?")
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            columns.append(table.column(field.name).cast(field.type))
+        elif field.nullable:
+            columns.append(pa.nulls(table.num_rows, field.type))
+        else:
+            raise UsageError(f"{source} lacks the required column {field.name!r}")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def _to_frame(table: pa.Table) -> pd.DataFrame:
+    """DataFrame of a ledger table: nullable integer columns become ``Int64``/``Int32``.
+
+    Non-nullable integers stay numpy ints; floats use NaN for null; strings are pandas
+    strings; timestamps ``datetime64[us, UTC]``; lists are object columns of arrays.
+    """
+    mapper = {pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype()}
+    df = table.to_pandas(types_mapper=mapper.get)
+    for field in table.schema:
+        if pa.types.is_integer(field.type) and not field.nullable:
+            df[field.name] = df[field.name].astype(field.type.to_pandas_dtype())
+    return df
+
+
+def _to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Arrow table of ``df`` with ``schema``; keeps pandas metadata so that a plain
+    ``pd.read_parquet`` gives back the same dtypes as :func:`_to_frame`."""
+    return pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
+
+
+# --------------------------------------------------------------------------- file I/O
+
+
+def _local_dir(exp_dir: str | os.PathLike[str]) -> Path:
+    text = os.fspath(exp_dir)
+    if "://" in text:
+        raise UsageError(f"storage {text!r}: only local directories are supported by the ledger for now")
+    return Path(text)
+
+
+def _write_parquet(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` (the one Parquet writer; tests patch it to inject failures)."""
+    pq.write_table(table, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Create or replace the file ``path`` atomically.
+
+    ``write(tmp)`` writes the content to a temporary path in the same directory; the temp
+    file is fsynced and renamed over ``path`` with ``os.replace``. If ``write`` raises, the
+    temp file is removed and ``path`` is untouched. Creates the parent directory.
+    Returns ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Named by us rather than mkstemp: mkstemp creates the file 0600, and results on a
+    # shared disk should get the user's usual permissions.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        _fsync(path.parent)
+    return path
+
+
+def _write_table_atomic(table: pa.Table, path: Path) -> None:
+    atomic_write(path, lambda tmp: _write_parquet(table, tmp))
+
+
+def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
+    """The table at ``path`` conformed to ``schema``; an empty table if the file is absent."""
+    if not path.exists():
+        return schema.empty_table()
+    return _conform(pq.read_table(path), schema, str(path))
+
+
+def read_trials(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The trials of an experiment dir as a DataFrame with the columns of :data:`TRIALS_SCHEMA`
+    (empty, with those columns and dtypes, if nothing was written yet)."""
+    return _to_frame(_read_table(_local_dir(exp_dir) / TRIALS_FILE, TRIALS_SCHEMA))
+
+
+def read_epochs(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The per-epoch rows of an experiment dir, columns of :data:`EPOCHS_SCHEMA`."""
+    return _to_frame(_read_table(_local_dir(exp_dir) / EPOCHS_FILE, EPOCHS_SCHEMA))
+
+
+def read_pareto(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
+    """The stored Pareto front of an experiment dir, columns of :data:`PARETO_SCHEMA`."""
+    return _to_frame(_read_table(_local_dir(exp_dir) / PARETO_FILE, PARETO_SCHEMA))
+
+
+# --------------------------------------------------------------------------- Pareto
+
+
+def non_dominated_ranks(values: np.ndarray, senses: Sequence[str]) -> np.ndarray:
+    """Non-dominated sorting of ``values`` (n points × k objectives).
+
+    ``senses[j]`` is ``"max"`` or ``"min"`` for objective j. Point a dominates b when it
+    is at least as good on every objective and strictly better on one. Returns int32
+    ranks of shape (n,): 1 for the non-dominated points, 2 for the non-dominated points
+    of the rest, and so on. Points with identical values get the same rank.
+    O(n²·k) time and O(n²) memory, meant for up to a few thousand points.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim != 2:
+        raise ValueError(f"values must be a 2-D array (points × objectives), got shape {v.shape}")
+    if v.shape[1] != len(senses):
+        raise ValueError(f"{v.shape[1]} objective columns but {len(senses)} senses")
+    bad = [s for s in senses if s not in ("max", "min")]
+    if bad:
+        raise ValueError(f"unknown sense(s) {bad}; choose 'max' or 'min'")
+    if np.isnan(v).any():
+        raise ValueError("values contain NaN; drop those points first")
+    n = v.shape[0]
+    ranks = np.zeros(n, dtype=np.int32)
+    if n == 0:
+        return ranks
+    costs = v * np.array([-1.0 if s == "max" else 1.0 for s in senses])  # everything minimised
+    no_worse = np.ones((n, n), dtype=bool)
+    better = np.zeros((n, n), dtype=bool)
+    for j in range(costs.shape[1]):
+        col = costs[:, j]
+        no_worse &= col[:, None] <= col[None, :]
+        better |= col[:, None] < col[None, :]
+    dominates = no_worse & better  # dominates[a, b]: a dominates b
+    n_dominators = dominates.sum(axis=0)
+    remaining = np.ones(n, dtype=bool)
+    rank = 0
+    while remaining.any():
+        rank += 1
+        front = remaining & (n_dominators == 0)
+        if not front.any():  # cannot happen for a strict partial order; never loop forever
+            raise RuntimeError("non-dominated sorting made no progress")
+        ranks[front] = rank
+        remaining &= ~front
+        n_dominators -= dominates[front].sum(axis=0)
+    return ranks
+
+
+def pareto_front(
+    df: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]] = (("val_acc", "max"), ("macs", "min")),
+    max_rank: int = 1,
+) -> pd.DataFrame:
+    """The Pareto-optimal TERMINATED trials of ``df`` with a ``rank`` column.
+
+    Only rows with status TERMINATED and no null/NaN objective take part. ``objectives``
+    are (column, "max"|"min") pairs, any number of them (e.g. add ``("latency_ms", "min")``).
+    Returns the rows of rank ≤ ``max_rank`` (1 = the non-dominated front), sorted by
+    rank, then ``macs`` ascending, then ``val_acc`` descending. Rows with identical
+    objective values are all kept: neither dominates the other.
+    """
+    if not objectives:
+        raise ValueError("pareto_front needs at least one objective")
+    columns = [c for c, _ in objectives]
+    missing = [c for c in [*columns, "status"] if c not in df.columns]
+    if missing:
+        raise ValueError(f"column(s) {missing} not in the frame; it has: {', '.join(map(str, df.columns))}")
+    values = np.empty((len(df), len(columns)), dtype=np.float64)
+    for j, c in enumerate(columns):
+        values[:, j] = pd.to_numeric(df[c]).to_numpy(dtype=np.float64, na_value=np.nan)
+    keep = (df["status"].to_numpy(dtype=object) == "TERMINATED") & ~np.isnan(values).any(axis=1)
+    ranks = non_dominated_ranks(values[keep], [s for _, s in objectives])
+    front = df.loc[keep].copy()
+    front["rank"] = ranks
+    front = front.loc[front["rank"] <= max_rank]
+    sort_by = ["rank"] + [c for c in ("macs", "val_acc", "trial_id") if c in front.columns]
+    ascending = [True] + [c != "val_acc" for c in sort_by[1:]]
+    return front.sort_values(sort_by, ascending=ascending, kind="mergesort", na_position="last").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- the ledger
+
+
+class Ledger:
+    """The trials and epochs of one experiment, held in memory and flushed to Parquet.
+
+    On construction the existing files of ``exp_dir`` are loaded, so a resumed search
+    continues the same ledger. Rows are unique by ``trial_id`` (a retried trial replaces
+    its row) and epochs by (``trial_id``, ``epoch``). Nothing reaches disk until
+    :meth:`flush`.
+    """
+
+    def __init__(self, exp_dir: str | os.PathLike[str], experiment: str) -> None:
+        if not experiment:
+            raise ValueError("experiment name must be a non-empty string")
+        self.exp_dir = _local_dir(exp_dir)
+        self.experiment = experiment
+        self._trials: dict[str, dict[str, Any]] = {}
+        self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
+        trials = _read_table(self.exp_dir / TRIALS_FILE, TRIALS_SCHEMA)
+        others = sorted(set(trials.column("experiment").to_pylist()) - {experiment})
+        if others:
+            raise UsageError(f"{self.exp_dir / TRIALS_FILE} belongs to experiment(s) {others}, not {experiment!r}")
+        for row in trials.to_pylist():
+            self._trials[row["trial_id"]] = row
+        for row in _read_table(self.exp_dir / EPOCHS_FILE, EPOCHS_SCHEMA).to_pylist():
+            self._epochs[(row["trial_id"], row["epoch"])] = row
+        if self._trials or self._epochs:
+            logger.info(
+                "ledger %s: loaded %d trials, %d epoch rows", self.exp_dir, len(self._trials), len(self._epochs)
+            )
+
+    def add_trial(self, row: Mapping[str, Any]) -> None:
+        """Record one finished trial (keys of :data:`TRIALS_SCHEMA`; ``experiment`` may be
+        omitted). Replaces an existing row with the same ``trial_id``.
+
+        Raises ValueError naming the key for an unknown key, a wrong type, a missing
+        required key (``trial_id``, ``status``) or an accuracy outside [0, 1].
+        """
+        row = dict(row)
+        row.setdefault("experiment", self.experiment)
+        if row["experiment"] != self.experiment:
+            raise ValueError(f"field 'experiment' = {row['experiment']!r} but this ledger is {self.experiment!r}")
+        checked = _validate_row(row, TRIALS_SCHEMA, "trial")
+        if checked["trial_id"] in self._trials:
+            logger.info("trial %s recorded again (%s); replacing its row", checked["trial_id"], checked["status"])
+        self._trials[checked["trial_id"]] = checked
+
+    def add_epochs(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Record per-epoch rows (keys of :data:`EPOCHS_SCHEMA`). A row for an existing
+        (trial_id, epoch) replaces it, so a trial restarted from a checkpoint does not
+        duplicate epochs. All rows are validated before any is added."""
+        checked = [_validate_row(r, EPOCHS_SCHEMA, "epoch") for r in rows]
+        for r in checked:
+            self._epochs[(r["trial_id"], r["epoch"])] = r
+
+    def trials(self) -> pd.DataFrame:
+        """All trial rows, columns of :data:`TRIALS_SCHEMA`, in the order first added."""
+        return _to_frame(pa.Table.from_pylist(list(self._trials.values()), schema=TRIALS_SCHEMA))
+
+    def epochs(self) -> pd.DataFrame:
+        """All epoch rows, columns of :data:`EPOCHS_SCHEMA`."""
+        return _to_frame(pa.Table.from_pylist(list(self._epochs.values()), schema=EPOCHS_SCHEMA))
+
+    def pareto(self, objectives: Sequence[tuple[str, str]] = (("val_acc", "max"), ("macs", "min"))) -> pd.DataFrame:
+        """The Pareto front of the current trials (see :func:`pareto_front`)."""
+        return pareto_front(self.trials(), objectives)
+
+    def completed_ids(self, statuses: Iterable[str] = STATUSES) -> set[str]:
+        """Ids of the recorded trials whose status is in ``statuses`` (by default every
+        recorded trial: each row is a trial that finished, one way or another)."""
+        wanted = set(statuses)
+        return {tid for tid, row in self._trials.items() if row["status"] in wanted}
+
+    def flush(self) -> None:
+        """Write epochs.parquet, trials.parquet and pareto.parquet, in that order.
+
+        Each file is replaced atomically; the three together are not one transaction.
+        pareto.parquet is derived from the trials and written last, so a kill between
+        files leaves at worst a stale front that the next flush recomputes.
+        """
+        self.exp_dir.mkdir(parents=True, exist_ok=True)
+        trials = self.trials()
+        _write_table_atomic(_to_table(self.epochs(), EPOCHS_SCHEMA), self.exp_dir / EPOCHS_FILE)
+        _write_table_atomic(_to_table(trials, TRIALS_SCHEMA), self.exp_dir / TRIALS_FILE)
+        front = pareto_front(trials)
+        _write_table_atomic(_to_table(front, PARETO_SCHEMA), self.exp_dir / PARETO_FILE)
+        logger.debug("ledger %s: flushed %d trials, %d on the front", self.exp_dir, len(trials), len(front))
+
+    def __len__(self) -> int:
+        return len(self._trials)
+
+    def __contains__(self, trial_id: object) -> bool:
+        return trial_id in self._trials
+
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.exp_dir)!r}, experiment={self.experiment!r}, trials={len(self)})"
