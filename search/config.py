@@ -39,7 +39,9 @@ class ModelSection(_Section):
     def _known_model(cls, v: str) -> str:
         from pruning.models import MODELS, model_names
 
-        if ":" not in v and v not in model_names() and v.removeprefix("torchvision.") not in model_names():
+        if v in MODELS or ":" in v:  # registered or a user factory: no need to import torchvision
+            return v
+        if v.removeprefix("torchvision.") not in model_names():
             raise ValueError(MODELS.unknown_message(v, extra=", any torchvision classification model, or 'pkg.module:fn'"))
         return v
 
