@@ -1,0 +1,49 @@
+"""What an experiment config materialises into: its dataset and its (untrained) model.
+
+``space`` needs the model's groups and ``trial`` needs the data; both come from here so
+neither imports the other. The dataset is memoised per process (one entry): a driver
+asks for it for the search space and again for the base model, and a Ray worker that
+runs several trials loads it once.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from torch import nn
+
+from pruning.data import DataBundle, load_data
+from pruning.models import create_model
+from search.config import ExperimentConfig
+
+
+def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything that decides the dataset's content (part of the base model's cache key).
+
+    ``root`` only counts for ``imagefolder``, whose content *is* the directory; the
+    registered datasets are the same files wherever they live.
+    """
+    d = cfg.data
+    key: dict[str, Any] = {"name": d.name, "image_size": d.image_size, "limit": d.limit, "seed": cfg.experiment.seed}
+    if d.name == "imagefolder":
+        key["root"] = d.root
+    return key
+
+
+@functools.lru_cache(maxsize=1)
+def _load(name: str, root: str | None, seed: int, image_size: int | None, limit: int | None) -> DataBundle:
+    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit)
+
+
+def experiment_data(cfg: ExperimentConfig) -> DataBundle:
+    """The experiment's dataset (train/val/test), loaded once per process."""
+    d = cfg.data
+    return _load(d.name, d.root, cfg.experiment.seed, d.image_size, d.limit)
+
+
+def untrained_model(cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
+    """``cfg.model`` with random weights, sized for ``data`` (CPU)."""
+    return create_model(
+        cfg.model.name, num_classes=data.num_classes, in_channels=data.input_shape[0], width_mult=cfg.model.width_mult
+    )

@@ -1,0 +1,253 @@
+"""The search space: what Optuna chooses for one trial, defined by run (``suggest``).
+
+A trial's ``params`` is a flat dict of JSON scalars:
+
+* ``mode``: ``"prune"`` or ``"adaptive"`` (a choice among ``search.modes``);
+* prune mode only: ``criterion`` (among ``search.criteria``), ``steps`` (among
+  ``search.steps``) and the **ratio keys** - keep ratios in ``[ratio_min, ratio_max]``;
+  a ratio above 1 is a width multiplier (the group is grown, ``search.grow``);
+* adaptive mode only: ``gamma``, ``prune_threshold``, ``patience``, ``grow_fraction``,
+  ``eval_every_steps``, ``grow_method`` (the ranges of ``search.adaptive``);
+* both modes: ``finetune_epochs``, ``finetune_lr`` (log scale), and ``grow_method`` when
+  ``search.grow`` is on (how prune-mode groups with a ratio > 1 are widened);
+* baselines only: ``baseline`` (``"uniform"`` | ``"global"``) and ``ratio`` (see
+  ``baseline_params``).
+
+Ratio keys (``ratio_keys``) depend on ``search.tie``: ``r_all`` for every group
+(``all``); ``r_<group>`` per group (``none``); per stage (``stage``), a key named after
+the *first* group of the stage, ``r_<first group>``. One rule reads all three back
+(``ratios_from_params``): walking the groups in model order, a group takes the ratio of
+its own key if present, else the ratio of the nearest preceding keyed group - so a
+params dict alone (as stored in the ledger) says which ratio every group got.
+Characters outside ``[A-Za-z0-9_.-]`` in a group name become ``_`` in its key (Ray
+splits config keys on ``/``).
+
+Stages (``stage_map``) are found from the model, not from names: a group's stage is
+the spatial resolution of its feature map (the output of its named layer), ranked
+from the input side, so VGG stages are the runs between poolings and ResNet stages
+are ``layer1``, ``layer2``...; the strided first conv of a stage belongs to the new
+stage, and a CIFAR ResNet stem shares ``layer1``'s stage. A stage that is not
+contiguous in model order is split into contiguous runs, one key each.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+import torch
+from torch import nn
+
+from pruning.errors import UsageError
+from pruning.surgery import GroupGraph
+from search.config import ExperimentConfig
+from search.experiment import experiment_data, untrained_model
+
+MODES = ("prune", "adaptive")
+BASELINES = ("uniform", "global")
+ALL_KEY = "r_all"
+#: Adaptive-mode knobs, each sampled from the ``search.adaptive`` field of the same name.
+ADAPTIVE_FLOAT_KNOBS = ("gamma", "prune_threshold", "grow_fraction")
+ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
+
+
+def _model_for_groups(cfg: ExperimentConfig) -> tuple[nn.Module, torch.Tensor]:
+    """The model whose groups the search is over (the checkpoint if one is given) and an example input."""
+    data = experiment_data(cfg)
+    if cfg.model.checkpoint is not None:
+        from pruning.train import load_checkpoint
+
+        model = load_checkpoint(cfg.model.checkpoint)["model"]
+    else:
+        model = untrained_model(cfg, data)
+    return model, data.example_input()
+
+
+def group_names(cfg: ExperimentConfig) -> list[str]:
+    """Prunable channel groups of ``cfg.model`` on ``cfg.data``'s input, in model order.
+
+    Builds the model untrained (or loads ``model.checkpoint``); no training.
+    """
+    model, x = _model_for_groups(cfg)
+    return GroupGraph(model, x).names()
+
+
+def stage_map(model: nn.Module, groups: Sequence[str], example_input: torch.Tensor) -> dict[str, str]:
+    """``{group: "s<k>"}``: k ranks the resolution of the group's feature map, 0 = largest.
+
+    One forward pass of ``example_input`` with a hook on each group's named layer; a
+    Linear group (no spatial dimensions) ranks after every conv resolution.
+    """
+    modules = dict(model.named_modules())
+    missing = [g for g in groups if g not in modules]
+    if missing:
+        raise UsageError(f"unknown group {missing[0]!r}: not a layer of {type(model).__name__}")
+    pixels: dict[str, int] = {}
+
+    def hook(name: str):
+        def record(_m: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            pixels.setdefault(name, math.prod(out.shape[2:]) if out.ndim > 2 else 0)
+
+        return record
+
+    handles = [modules[g].register_forward_hook(hook(g)) for g in groups]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    unused = [g for g in groups if g not in pixels]
+    if unused:
+        raise UsageError(f"group {unused[0]!r} is not used in the forward pass; cannot place it in a stage")
+    levels = sorted(set(pixels.values()), reverse=True)
+    return {g: f"s{levels.index(pixels[g])}" for g in groups}
+
+
+def ratio_key(group: str) -> str:
+    """The untied ratio key of ``group``: ``r_<group>`` with unsafe characters replaced."""
+    return "r_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", group)
+
+
+def ratio_keys(cfg: ExperimentConfig, groups: list[str]) -> dict[str, str]:
+    """``{group: sampled parameter name}`` for ``cfg.search.tie`` (see the module docstring).
+
+    ``tie="stage"`` builds the model (untrained) to find the stages.
+    """
+    tie = cfg.search.tie
+    if tie == "all":
+        return {g: ALL_KEY for g in groups}
+    if tie == "none":
+        return {g: ratio_key(g) for g in groups}
+    model, x = _model_for_groups(cfg)
+    stages = stage_map(model, groups, x)
+    keys: dict[str, str] = {}
+    current, previous_stage = "", None
+    for g in groups:
+        if stages[g] != previous_stage:
+            current, previous_stage = ratio_key(g), stages[g]
+        keys[g] = current
+    return keys
+
+
+def _unique(values: Mapping[str, str]) -> list[str]:
+    return list(dict.fromkeys(values.values()))
+
+
+def _enqueued(trial: Any) -> Mapping[str, Any]:
+    """Params fixed for this trial by ``study.enqueue_trial`` (Ray: ``points_to_evaluate``).
+
+    Optuna keeps them private (``Trial._fixed_params``; ``FixedTrial._params``); Ray's
+    define-by-run wrapper forwards attribute access to the Optuna trial. They are read
+    only to carry a baseline's ``baseline``/``ratio`` markers, which are not sampled.
+    """
+    for attr in ("_fixed_params", "_params"):
+        fixed = getattr(trial, attr, None)
+        if isinstance(fixed, Mapping):
+            return fixed
+    return {}
+
+
+def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[str]) -> dict[str, Any]:
+    """Sample one trial's params with ``trial.suggest_*`` and return them, complete.
+
+    For Ray's ``OptunaSearch(space=functools.partial(suggest, cfg=cfg, groups=groups))``:
+    Ray merges the returned dict into what it captured, so the trial's config is exactly
+    this dict. It contains every sampled value plus, for an enqueued baseline, the
+    unsampled ``baseline`` and ``ratio`` markers. Conditional: ``criterion``, ``steps``
+    and ratio keys only in prune mode; the adaptive knobs only in adaptive mode.
+    """
+    s = cfg.search
+    params: dict[str, Any] = {"mode": trial.suggest_categorical("mode", list(s.modes))}
+    if params["mode"] == "prune":
+        params["criterion"] = trial.suggest_categorical("criterion", list(s.criteria))
+        params["steps"] = trial.suggest_categorical("steps", list(s.steps))
+        for key in _unique(ratio_keys(cfg, groups)):
+            params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
+    else:
+        a = s.adaptive
+        for knob in ADAPTIVE_FLOAT_KNOBS:
+            lo, hi = getattr(a, knob)
+            params[knob] = trial.suggest_float(knob, lo, hi)
+        for knob in ADAPTIVE_CHOICE_KNOBS:
+            params[knob] = trial.suggest_categorical(knob, list(getattr(a, knob)))
+    if s.grow and "grow_method" not in params:
+        params["grow_method"] = trial.suggest_categorical("grow_method", list(s.adaptive.grow_method))
+    params["finetune_epochs"] = trial.suggest_int("finetune_epochs", *s.finetune_epochs)
+    params["finetune_lr"] = trial.suggest_float("finetune_lr", *s.finetune_lr, log=True)
+    fixed = _enqueued(trial)
+    if params["mode"] == "prune" and fixed.get("baseline") in BASELINES:
+        params["baseline"] = fixed["baseline"]
+        params["ratio"] = float(fixed["ratio"])
+    return params
+
+
+def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, Any]]:
+    """Each ``search.baselines`` entry as a complete params dict of the space, in config order.
+
+    Mode ``prune``, the baseline's criterion, the first of ``search.steps``, the most
+    finetune epochs of the range and the geometric middle of the finetune LR range, so
+    every baseline gets the same (full) budget. ``baseline`` and ``ratio`` decide what
+    the trial does (one ratio per group, or one global ranking); the ratio keys are set
+    to the ratio clipped into ``[ratio_min, ratio_max]`` only so that the point lies in
+    the sampler's space (for a global baseline they are nominal).
+    """
+    s = cfg.search
+    keys = _unique(ratio_keys(cfg, groups))
+    out = []
+    for b in s.baselines:
+        nominal = min(max(b.ratio, s.ratio_min), s.ratio_max)
+        params: dict[str, Any] = {"mode": "prune", "criterion": b.criterion, "steps": s.steps[0]}
+        params.update({k: nominal for k in keys})
+        if s.grow:
+            params["grow_method"] = s.adaptive.grow_method[0]
+        params["finetune_epochs"] = s.finetune_epochs[1]
+        params["finetune_lr"] = math.sqrt(s.finetune_lr[0] * s.finetune_lr[1])
+        params["baseline"] = b.ranking
+        params["ratio"] = b.ratio
+        out.append(params)
+    return out
+
+
+def ratios_from_params(params: Mapping[str, Any], groups: list[str]) -> dict[str, float]:
+    """``{group: keep ratio}`` for every group of a prune-mode params dict (module docstring rule).
+
+    A baseline maps every group to its ``ratio`` (for ``global`` that is the share of
+    all channels, nominal per group). Adaptive-mode params have no ratios: ``{}``.
+    """
+    if params.get("mode") == "adaptive":
+        return {}
+    if params.get("baseline") in BASELINES:
+        return {g: float(params["ratio"]) for g in groups}
+    if ALL_KEY in params:
+        return {g: float(params[ALL_KEY]) for g in groups}
+    out: dict[str, float] = {}
+    current: float | None = None
+    for g in groups:
+        key = ratio_key(g)
+        if key in params:
+            current = float(params[key])
+        if current is None:
+            raise UsageError(f"params give no keep ratio for group {g!r}: expected {key!r} or {ALL_KEY!r}")
+        out[g] = current
+    return out
+
+
+def param_distributions(
+    cfg: ExperimentConfig, groups: list[str], params: Mapping[str, Any]
+) -> dict[str, optuna.distributions.BaseDistribution]:
+    """The Optuna distribution of every sampled value in ``params`` (for ``optuna.trial.create_trial``).
+
+    Lets a resumed search hand finished trials back to a study (warm start) with the
+    distributions ``suggest`` would have used. Markers (``baseline``, ``ratio``) are not
+    distributions and are left out.
+    """
+    fixed = optuna.trial.FixedTrial(dict(params))
+    suggest(fixed, cfg, groups)
+    return fixed.distributions
