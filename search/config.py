@@ -95,8 +95,18 @@ class AdaptiveSpace(_Section):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: min {lo} > max {hi}")
-        if not (0.0 <= self.gamma[0] and self.gamma[1] <= 1.0):
-            raise ValueError(f"gamma range {list(self.gamma)} must lie in [0, 1]")
+        for name in ("gamma", "prune_threshold"):
+            lo, hi = getattr(self, name)
+            if not (0.0 <= lo and hi <= 1.0):
+                raise ValueError(f"{name} range {[lo, hi]} must lie in [0, 1]")
+        if self.grow_fraction[0] < 0:
+            raise ValueError(f"grow_fraction range {list(self.grow_fraction)} must be >= 0")
+        for name in ("patience", "eval_every_steps", "grow_method"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} lists no value to choose from")
+        for name in ("patience", "eval_every_steps"):
+            if min(getattr(self, name)) < 1:
+                raise ValueError(f"{name} values must be integers >= 1, got {getattr(self, name)}")
         return self
 
 
@@ -151,10 +161,14 @@ class SpaceSection(_Section):
             raise ValueError(f"finetune_epochs range {[lo, hi]} must satisfy 0 <= min <= max")
         if not (0 < self.finetune_lr[0] <= self.finetune_lr[1]):
             raise ValueError(f"finetune_lr range {list(self.finetune_lr)} must satisfy 0 < min <= max")
+        if self.baselines and "prune" not in self.modes:
+            raise ValueError("baselines are prune trials: add 'prune' to modes or remove the baselines")
         for b in self.baselines:
-            from pruning.criteria import CRITERIA
-
-            CRITERIA[b.criterion]
+            # A baseline is a point of the sampler's space, so its criterion must be one of the choices.
+            if b.criterion not in self.criteria:
+                raise ValueError(
+                    f"baseline criterion {b.criterion!r} is not in criteria; choose one of: {', '.join(self.criteria)}"
+                )
         return self
 
 
@@ -231,17 +245,35 @@ class ExperimentConfig(_Section):
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _valid_keys(loc: Sequence[Any]) -> list[str]:
+    """Field names of the section at ``loc`` (list indices skipped), for an unknown-key message."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[str(part)].annotation
+        inner = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        model = next((a for a in inner if issubclass(a, BaseModel)), model)
+    return list(model.model_fields)
+
+
+def _section_label(loc: Sequence[Any]) -> str:
+    return f" of {'.'.join(str(p) for p in loc)!r}" if loc else ""
+
+
 def _format_error(e: ValidationError) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        return f"unknown key {loc!r} in config"
+        section = err["loc"][:-1]
+        return f"unknown key {loc!r} in config; valid keys{_section_label(section)}: {', '.join(_valid_keys(section))}"
     if err["type"].startswith("literal_error"):
         return f"{loc}: got {err.get('input')!r}; {msg.lower()}"
     where = f"{loc}: " if loc else ""
     value = err.get("input")
-    if isinstance(value, dict) or repr(value) in msg or "got" in msg:
+    # Our validators' messages name the bad value themselves; pydantic's own never do.
+    if err["type"] == "value_error" or isinstance(value, dict):
         return f"{where}{msg}"
     return f"{where}{msg} (got {value!r})"
 
@@ -251,10 +283,10 @@ def parse_set(items: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
             raise UsageError(f"bad --set {item!r}; expected key.path=value, e.g. num_samples=8")
         node = out
-        parts = key.split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
