@@ -153,7 +153,7 @@ def _grow_counts(ratios: Mapping[str, float], widths: Mapping[str, int], round_t
 def _finetune_config(cfg: ExperimentConfig, params: Mapping[str, Any]) -> tuple[TrainConfig, int]:
     s = cfg.search
     epochs = int(params.get("finetune_epochs", s.finetune_epochs[1]))
-    lr = float(params.get("finetune_lr", s.finetune_lr[0]))
+    lr = float(params.get("finetune_lr", math.sqrt(s.finetune_lr[0] * s.finetune_lr[1])))
     return replace(base_train_config(cfg), epochs=epochs, lr=lr), epochs
 
 
@@ -222,8 +222,10 @@ def run_trial(
 ) -> dict[str, Any]:
     """Run one trial on a copy of the base model and return its final metrics (JSON-able).
 
-    ``params`` is a dict from ``search.space.suggest`` or ``baseline_params`` (missing
-    optional keys take the first/upper value of the config's ranges). ``reporter(row,
+    ``params`` is a dict from ``search.space.suggest`` or ``baseline_params``. Keys it
+    lacks take the values a baseline gets: the first of ``criteria``/``steps``, the upper
+    bound of ``finetune_epochs``, the geometric middle of ``finetune_lr``; in prune mode
+    the ratio keys are required. ``reporter(row,
     model)`` is called after every finetune epoch with ``row`` = ``epoch`` (1-based,
     counted across iterative steps), ``train_loss``, ``val_acc``, ``macs``, ``widths``
     (per group, base group order), ``lr``, ``wall_s`` (that epoch's seconds); a trial with
@@ -261,7 +263,7 @@ def run_trial(
         "test_acc": float(m.test_acc),
         "macs": int(m.macs),
         "params": int(m.params),
-        "latency_ms": float(m.latency_ms) if m.latency_ms is not None else float("nan"),
+        "latency_ms": float(m.latency_ms or 0.0),  # always measured (latency=True)
         "macs_ratio": float(m.macs / base.metrics["macs"]),
         "widths": widths,
         "group_names": list(base.group_names),

@@ -185,3 +185,9 @@ def test_adaptive_trial_finds_its_own_widths(tmp_path: Path, base: BaseArtifacts
     assert all(set(r) == ROW_KEYS for r in rows) and rows[-1]["widths"] == result["widths"]
     assert result["widths"] != base.widths  # the loop pruned or grew something
     assert result["macs_ratio"] == pytest.approx(result["macs"] / base.metrics["macs"])
+
+
+def test_missing_optional_params_take_the_baseline_defaults(cfg: ExperimentConfig, base: BaseArtifacts) -> None:
+    result = run_trial(cfg, {"r_all": 0.5}, base=base)
+    assert result["mode"] == "prune" and result["criterion"] == cfg.search.criteria[0]
+    assert result["epochs"] == cfg.search.finetune_epochs[1] and result["widths"] == [8, 16, 16]
