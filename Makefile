@@ -29,10 +29,13 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
+# Each benchmark's output is kept in benchmarks/results/ and spliced into the README.
+BENCHES := prune_speed adaptive_vs_pipeline search_overhead
 bench: $(STAMP)
-	$(PY) benchmarks/prune_speed.py
-	$(PY) benchmarks/adaptive_vs_pipeline.py
-	$(PY) benchmarks/search_overhead.py
+	@mkdir -p benchmarks/results
+	@for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py | tee benchmarks/results/$$b.md.tmp; \
+	  mv benchmarks/results/$$b.md.tmp benchmarks/results/$$b.md; done
+	$(PY) benchmarks/update_readme.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
