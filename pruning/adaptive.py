@@ -21,9 +21,9 @@ next layers use channel k, and norm divides by the group's maximum. Then:
 Search stops when no group changed for ``stop_after`` evaluations, when a MACs budget
 is met (reached from above, or filled from below to within ``BUDGET_TOLERANCE``), or
 after ``max_epochs``; the current epoch is completed and ``finetune_epochs`` follow.
-Over budget, pruning is more aggressive (the threshold is scaled by MACs/budget,
-patience 1, at least one channel per group) and nothing grows; under it, growth never
-crosses it.
+Over budget, pruning is more aggressive (no patience: the lowest-profit channels of a
+global ranking go until MACs drop by ``OVER_BUDGET_STEP`` or reach the budget) and
+nothing grows; under it, growth never crosses it.
 
 The search trains at the constant peak LR of the ``TrainConfig`` (widths are still
 moving; a decayed LR would freeze new filters); finetuning decays from that rate (or
@@ -47,6 +47,7 @@ from torch import nn
 from pruning.cost import count_macs
 from pruning.criteria import combine_profit, p_next, p_self
 from pruning.errors import UsageError
+from pruning.selection import keep_for_macs
 from pruning.surgery import GROW_METHODS, GroupGraph, grow, param_index_maps
 from pruning.train import (
     EpochMetrics,
@@ -68,6 +69,10 @@ TRAIN_STEP_FORWARDS = 3
 
 #: Below the budget, the search stops once MACs are within this fraction of it.
 BUDGET_TOLERANCE = 0.05
+
+#: Over the budget, one evaluation cuts at most this fraction of the MACs (a gradual
+#: approach lets the profits of the survivors be re-estimated between cuts).
+OVER_BUDGET_STEP = 0.2
 
 
 @dataclass(frozen=True)
@@ -229,20 +234,28 @@ class _Loop:
         r = self.cfg.round_to
         return int(math.ceil(n / r) * r) if r > 1 else n
 
-    def _plan_prune(self, over: float | None) -> dict[str, list[int]]:
-        """Channels to keep per group that loses channels. ``over`` = MACs/budget when above budget."""
-        threshold, patience = self.cfg.prune_threshold, self.cfg.patience
-        if over is not None:
-            threshold, patience = min(1.0, threshold * over), 1
+    def _plan_prune(self, over_budget: bool) -> dict[str, list[int]]:
+        """Channels to keep per group that loses channels.
+
+        Under budget: channels below ``prune_threshold`` x the group mean for ``patience``
+        evaluations in a row. Over budget: the lowest-profit channels of one global ranking
+        (per-group L2-normalised, ``selection.keep_for_macs``) until MACs fall by
+        ``OVER_BUDGET_STEP`` or to the budget, whichever is less - without patience.
+        """
+        for g, ema in self.ema.items():
+            low = ema < self.cfg.prune_threshold * ema.mean()
+            self.below[g] = torch.where(low, self.below[g] + 1, torch.zeros_like(self.below[g]))
+        budget = self.cfg.budget_macs
+        if over_budget and budget is not None:
+            target = max(budget, int(self.macs * (1 - OVER_BUDGET_STEP)))
+            keep = keep_for_macs(self.model, self.ema, target, self.input_shape, ranking="global",
+                                 min_channels=self.cfg.min_channels, round_to=self.cfg.round_to)
+            return {g: k for g, k in keep.items() if len(k) < len(self.ema[g])}
         keep = {}
         for g, ema in self.ema.items():
-            low = ema < threshold * ema.mean()
-            self.below[g] = torch.where(low, self.below[g] + 1, torch.zeros_like(self.below[g]))
-            drop = (self.below[g] >= patience).nonzero().flatten().tolist()
-            if over is not None and not drop:  # over budget: every group gives its weakest channel
-                drop = [int(ema.argmin())]
+            drop = int((self.below[g] >= self.cfg.patience).sum())
             size = len(ema)
-            n_keep = min(size, self._round(max(self.cfg.min_channels, size - len(drop))))
+            n_keep = min(size, self._round(max(self.cfg.min_channels, size - drop)))
             if n_keep < size:
                 order = sorted(range(size), key=lambda k: (-float(ema[k]), k))
                 keep[g] = sorted(order[:n_keep])
@@ -316,10 +329,10 @@ class _Loop:
         calib_macs = TRAIN_STEP_FORWARDS * self.macs * samples
         self._smooth(profit)
         budget = self.cfg.budget_macs
-        over = self.macs / budget if budget is not None and self.macs > budget else None
+        over = budget is not None and self.macs > budget
         keep = self._plan_prune(over)
         removed = {g: len(self.ema[g]) - len(kept) for g, kept in keep.items()}
-        add = {} if over is not None else self._fit_budget(self._plan_grow(skip=set(keep)))
+        add = {} if over else self._fit_budget(self._plan_grow(skip=set(keep)))
         changed = set(keep) | set(add)
         if changed:
             names = {p: n for n, p in self.model.named_parameters()}
@@ -343,7 +356,7 @@ class _Loop:
             "evaluation": self.evaluations, "step": step, "epoch": epoch,
             "widths": self.widths(), "macs": self.macs,
             "pruned": removed,
-            "grown": dict(add), "over_budget": over is not None, "calib_macs": calib_macs,
+            "grown": dict(add), "over_budget": over, "calib_macs": calib_macs,
         }
         return optimizer, record
 
@@ -377,9 +390,9 @@ def run_adaptive(
     step, unchanged, stop_reason = 0, 0, ""
 
     def budget_met(record: dict[str, Any]) -> bool:
-        if cfg.budget_macs is None or record["over_budget"] or loop.macs > cfg.budget_macs:
+        if cfg.budget_macs is None or loop.macs > cfg.budget_macs:
             return False
-        from_above = any(h["over_budget"] for h in history)
+        from_above = any(h["over_budget"] for h in history)  # this evaluation's record included
         return from_above or loop.macs >= (1 - BUDGET_TOLERANCE) * cfg.budget_macs
 
     def run_epoch(epoch: int, lr_at: Callable[[int], float], search: bool) -> None:

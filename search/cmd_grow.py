@@ -58,7 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", help="directory holding the dataset files (cifar10/100, flowers102, imagefolder)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from-scratch", action="store_true", help="start from random weights")
-    start.add_argument("--checkpoint", help="start from this trained model (default: train a base model here)")
+    start.add_argument("--checkpoint", help="start from this trained model: a checkpoint or an exported model.pt "
+                                            "(default: train a base model here)")
     p.add_argument("--width-mult", type=float, default=1.0,
                    help="with --from-scratch: start with every width scaled by this (e.g. 0.5, so the loop must grow)")
     p.add_argument("--budget-macs", help="MACs budget per sample: a count (3.5e6) or a share of the width-1 model (50%%)")
@@ -93,6 +94,19 @@ def _widths_line(before: dict[str, int], after: dict[str, int]) -> str:
     return ", ".join(arrow(g) for g in before)
 
 
+def _load_model(path: str) -> nn.Module:
+    """A ``save_checkpoint`` file, or a bare module as ``prunetune grow``/``prune`` export it (model.pt)."""
+    try:
+        return load_checkpoint(path)["model"]
+    except UsageError as e:
+        if "not a prunetune checkpoint" not in str(e):
+            raise
+    model = torch.load(path, map_location="cpu", weights_only=False)  # readable: load_checkpoint just read it
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"checkpoint {path!r} holds neither a model nor a prunetune checkpoint")
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     # Validate everything cheap before any work or any file.
     if args.width_mult != 1.0 and not args.from_scratch:
@@ -114,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)  # the same seed gives the same random start
         return create_model(args.model, num_classes=data.num_classes, in_channels=shape[0], width_mult=width_mult)
 
-    start = load_checkpoint(args.checkpoint)["model"] if args.checkpoint else make(args.width_mult)
+    start = _load_model(args.checkpoint) if args.checkpoint else make(args.width_mult)
     reference_macs = count_macs(start if args.checkpoint else make(1.0), shape)
     budget = parse_macs(args.budget_macs, reference_macs) if args.budget_macs is not None else None
     cfg = _adaptive_config(args, budget)

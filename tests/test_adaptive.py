@@ -172,3 +172,15 @@ def test_cli_bad_values(tmp_path: Path, capsys: pytest.CaptureFixture[str], flag
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and message in err[0]
     assert not out.exists()
+
+
+def test_cli_continues_from_an_exported_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    start = _model(0.5)
+    torch.save(start, tmp_path / "model.pt")  # what `prunetune grow/prune` export: a bare module
+    out = tmp_path / "again"
+    code = cli_main(["grow", "--model", "tiny_vgg", "--data", "digits", "--checkpoint", str(tmp_path / "model.pt"),
+                     "--limit", "64", "--epochs", "1", "--finetune-epochs", "0", "--eval-every", "1",
+                     "--device", "cpu", "--out", str(out)])
+    assert code == 0
+    assert "start widths: features.0 8, features.4 16, features.8 16" in capsys.readouterr().out
+    assert (out / "model.pt").is_file() and (out / "history.json").is_file()
