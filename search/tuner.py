@@ -48,8 +48,24 @@ from pathlib import Path
 from typing import Any
 
 from pruning.errors import TrialError, UsageError
-from search import ledger as ledger_mod
 from search.config import ExperimentConfig
+
+
+class _LazyModule:
+    """Import a module on first attribute access. Trial workers import this module for
+    ``run_one`` but never touch the ledger; pandas + pyarrow would add ~1 s to every
+    worker's start."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(self._name), attr)
+
+
+ledger_mod = _LazyModule("search.ledger")
 
 __all__ = [
     "SearchOptions",
@@ -74,6 +90,7 @@ BASE_FILE = "base.json"
 PROGRESS_FILE = "progress.json"
 JOURNAL_FILE = "optuna.journal"
 PARETO_PNG = "pareto.png"
+MACS_CONSTRAINT = "macs_budget"  # Optuna constraint name: macs - budget, feasible when <= 0
 RAY_DIR = "ray"
 _SESSION_PREFIX = "session-"
 
@@ -194,6 +211,7 @@ def prepare_experiment_dir(cfg: ExperimentConfig, fresh: bool) -> Path:
     :func:`run_search` just before it starts).
     """
     exp_dir = cfg.exp_dir
+    make_sampler(cfg)  # a sampler whose package is missing fails here, before any file
     _check_writable(exp_dir)
     if exp_dir.exists() and not exp_dir.is_dir():
         raise UsageError(f"results path {str(exp_dir)!r} exists and is not a directory")
@@ -271,48 +289,42 @@ def read_base(exp_dir: Path) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- sampler
 
 
-class MacsConstraint:
-    """Optuna ``constraints_func``: a trial is feasible when its MACs are within budget.
-
-    Returns ``[macs - budget]`` (feasible when <= 0), read from the trial's ``macs`` user
-    attribute, which :class:`LedgerSearch` sets before telling the result. A module-level
-    class so that the sampler stays picklable (Ray checkpoints the searcher).
-    """
-
-    def __init__(self, budget: int) -> None:
-        self.budget = int(budget)
-
-    def __call__(self, trial: Any) -> list[float]:
-        macs = trial.user_attrs.get("macs")
-        return [float(macs) - self.budget] if macs is not None else [0.0]
-
-
 def make_sampler(cfg: ExperimentConfig, seed: int | None = None) -> Any:
     """The Optuna sampler named by ``cfg.sampler`` (tpe | nsga2 | random | cmaes).
 
-    A MACs budget becomes a sampler constraint for TPE and NSGA-II; CMA-ES gets a
-    penalty instead (see :class:`LedgerSearch`); random search ignores it.
+    A MACs budget is a constraint that TPE and NSGA-II read from each finished trial
+    (``Trial.set_constraint("macs_budget", macs - budget)``, feasible when <= 0; set by
+    the searcher); CMA-ES, which ignores constraints, gets a penalty on its objective
+    instead; random search ignores the budget.
     """
     import optuna
 
     s = cfg.sampler
     seed = cfg.experiment.seed if seed is None else seed
-    budget = cfg.objectives.macs_budget
-    constraint = MacsConstraint(budget) if budget is not None else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         if s.name == "tpe":
             return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=seed, multivariate=True,
-                                              group=True, constant_liar=True, constraints_func=constraint)
+                                              group=True, constant_liar=True)
         if s.name == "nsga2":
-            return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed,
-                                                 constraints_func=constraint)
+            return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
         if s.name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         if s.name == "cmaes":
+            try:
+                import cmaes  # noqa: F401 - Optuna imports it only when sampling
+            except ImportError:
+                raise UsageError("sampler cmaes needs the 'cmaes' package (pip install cmaes); "
+                                 "or choose one of: tpe, nsga2, random") from None
             return optuna.samplers.CmaEsSampler(n_startup_trials=s.n_startup_trials, seed=seed,
                                                 warn_independent_sampling=False)
     raise UsageError(f"unknown sampler {s.name!r}; choose one of: tpe, nsga2, random, cmaes")  # pragma: no cover
+
+
+def _params_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampled params of a ledger row ({} when missing)."""
+    text = row.get("params_json")
+    return json.loads(text) if isinstance(text, str) and text else {}
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -340,8 +352,9 @@ def _make_searcher_class() -> type:
           reach ``num_samples`` (Ray's own counter does not survive a driver kill exactly);
         - tells Optuna a trial's result only once (a replayed trial is skipped), as FAIL for
           an errored trial and PRUNED for a trial stopped early by ASHA;
-        - records ``ray_trial_id`` and ``macs`` on each Optuna trial (the MACs budget
-          constraint reads them; so can optuna-dashboard);
+        - records ``ray_trial_id`` and ``macs`` on each Optuna trial, and with a MACs budget
+          the constraint ``macs_budget`` = macs - budget (TPE and NSGA-II prefer feasible
+          trials, <= 0);
         - at the start of each session, fails Optuna trials left RUNNING by a killed driver
           and adds ledger trials the study does not hold (warm start from the ledger).
         """
@@ -392,8 +405,12 @@ def _make_searcher_class() -> type:
             elif result.get("final"):
                 values = self._values(result)
                 state = TrialState.COMPLETE if values is not None else TrialState.FAIL
-            if result.get("macs") is not None:
-                ot_trial.set_user_attr("macs", int(result["macs"]))
+            macs = result.get("macs")
+            if not _missing(macs) and state != TrialState.FAIL:
+                ot_trial.set_user_attr("macs", int(macs))
+                budget = self._cfg.objectives.macs_budget
+                if budget is not None and not self._penalise:  # CMA-ES ignores constraints
+                    ot_trial.set_constraint(MACS_CONSTRAINT, float(macs) - budget)
             try:
                 self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
             except Exception as exc:  # noqa: BLE001 - a bad value must not stop the search
@@ -405,7 +422,7 @@ def _make_searcher_class() -> type:
             vals = []
             for m in metrics:
                 v = result.get(m)
-                if v is None or (isinstance(v, float) and math.isnan(v)):
+                if _missing(v):
                     return None
                 vals.append(float(v))
             budget = self._cfg.objectives.macs_budget
@@ -459,7 +476,7 @@ def _make_searcher_class() -> type:
             from optuna.trial import FixedTrial, create_trial
 
             try:
-                params = _flatten(json.loads(row["params_json"] or "{}"))
+                params = _flatten(_params_of(row))
                 fixed = FixedTrial(params)
                 self._space(fixed)
                 distributions = {k: d for k, d in fixed.distributions.items() if k in params}
@@ -473,26 +490,38 @@ def _make_searcher_class() -> type:
             state = TrialState.FAIL
             if status == "TERMINATED":
                 result = {k: row.get(k) for k in ("val_acc", "macs", "params", "latency_ms")}
-                result = {k: (None if v is None or _isnan(v) else v) for k, v in result.items()}
+                result = {k: (None if _missing(v) else v) for k, v in result.items()}
                 values = self._values(result)
                 state = TrialState.COMPLETE if values is not None else TrialState.FAIL
             elif status == "STOPPED":
                 state = TrialState.PRUNED
             attrs = {"ray_trial_id": str(row["trial_id"]), "from_ledger": True}
-            if row.get("macs") is not None and not _isnan(row["macs"]):
+            constraints = {}
+            if not _missing(row.get("macs")) and state != TrialState.FAIL:
                 attrs["macs"] = int(row["macs"])
+                budget = self._cfg.objectives.macs_budget
+                if budget is not None and not self._penalise:
+                    constraints[MACS_CONSTRAINT] = float(row["macs"]) - budget
             values_arg = None if values is None else (values if isinstance(values, list) else [values])
             self._ot_study.add_trial(create_trial(state=state, values=values_arg, params=kept,
-                                                  distributions=distributions, user_attrs=attrs))
+                                                  distributions=distributions, user_attrs=attrs,
+                                                  constraints=constraints or None))
             return True
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return _LedgerSearch
 
 
-def _isnan(v: Any) -> bool:
+def _missing(v: Any) -> bool:
+    """None, NaN or pandas' NA (ledger frames use nullable integer columns)."""
+    if v is None:
+        return True
+    if isinstance(v, (list, tuple, dict, str)) or hasattr(v, "__len__"):
+        return False
     try:
-        return bool(math.isnan(float(v)))
+        import pandas as pd
+
+        return bool(pd.isna(v))
     except (TypeError, ValueError):
         return False
 
@@ -531,6 +560,15 @@ def _trial_resources_cpu() -> int:
         return 1
 
 
+def _with_objectives(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Every result carries every objective key (Tune checks that the searcher's metrics are
+    present), NaN when unknown: ASHA multiplies the value, so None would break it."""
+    for key in _OBJECTIVE_KEYS:
+        if metrics.get(key) is None:
+            metrics[key] = float("nan")
+    return metrics
+
+
 def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn | None,
             replay: Mapping[str, Mapping[str, Any]]) -> None:
     """The Ray Tune trainable: a few lines around ``run_trial``.
@@ -546,9 +584,8 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    placeholders = dict.fromkeys(_OBJECTIVE_KEYS)
     if trial_id in replay:
-        tune.report({**placeholders, **replay[trial_id], "final": True, "replayed": True})
+        tune.report(_with_objectives({**replay[trial_id], "final": True, "replayed": True}))
         return
     torch.set_num_threads(_trial_resources_cpu())
     if trial_fn is None:
@@ -558,8 +595,7 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
 
     def reporter(row: Mapping[str, Any], model: Any = None) -> None:
         last_model[0] = model
-        metrics = {**placeholders, **{k: _plain(row.get(k)) for k in _EPOCH_KEYS}, "final": False}
-        tune.report(metrics)
+        tune.report(_with_objectives({**{k: _plain(row.get(k)) for k in _EPOCH_KEYS}, "final": False}))
 
     try:
         result = dict(trial_fn(cfg, config, reporter, base=base))
@@ -568,11 +604,11 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error
         kind = "TrialError" if isinstance(exc, TrialError) else type(exc).__name__
         logger.info("trial %s failed: %s: %s", trial_id, kind, exc)
-        tune.report({**placeholders, "final": True, "error": f"{kind}: {exc}"[:2000], "started_at": started_at,
-                     "finished_at": _now()})
+        tune.report(_with_objectives({"final": True, "error": f"{kind}: {exc}"[:2000], "started_at": started_at,
+                                      "finished_at": _now()}))
         return
-    metrics = {**placeholders, **{k: _plain(result.get(k)) for k in _TRIAL_KEYS}, "final": True,
-               "started_at": started_at, "finished_at": _now()}
+    metrics = _with_objectives({**{k: _plain(result.get(k)) for k in _TRIAL_KEYS}, "final": True,
+                                "started_at": started_at, "finished_at": _now()})
     model = result.get("model", last_model[0])
     if model is None:
         tune.report(metrics)
@@ -596,7 +632,7 @@ def load_trial_model(cfg: ExperimentConfig, row: Mapping[str, Any], trial_fn: Tr
     trial_mod = _default_trial_module()
     fn = trial_fn or trial_mod.run_trial
     last: list[Any] = [None]
-    result = fn(cfg, json.loads(row["params_json"]), lambda _row, model=None: last.__setitem__(0, model),
+    result = fn(cfg, _params_of(row), lambda _row, model=None: last.__setitem__(0, model),
                 base=trial_mod.prepare_base(cfg))
     model = result.get("model", last[0]) if isinstance(result, Mapping) else last[0]
     if model is None:
@@ -617,7 +653,7 @@ def export_trial(cfg: ExperimentConfig, exp_dir: Path, row: Mapping[str, Any], o
     metrics = {k: _json_safe(row.get(k)) for k in ("trial_id", "experiment", "mode", "criterion", "val_acc", "test_acc",
                                                    "macs", "params", "latency_ms", "macs_ratio", "base_val_acc",
                                                    "epochs", "wall_s", "seed", "git_sha", "prunetune_version")}
-    metrics["params_sampled"] = json.loads(row.get("params_json") or "{}")
+    metrics["params_sampled"] = _params_of(row)
     metrics["model"] = cfg.model.name
     metrics["data"] = cfg.data.name
     input_shape = tuple(experiment_data(cfg).input_shape)
@@ -655,11 +691,11 @@ def _ts(value: Any) -> dt.datetime | None:
 
 
 def _int_or_none(v: Any) -> int | None:
-    return None if v is None or _isnan(v) else int(v)
+    return None if _missing(v) else int(v)
 
 
 def _float_or_none(v: Any) -> float | None:
-    return None if v is None or _isnan(v) else float(v)
+    return None if _missing(v) else float(v)
 
 
 def _error_text(trial: Any) -> str:
@@ -979,7 +1015,7 @@ def _missing_baselines(points: Sequence[Mapping[str, Any]], storage: Any, study_
     import optuna
     from optuna.trial import TrialState
 
-    seen = [_flatten(json.loads(p or "{}")) for p in ledger_mod.read_trials(exp_dir)["params_json"]]
+    seen = [_flatten(_params_of({"params_json": p})) for p in ledger_mod.read_trials(exp_dir)["params_json"]]
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
@@ -1028,13 +1064,15 @@ def _trainable(cfg: ExperimentConfig, base: Any, options: SearchOptions, replay:
 
 def _replay_rows(exp_dir: Path, retry_errored: bool) -> dict[str, dict[str, Any]]:
     """Ledger rows a restored Ray may try to run again, as the final results to report."""
+    import pandas as pd
+
     df = ledger_mod.read_trials(exp_dir)
     out = {}
     for row in df.to_dict("records"):
         if row["status"] == "ERROR" and retry_errored:
             continue
         res = {k: _plain(row.get(k)) for k in _OBJECTIVE_KEYS}
-        res = {k: (None if v is None or _isnan(v) else v) for k, v in res.items()}
+        res = {k: (None if _missing(v) else v) for k, v in res.items()}
         if row["status"] == "ERROR":
             res["error"] = row.get("error") or "error"
         out[str(row["trial_id"])] = res

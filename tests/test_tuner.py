@@ -1,0 +1,233 @@
+"""search.tuner on a real local Ray, real Optuna and real Parquet, with fixed-cost fake trials.
+
+The fake trial follows ``search.trial.run_trial``'s contract (params from the real search
+space, one reporter row per epoch, the same result keys) but sleeps instead of training,
+so these tests exercise the orchestration: errors, ASHA, fractional GPUs, resume with a
+changed config. ``test_cli_search.py`` runs the real trials end to end through the CLI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from pruning.errors import TrialError, UsageError
+from search.config import load_config
+from search.ledger import STATUSES, read_epochs, read_trials
+
+ray = pytest.importorskip("ray")
+
+
+def _cfg(tmp_path: Path, *overrides: str):
+    base = [
+        "experiment.name=t", f"experiment.results_dir={tmp_path / 'results'}", "model.name=tiny_vgg",
+        "data.limit=120", "train.epochs=0", "train.device=cpu", "search.criteria=[l1]", "search.finetune_epochs=[3, 3]",
+        "sampler.name=random", "resources.cpu=1", "resources.max_failures=0",
+    ]
+    return load_config(None, base + list(overrides))
+
+
+def fake_trial(cfg, params, reporter=None, *, base=None, record_dir=None, barrier=0, epoch_s=0.05):
+    """A fixed-cost stand-in for ``run_trial``: val_acc grows with the mean keep ratio."""
+    from search.space import ratios_from_params
+
+    ratios = ratios_from_params(params, base.group_names)
+    if params.get("baseline") == "uniform" and abs(float(params["ratio"]) - 0.3) < 1e-9:
+        raise TrialError("group features.0 pruned to nothing (test)")
+    r = sum(ratios.values()) / len(ratios)
+    widths = [max(1, round(w * ratios[g])) for g, w in zip(base.group_names, base.widths)]
+    macs = int(base.metrics["macs"] * r * r)
+    record = {"start": time.time(), "pid": os.getpid()}
+    if record_dir is not None:
+        from ray import tune
+
+        record["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+        record["resources"] = dict(tune.get_context().get_trial_resources().required_resources)
+        Path(record_dir, f"{tune.get_context().get_trial_id()}.start").write_text("")
+        deadline = time.time() + 120
+        while len(list(Path(record_dir).glob("*.start"))) < barrier and time.time() < deadline:
+            time.sleep(0.05)
+        record["all_started"] = len(list(Path(record_dir).glob("*.start"))) >= barrier
+    epochs = int(params["finetune_epochs"])
+    for e in range(1, epochs + 1):
+        time.sleep(epoch_s)
+        if reporter is not None:
+            reporter({"epoch": e, "train_loss": 1.0 / e, "val_acc": r * e / epochs, "macs": macs, "widths": widths,
+                      "lr": 0.01, "wall_s": epoch_s}, None)
+    if record_dir is not None:
+        from ray import tune
+
+        record["end"] = time.time()
+        Path(record_dir, f"{tune.get_context().get_trial_id()}.json").write_text(json.dumps(record))
+    return {"val_acc": r, "test_acc": r, "macs": macs, "params": int(base.metrics["params"] * r), "latency_ms": 1.0,
+            "macs_ratio": r * r, "widths": widths, "group_names": list(base.group_names), "epochs": epochs,
+            "wall_s": epochs * epoch_s, "mode": "prune", "criterion": params.get("criterion"),
+            "base_val_acc": base.metrics["val_acc"]}
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for this module: 4 logical CPUs and one declared (fake) GPU."""
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def _options(**kw):
+    from search.tuner import SearchOptions
+
+    return SearchOptions(trial_fn=partial(fake_trial, **kw))
+
+
+def _study(exp_dir: Path, cfg):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from search.tuner import JOURNAL_FILE, _study_name
+
+    storage = JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL_FILE)))
+    return optuna.load_study(study_name=_study_name(cfg), storage=storage)
+
+
+# --------------------------------------------------------------------------- without Ray
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2", "random", "cmaes"])
+def test_every_sampler_builds_and_proposes_in_the_space(tmp_path, name):
+    import optuna
+
+    from search import space
+    from search.tuner import make_sampler
+
+    objectives = ["objectives.objectives=[{metric: val_acc, mode: max}]"] if name == "cmaes" else []
+    cfg = _cfg(tmp_path, f"sampler.name={name}", "objectives.macs_budget=200000", "sampler.n_startup_trials=2",
+               "sampler.population_size=2", *objectives)
+    if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(UsageError, match=r"needs the 'cmaes' package \(pip install cmaes\)"):
+            make_sampler(cfg)
+        return
+    sampler = make_sampler(cfg)
+    directions = ["maximize"] if name == "cmaes" else ["maximize", "minimize"]
+    study = optuna.create_study(directions=directions, sampler=sampler)
+    groups = space.group_names(cfg)
+    for i in range(6):  # past the startup trials / first generation: the model-based proposals run too
+        t = study.ask()
+        params = space.suggest(t, cfg, groups)
+        assert all(cfg.search.ratio_min <= params[k] <= cfg.search.ratio_max for k in params if k.startswith("r_"))
+        macs = 100_000 * (i + 1)
+        if name != "cmaes":
+            t.set_constraint("macs_budget", macs - 200_000)
+        study.tell(t, [0.9 - 0.01 * i] if name == "cmaes" else [0.9 - 0.01 * i, macs])
+    assert len(study.get_trials(states=[optuna.trial.TrialState.COMPLETE])) == 6
+
+
+def test_find_experiment_rejects_a_directory_without_config(tmp_path):
+    from search.tuner import find_experiment
+
+    with pytest.raises(UsageError, match="not an experiment directory"):
+        find_experiment(tmp_path)
+
+
+# --------------------------------------------------------------------------- with Ray
+
+
+@pytest.mark.slow
+def test_failing_trial_is_recorded_as_error_and_asha_stops_weak_trials(tmp_path, local_ray):
+    from search.tuner import run_search
+
+    cfg = _cfg(
+        tmp_path, "num_samples=5", "max_concurrent=1", "scheduler.name=asha", "scheduler.grace_period=1",
+        "objectives.macs_budget=200000",
+        "scheduler.reduction_factor=2",
+        "search.baselines=[{ranking: uniform, ratio: 0.9, criterion: l1}, {ranking: uniform, ratio: 0.3, criterion: l1}]",
+    )
+    summary = run_search(cfg, _options())
+    trials = read_trials(summary.exp_dir)
+    assert len(trials) == 5 and trials["trial_id"].is_unique
+    assert set(trials["status"]) <= set(STATUSES)
+    errors = trials[trials["status"] == "ERROR"]
+    assert len(errors) == 1  # the 0.3 baseline raised; the search went on
+    assert "TrialError: group features.0 pruned to nothing" in errors.iloc[0]["error"]
+    assert json.loads(errors.iloc[0]["params_json"])["ratio"] == 0.3
+    ok = trials[trials["status"] == "TERMINATED"]
+    assert json.loads(ok.iloc[0]["params_json"])["ratio"] == 0.9  # the first trial, nothing to compare with
+    # Sampled ratios average well below the 0.9 baseline's: ASHA stops them at the first rung.
+    stopped = trials[trials["status"] == "STOPPED"]
+    assert len(stopped) >= 1
+    assert (stopped["epochs"] < 3).all() and stopped["val_acc"].notna().all() and stopped["test_acc"].isna().all()
+    assert ok["checkpoint"].isna().all()  # the fake trial gives no model
+    epochs = read_epochs(summary.exp_dir)
+    assert set(epochs["trial_id"]) == set(trials.loc[trials["status"] != "ERROR", "trial_id"])
+    assert summary.done == 5 and summary.errored == 1 and summary.stopped == len(stopped)
+    for f in ("config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png", "optuna.journal"):
+        assert (summary.exp_dir / f).is_file(), f
+    # Optuna saw the same story: FAIL for the error, PRUNED for the stopped, COMPLETE with MACs for the rest.
+    import optuna
+
+    states = {t.user_attrs["ray_trial_id"]: t for t in _study(summary.exp_dir, cfg).trials}
+    for row in trials.to_dict("records"):
+        t = states[row["trial_id"]]
+        expected = {"ERROR": "FAIL", "STOPPED": "PRUNED", "TERMINATED": "COMPLETE"}[row["status"]]
+        assert t.state.name == expected
+        if expected == "COMPLETE":
+            assert t.values == pytest.approx([row["val_acc"], row["macs"]])
+            assert t.user_attrs["macs"] == row["macs"]
+            assert t.constraints == {"macs_budget": row["macs"] - 200_000}  # what TPE/NSGA-II read
+    assert not [t for t in states.values() if t.state == optuna.trial.TrialState.RUNNING]
+
+
+@pytest.mark.slow
+def test_fractional_gpu_packs_four_trials_on_one_gpu(tmp_path, local_ray):
+    from search.tuner import run_search
+
+    record = tmp_path / "records"
+    record.mkdir()
+    cfg = _cfg(tmp_path, "num_samples=4", "max_concurrent=4", "resources.gpu=0.25", "search.finetune_epochs=[1, 1]")
+    summary = run_search(cfg, _options(record_dir=str(record), barrier=4))
+    rows = [json.loads(p.read_text()) for p in record.glob("*.json")]
+    assert len(rows) == 4
+    assert all(r["all_started"] for r in rows), "4 trials of gpu 0.25 did not run at the same time on 1 GPU"
+    assert max(r["start"] for r in rows) < min(r["end"] for r in rows)
+    assert {r["resources"].get("GPU") for r in rows} == {0.25}
+    assert {tuple(r["gpu_ids"]) for r in rows} == {("0",)}
+    assert len({r["pid"] for r in rows}) == 4
+    assert summary.done == 4
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_config_and_with_force_ends_at_exactly_num_samples(tmp_path, local_ray):
+    from search.tuner import resume_search, run_search
+
+    cfg = _cfg(tmp_path, "num_samples=3", "max_concurrent=2", "search.finetune_epochs=[1, 1]")
+    first = run_search(cfg, _options())
+    assert first.done == 3
+    bigger = _cfg(tmp_path, "num_samples=5", "max_concurrent=2", "search.finetune_epochs=[1, 1]")
+    before = (first.exp_dir / "trials.parquet").read_bytes()
+    with pytest.raises(UsageError, match="pass --force"):
+        resume_search(first.exp_dir, _options(), cfg=bigger)
+    assert (first.exp_dir / "trials.parquet").read_bytes() == before
+    summary = resume_search(first.exp_dir, _options(), cfg=bigger, force=True)
+    assert summary.resumed_from == "warm-start"
+    trials = read_trials(first.exp_dir)
+    assert len(trials) == 5 and trials["trial_id"].is_unique and trials["params_json"].is_unique
+    assert (trials["status"] == "TERMINATED").all()
+    # The new session's study was warm-started with the first session's 3 trials from the ledger.
+    study = _study(first.exp_dir, bigger)
+    complete = {t.user_attrs["ray_trial_id"] for t in study.trials if t.state.name == "COMPLETE"}
+    assert complete == set(trials["trial_id"])
+    assert sorted(p.name for p in (first.exp_dir / "ray").iterdir()) == ["session-001", "session-002"]
+    # A finished experiment resumes to nothing.
+    again = resume_search(first.exp_dir, _options(), cfg=bigger)
+    assert again.done == 5 and again.fit_s == 0.0
