@@ -389,7 +389,7 @@ def run_adaptive(
     train_macs = 0
     step, unchanged, stop_reason = 0, 0, ""
 
-    def budget_met(record: dict[str, Any]) -> bool:
+    def budget_met() -> bool:
         if cfg.budget_macs is None or loop.macs > cfg.budget_macs:
             return False
         from_above = any(h["over_budget"] for h in history)  # this evaluation's record included
@@ -414,7 +414,7 @@ def run_adaptive(
                 history.append(record)
                 model.train()
                 unchanged = 0 if (record["pruned"] or record["grown"]) else unchanged + 1
-                if budget_met(record):
+                if budget_met():
                     stop_reason = f"MACs budget met at evaluation {loop.evaluations}"
                 elif unchanged >= cfg.stop_after:
                     stop_reason = f"no change for {cfg.stop_after} evaluations"
