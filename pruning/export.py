@@ -1,8 +1,9 @@
 """Write a (pruned) model so that it loads without prunetune.
 
 ``model.pt`` is the full module (``torch.load(path, weights_only=False)``; needs the
-model's class importable - torchvision's or ours), ``model.ts`` is TorchScript
-(``torch.jit.load(path)``, needs only torch), ``widths.json`` the channels per group.
+model's class importable - torchvision's or ours), ``model.pt2`` is a ``torch.export``
+program with a dynamic batch dimension (``torch.export.load(path).module()``, needs only
+torch; TorchScript is deprecated in torch 2.14), ``widths.json`` the channels per group.
 Every file is written to a temporary name and renamed, so a crash leaves no partial file.
 """
 
@@ -44,19 +45,20 @@ def export_model(
     widths: Mapping[str, int],
     metrics: Mapping[str, Any] | None = None,
     *,
-    torchscript: bool = True,
+    exported: bool = True,
 ) -> dict[str, Path]:
-    """Write model.pt, model.ts (TorchScript, traced in eval mode on CPU), widths.json, metrics.json."""
+    """Write model.pt, model.pt2 (torch.export, eval mode, CPU), widths.json, metrics.json."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cpu_model = copy.deepcopy(model).cpu().eval()
     paths = {"model": out / "model.pt", "widths": out / "widths.json"}
     _atomic_save(cpu_model, paths["model"])
-    if torchscript:
-        paths["torchscript"] = out / "model.ts"
+    if exported:
+        paths["exported"] = out / "model.pt2"
+        batch = torch.export.Dim("batch", min=1)
         with torch.no_grad():
-            traced = torch.jit.trace(cpu_model, torch.zeros(1, *input_shape))
-        _atomic_save(traced, paths["torchscript"], saver=lambda m, p: torch.jit.save(m, str(p)))
+            program = torch.export.export(cpu_model, (torch.zeros(2, *input_shape),), dynamic_shapes=({0: batch},))
+        _atomic_save(program, paths["exported"], saver=torch.export.save)
     write_json(paths["widths"], dict(widths))
     if metrics is not None:
         paths["metrics"] = write_json(out / "metrics.json", dict(metrics))

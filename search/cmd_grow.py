@@ -185,6 +185,6 @@ def run(args: argparse.Namespace) -> int:
     paths = export_model(model, out, shape, end_widths, metrics)
     history = write_json(out / "history.json", result.history)
     print(f"wrote {paths['model']} (torch.load(..., weights_only=False)), {paths['widths']}, {history}, "
-          f"{paths['metrics']}, {paths['torchscript']}")
+          f"{paths['metrics']}, {paths['exported']}")
     return 0
 

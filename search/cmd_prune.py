@@ -150,6 +150,6 @@ def run(args: argparse.Namespace) -> int:
     from pruning.train import save_checkpoint
 
     save_checkpoint(out / "base.pt", base_model.cpu())
-    print(f"wrote {paths['model']} (torch.load(..., weights_only=False)), {paths['torchscript']}, "
+    print(f"wrote {paths['model']} (torch.load(..., weights_only=False)), {paths['exported']} (torch.export.load(...).module()), "
           f"{paths['widths']}, {paths['metrics']}, {out / 'base.pt'}")
     return 0
