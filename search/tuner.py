@@ -735,14 +735,15 @@ class Recorder:
         self.cfg = cfg
         self.meta = dict(meta)
         self._ledger: ledger_mod.Ledger | None = None
-        self._pending_epochs: list[dict[str, Any]] = []
-        self._last_epoch_flush = 0.0
+        # Epoch rows wait here until their trial is recorded, so epochs.parquet never holds
+        # rows of a trial that a killed driver lost (it runs again, or is replaced).
+        self._epochs: dict[str, dict[int, dict[str, Any]]] = {}
         self._running: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_ledger"] = None
-        state["_pending_epochs"] = []
+        state["_epochs"] = {}
         state["_running"] = {}
         return state
 
@@ -772,9 +773,7 @@ class Recorder:
         row["widths"] = [int(w) for w in row["widths"]] if row.get("widths") is not None else None
         for k in ("train_loss", "val_acc", "lr", "wall_s"):
             row[k] = _float_or_none(row[k])
-        self._pending_epochs.append(row)
-        if time.monotonic() - self._last_epoch_flush > 30.0:
-            self._flush()
+        self._epochs.setdefault(trial.trial_id, {})[row["epoch"]] = row  # a retried trial reports epoch 1 again
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         result = trial.last_result or {}
@@ -834,7 +833,9 @@ class Recorder:
             row["mode"] = None
         if not isinstance(row["criterion"], str):
             row["criterion"] = None
+        epochs = self._epochs.pop(trial.trial_id, {})
         try:
+            self.ledger.add_epochs(list(epochs.values()))
             self.ledger.add_trial(row)
         except ValueError as exc:  # a trial_fn returned something off-schema: keep the trial, as an error
             logger.warning("trial %s: result does not fit the ledger (%s); recorded as ERROR", trial.trial_id, exc)
@@ -846,11 +847,7 @@ class Recorder:
         self._write_progress()
 
     def _flush(self) -> None:
-        if self._pending_epochs:
-            self.ledger.add_epochs(self._pending_epochs)
-            self._pending_epochs = []
         self.ledger.flush()
-        self._last_epoch_flush = time.monotonic()
 
     def _log_progress(self, row: Mapping[str, Any]) -> None:
         from search.report import human_count
@@ -933,11 +930,16 @@ def ray_session(cfg: ExperimentConfig, options: SearchOptions):
     if options.address:
         if not options.address.startswith("ray://"):
             kwargs["include_dashboard"] = False
+        if not options.verbose:  # the core worker's C++ retry warnings; the error below says it in one line
+            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
         try:
             ray.init(address=options.address, **kwargs)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UsageError(f"cannot join the Ray cluster at {options.address!r}: {first}") from None
+        except Exception as exc:  # noqa: BLE001 - any failure to join (address, token, version) is the user's to fix
+            text = " ".join(str(exc).split()) or type(exc).__name__
+            hint = ""
+            if "auth" in text.lower() or "token" in text.lower():
+                hint = " (token auth: export RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+            raise UsageError(f"cannot join the Ray cluster at {options.address!r}: {text[:300]}{hint}") from None
     else:
         ray.init(num_cpus=cfg.resources.num_cpus, num_gpus=cfg.resources.num_gpus, include_dashboard=False, **kwargs)
     logger.info("ray.init took %.1f s", time.perf_counter() - t0)
