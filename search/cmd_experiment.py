@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("export", help="write one trial's pruned model (plain torch) and its widths",
-                       description="Write model.pt (torch.load(..., weights_only=False)), model.ts (TorchScript), "
+                       description="Write model.pt (torch.load(..., weights_only=False)), model.pt2 (torch.export), "
                                    "widths.json and metrics.json for one trial.")
     p.add_argument("experiment", help="experiment directory (results/NAME) or NAME")
     p.add_argument("--trial", required=True, help="trial id (a unique prefix is enough; see `prunetune pareto`)")
@@ -261,5 +261,5 @@ def cmd_export(args: argparse.Namespace) -> int:
     paths = export_trial(cfg, exp_dir, row, out)
     print(f"trial {row['trial_id']}: val {100 * row['val_acc']:.2f}%, MACs {int(row['macs']):,}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
-    print(f"load with: torch.load('{paths['model']}', weights_only=False)  or  torch.jit.load('{paths.get('torchscript')}')")
+    print(f"load with: torch.load('{paths['model']}', weights_only=False)  or  torch.export.load('{paths['exported']}').module()")
     return 0

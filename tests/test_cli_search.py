@@ -323,10 +323,10 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     assert list(widths) == list(best["group_names"]) and list(widths.values()) == list(best["widths"])
     metrics = json.loads((out_dir / "metrics.json").read_text())
     assert metrics["trial_id"] == best["trial_id"] and metrics["val_acc"] == pytest.approx(best["val_acc"])
-    # model.ts needs nothing but torch: load it in a fresh interpreter without prunetune on the path.
+    # model.pt2 needs nothing but torch: load it in a fresh interpreter without prunetune on the path.
     probe = subprocess.run(
-        [sys.executable, "-I", "-c", "import sys, torch; m = torch.jit.load(sys.argv[1]); "
-         "print(tuple(m(torch.zeros(2, 1, 16, 16)).shape))", str(out_dir / "model.ts")],
+        [sys.executable, "-I", "-c", "import sys, torch; m = torch.export.load(sys.argv[1]).module(); "
+         "print(tuple(m(torch.zeros(2, 1, 16, 16)).shape))", str(out_dir / "model.pt2")],
         capture_output=True, text=True, timeout=120, cwd="/",
     )
     assert probe.returncode == 0 and probe.stdout.strip() == "(2, 10)", probe.stderr
@@ -334,7 +334,7 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == list(best["widths"])
     x = torch.randn(3, 1, 16, 16)
-    assert torch.allclose(model(x), torch.jit.load(str(out_dir / "model.ts"))(x), atol=1e-5)
+    assert torch.allclose(model(x), torch.export.load(out_dir / "model.pt2").module()(x), atol=1e-5)
 
 
 
