@@ -97,10 +97,20 @@ def _options(args: argparse.Namespace) -> Any:
     return SearchOptions(address=args.address, verbose=verbose, retry_errored=getattr(args, "retry_errored", False))
 
 
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working directory when it lies below it (shorter output)."""
+    try:
+        return Path(os.path.relpath(path))
+    except ValueError:
+        return path
+
+
 def _print_summary(summary: Any) -> None:
     from search.ledger import read_trials
 
-    exp_dir = summary.exp_dir
+    exp_dir = _shown(summary.exp_dir)
+    if str(exp_dir).startswith(".."):
+        exp_dir = summary.exp_dir
     print()
     how = {"restore": " (resumed: Ray state restored)", "warm-start": " (resumed: new session, warm-started)"}
     print(f"search {exp_dir.name}: {summary.done}/{summary.total} trials ({summary.errored} errored, "

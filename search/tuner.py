@@ -160,6 +160,7 @@ class SearchSummary:
     front: int  # trials on the Pareto front
     wall_s: float  # this session's wall time
     fit_s: float  # of which Tuner.fit()
+    fit_started_at: float  # time.time() when Tuner.fit() started (0 if it did not run)
     resumed_from: str | None  # "restore" (Ray state) or "warm-start", None for a fresh run
 
 
@@ -1105,10 +1106,10 @@ def write_pareto_png(exp_dir: Path, cfg: ExperimentConfig) -> Path:
                        title=f"{cfg.experiment.name}: {cfg.model.name} on {cfg.data.name}")
 
 
-def _fit(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode: str) -> tuple[float, str | None]:
+def _fit(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode: str) -> tuple[float, float, str | None]:
     """Run one session; ``mode`` is "fresh", "resume" or "force" (changed config).
 
-    Returns (seconds in Tuner.fit, how it resumed).
+    Returns (when Tuner.fit started as time.time(), its seconds, how it resumed).
     """
     import ray
     from ray import tune
@@ -1160,9 +1161,10 @@ def _fit(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode: str
                 log_to_file=True,
             ),
         )
+    started = time.time()
     t0 = time.perf_counter()
     tuner.fit()
-    return time.perf_counter() - t0, resumed_from
+    return started, time.perf_counter() - t0, resumed_from
 
 
 def _save_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
@@ -1171,12 +1173,14 @@ def _save_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
     ledger_mod.atomic_write(exp_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 
 
-def _finish(cfg: ExperimentConfig, exp_dir: Path, t0: float, fit_s: float, resumed_from: str | None) -> SearchSummary:
+def _finish(cfg: ExperimentConfig, exp_dir: Path, t0: float, fit: tuple[float, float, str | None]) -> SearchSummary:
     ledger_mod.Ledger(exp_dir, cfg.experiment.name).flush()  # pareto.parquet even when no trial ran now
     write_pareto_png(exp_dir, cfg)
     done, errored, stopped, front = _ledger_counts(exp_dir)
+    started, fit_s, resumed_from = fit
     return SearchSummary(exp_dir=exp_dir, total=cfg.num_samples, done=done, errored=errored, stopped=stopped,
-                         front=front, wall_s=time.perf_counter() - t0, fit_s=fit_s, resumed_from=resumed_from)
+                         front=front, wall_s=time.perf_counter() - t0, fit_s=fit_s, fit_started_at=started,
+                         resumed_from=resumed_from)
 
 
 def run_search(cfg: ExperimentConfig, options: SearchOptions = SearchOptions(), *, fresh: bool = False) -> SearchSummary:
@@ -1192,8 +1196,8 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions = SearchOptions(), 
         if fresh:
             _wipe(exp_dir)
         _save_config(cfg, exp_dir)
-        fit_s, _ = _fit(cfg, exp_dir, options, "fresh")
-    return _finish(cfg, exp_dir, t0, fit_s, None)
+        fit = _fit(cfg, exp_dir, options, "fresh")
+    return _finish(cfg, exp_dir, t0, fit)
 
 
 def load_saved_config(exp_dir: Path) -> ExperimentConfig:
@@ -1235,9 +1239,9 @@ def resume_search(exp_dir: str | os.PathLike[str], options: SearchOptions = Sear
     if len(ledger_mod.read_trials(exp_dir)) >= cfg.num_samples:
         progress_log.info("%s already holds %d/%d trials; nothing to resume", exp_dir,
                           len(ledger_mod.read_trials(exp_dir)), cfg.num_samples)
-        return _finish(cfg, exp_dir, t0, 0.0, None)
+        return _finish(cfg, exp_dir, t0, (0.0, 0.0, None))
     same = not changed and _comparable(cfg) == _comparable(_absolute(saved))
     with ray_session(cfg, options):
         _save_config(cfg, exp_dir)
-        fit_s, resumed_from = _fit(cfg, exp_dir, options, "resume" if same else "force")
-    return _finish(cfg, exp_dir, t0, fit_s, resumed_from)
+        fit = _fit(cfg, exp_dir, options, "resume" if same else "force")
+    return _finish(cfg, exp_dir, t0, fit)
