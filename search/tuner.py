@@ -60,9 +60,14 @@ class _LazyModule:
         self._name = name
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):  # pickle/copy probe dunders on a half-built instance
+            raise AttributeError(attr)
         import importlib
 
         return getattr(importlib.import_module(self._name), attr)
+
+    def __reduce__(self) -> tuple:
+        return (_LazyModule, (self._name,))
 
 
 ledger_mod = _LazyModule("search.ledger")
@@ -339,8 +344,29 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_LAZY_CLASSES: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> Any:
+    """``search.tuner._LedgerSearch`` and ``._RecorderCallback``, defined on first use.
+
+    They subclass Ray Tune classes, and importing Ray Tune takes seconds that ``status``
+    or ``pareto`` should not pay. Being module attributes (PEP 562), they are pickled by
+    reference in Ray's ``tuner.pkl`` and searcher checkpoints, so ``Tuner.restore``
+    rebuilds them from the current code.
+    """
+    makers = {"_LedgerSearch": _make_searcher_class, "_RecorderCallback": _make_callback_class}
+    if name not in makers:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _LAZY_CLASSES:
+        cls = makers[name]()
+        cls.__module__, cls.__qualname__ = __name__, name
+        _LAZY_CLASSES[name] = cls
+    return _LAZY_CLASSES[name]
+
+
 def _make_searcher_class() -> type:
-    """Define :class:`LedgerSearch` lazily (importing Ray Tune takes seconds)."""
+    """Define :class:`_LedgerSearch` (see the module ``__getattr__``)."""
     import optuna
     from optuna.trial import TrialState
     from ray.tune.search import Searcher
@@ -375,6 +401,11 @@ def _make_searcher_class() -> type:
             trials = ledger_mod.read_trials(self._exp_dir)
             self._prior_ids = set(trials["trial_id"].astype(str))
             self._reconcile(trials)
+            if self.__dict__.pop("_restored", False) and self._ot_study is not None:
+                # Ray's snapshot rewound the sampler's random state: without a reseed it would
+                # propose again the params of trials started after the snapshot (some of
+                # which finished and are in the ledger).
+                self._ot_study.sampler.reseed_rng()
 
         def suggest(self, trial_id: str) -> dict | None:
             if self._prior_ids is None:
@@ -392,13 +423,16 @@ def _make_searcher_class() -> type:
             return None  # no Optuna pruner; ASHA (if any) stops trials on the Ray side
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            if self._prior_ids is None:  # a restored session that proposes nothing new still reconciles
+                self._session_start()
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is None or trial_id in self._completed_trials:
                 return
             self._completed_trials.add(trial_id)
             result = result or {}
-            if result.get("replayed"):
-                return  # told in the session that ran it (or by the ledger reconciliation)
+            # A replayed trial (from the ledger) is told too: a driver killed between the
+            # ledger write and this tell left it RUNNING in the journal; skip_if_finished
+            # covers the usual case where the journal has it already.
             values: Any = None
             state = TrialState.PRUNED
             if error or result.get("error"):
@@ -406,15 +440,18 @@ def _make_searcher_class() -> type:
             elif result.get("final"):
                 values = self._values(result)
                 state = TrialState.COMPLETE if values is not None else TrialState.FAIL
-            macs = result.get("macs")
-            if not _missing(macs) and state != TrialState.FAIL:
-                ot_trial.set_user_attr("macs", int(macs))
-                budget = self._cfg.objectives.macs_budget
-                if budget is not None and not self._penalise:  # CMA-ES ignores constraints
-                    ot_trial.set_constraint(MACS_CONSTRAINT, float(macs) - budget)
+            # Never raise from here: Ray would turn the exception into a trial ERROR.
             try:
+                if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+                    return  # told before the driver was killed
+                macs = result.get("macs")
+                if not _missing(macs) and state != TrialState.FAIL:
+                    ot_trial.set_user_attr("macs", int(macs))
+                    budget = self._cfg.objectives.macs_budget
+                    if budget is not None and not self._penalise:  # CMA-ES ignores constraints
+                        ot_trial.set_constraint(MACS_CONSTRAINT, float(macs) - budget)
                 self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
-            except Exception as exc:  # noqa: BLE001 - a bad value must not stop the search
+            except Exception as exc:  # noqa: BLE001 - a bad value or a journal race must not stop the search
                 logger.warning("optuna: could not record trial %s: %s", trial_id, exc)
 
         def _values(self, result: Mapping[str, Any]) -> Any:
@@ -438,12 +475,14 @@ def _make_searcher_class() -> type:
         def save(self, checkpoint_path: str) -> None:
             state = self.__dict__.copy()
             state["_prior_ids"] = None
+            state.pop("_restored", None)
             with open(checkpoint_path, "wb") as f:
                 pickle.dump(state, f)
 
         def restore(self, checkpoint_path: str) -> None:
             super().restore(checkpoint_path)
             self._prior_ids = None
+            self._restored = True
 
         # -- reconciliation with the ledger
         def _reconcile(self, ledger_df: Any) -> None:
@@ -739,16 +778,20 @@ class Recorder:
         # Epoch rows wait here until their trial is recorded, so epochs.parquet never holds
         # rows of a trial that a killed driver lost (it runs again, or is replaced).
         self._epochs: dict[str, dict[int, dict[str, Any]]] = {}
+        self._awaiting: dict[str, dict[str, Any]] = {}  # final results whose model checkpoint is being saved
+        self._recorded: set[str] = set()  # recorded in this session
         self._running: dict[str, str] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_ledger"] = None
-        state["_epochs"] = {}
-        state["_running"] = {}
+        state.update(_ledger=None, _epochs={}, _awaiting={}, _recorded=set(), _running={})
         return state
 
-    # Ray Tune calls these by name through its Callback interface (see as_ray_callback).
+    # Ray Tune calls these through _RecorderCallback. A trial is recorded as soon as its
+    # outcome is known - at its final result, or once the checkpoint of that result is
+    # saved, or when ASHA stops it - which is before Ray tells the searcher (Optuna) that
+    # it completed: a driver killed in between leaves the trial in the ledger, not only
+    # in the Optuna journal.
     def setup(self, **info: Any) -> None:
         self._ledger = ledger_mod.Ledger(self.exp_dir, self.cfg.experiment.name)
         self._write_progress()
@@ -765,46 +808,71 @@ class Recorder:
         self._write_progress()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if result.get("final") or result.get("epoch") is None:
+        tid = trial.trial_id
+        if result.get("final"):
+            if result.get("replayed"):
+                return
+            if result.get("should_checkpoint"):  # the model follows: record it with its path
+                self._awaiting[tid] = dict(result)
+            else:
+                self._record_final(trial, result, None)
             return
-        row = {k: result.get(k) for k in _EPOCH_KEYS}
-        row["trial_id"] = trial.trial_id
-        row["epoch"] = int(row["epoch"])
-        row["macs"] = _int_or_none(row["macs"])
-        row["widths"] = [int(w) for w in row["widths"]] if row.get("widths") is not None else None
-        for k in ("train_loss", "val_acc", "lr", "wall_s"):
-            row[k] = _float_or_none(row[k])
-        self._epochs.setdefault(trial.trial_id, {})[row["epoch"]] = row  # a retried trial reports epoch 1 again
+        if result.get("epoch") is not None:
+            row = {k: result.get(k) for k in _EPOCH_KEYS}
+            row["trial_id"] = tid
+            row["epoch"] = int(row["epoch"])
+            row["macs"] = _int_or_none(row["macs"])
+            row["widths"] = [int(w) for w in row["widths"]] if row.get("widths") is not None else None
+            for k in ("train_loss", "val_acc", "lr", "wall_s"):
+                row[k] = _float_or_none(row[k])
+            self._epochs.setdefault(tid, {})[row["epoch"]] = row  # a retried trial reports epoch 1 again
+        if result.get("done"):  # the scheduler (ASHA) stops the trial after this result
+            self._record(trial, result, "STOPPED", None, None)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        result = self._awaiting.pop(trial.trial_id, None)
+        if result is not None:
+            self._record_final(trial, result, getattr(checkpoint, "path", None))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._awaiting.pop(trial.trial_id, None)  # Ray runs it again: its next outcome counts
+        self._recorded.discard(trial.trial_id)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        tid = trial.trial_id
+        self._running.pop(tid, None)
         result = trial.last_result or {}
-        self._running.pop(trial.trial_id, None)
-        if result.get("replayed") and trial.trial_id in self.ledger:
-            self._write_progress()
-            return
-        if result.get("error"):
-            status, error = "ERROR", str(result["error"])
-        elif result.get("final"):
-            status, error = "TERMINATED", None
-        else:
-            status, error = "STOPPED", None
-        self._record(trial, result, status, error)
+        pending = self._awaiting.pop(tid, None)
+        if pending is not None:  # a final result whose checkpoint never arrived
+            self._record_final(trial, pending, None)
+        elif tid not in self._recorded and not (result.get("replayed") and tid in self.ledger):
+            if result.get("final"):
+                self._record_final(trial, result, None)
+            else:
+                self._record(trial, result, "STOPPED", None, None)
+        self._write_progress()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._running.pop(trial.trial_id, None)
-        self._record(trial, trial.last_result or {}, "ERROR", _error_text(trial))
+        self._awaiting.pop(trial.trial_id, None)
+        self._record(trial, trial.last_result or {}, "ERROR", _error_text(trial), None)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._flush()
         self._write_progress(finished=True)
 
     # -- internals
-    def _record(self, trial: Any, result: Mapping[str, Any], status: str, error: str | None) -> None:
+    def _record_final(self, trial: Any, result: Mapping[str, Any], checkpoint: str | None) -> None:
+        if result.get("error"):
+            self._record(trial, result, "ERROR", str(result["error"]), None)
+        else:
+            self._record(trial, result, "TERMINATED", None, checkpoint)
+
+    def _record(self, trial: Any, result: Mapping[str, Any], status: str, error: str | None,
+                ckpt: str | None) -> None:
+        self._recorded.add(trial.trial_id)
         final = bool(result.get("final"))
         widths = result.get("widths")
-        ckpt = None
-        if status == "TERMINATED" and trial.checkpoint is not None:
-            ckpt = trial.checkpoint.path
         row = {
             "trial_id": trial.trial_id,
             "status": status,
@@ -883,6 +951,11 @@ class Recorder:
 
 
 def _as_ray_callback(recorder: Recorder) -> Any:
+    return __getattr__("_RecorderCallback")(recorder)
+
+
+def _make_callback_class() -> type:
+    """A Ray Tune ``Callback`` forwarding to :class:`Recorder` (see the module ``__getattr__``)."""
     from ray import tune
 
     class _RecorderCallback(tune.Callback):
@@ -904,10 +977,16 @@ def _as_ray_callback(recorder: Recorder) -> Any:
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.rec.on_trial_error(iteration, trials, trial, **info)
 
+        def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+            self.rec.on_checkpoint(iteration, trials, trial, checkpoint, **info)
+
+        def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.rec.on_trial_recover(iteration, trials, trial, **info)
+
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             self.rec.on_experiment_end(trials, **info)
 
-    return _RecorderCallback(recorder)
+    return _RecorderCallback
 
 
 # --------------------------------------------------------------------------- Ray session
@@ -997,7 +1076,7 @@ def _make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], sess
         points = list(space_mod.baseline_params(cfg, groups))
     else:  # enqueue the baselines that neither ran nor wait in the study
         points = _missing_baselines(space_mod.baseline_params(cfg, groups), storage, _study_name(cfg), exp_dir)
-    cls = _make_searcher_class()
+    cls = __getattr__("_LedgerSearch")
     # Each session seeds its sampler differently: a random sampler seeded as in session 1
     # would propose session 1's points again.
     sampler = make_sampler(cfg, seed=cfg.experiment.seed + 1000 * session_index)

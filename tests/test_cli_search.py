@@ -376,3 +376,4 @@ def test_search_killed_part_way_resumes_to_exactly_num_samples_unique_trials(tmp
     assert set(epochs["trial_id"]) == set(trials["trial_id"])
     assert not epochs.duplicated(["trial_id", "epoch"]).any()
     assert f"{n}/{n} trials" in proc.stdout
+    assert "(resumed: Ray state restored)" in proc.stdout  # Tuner.restore, not the warm-start fallback

@@ -231,3 +231,65 @@ def test_resume_refuses_a_changed_config_and_with_force_ends_at_exactly_num_samp
     # A finished experiment resumes to nothing.
     again = resume_search(first.exp_dir, _options(), cfg=bigger)
     assert again.done == 5 and again.fit_s == 0.0
+
+
+DRIVER = """
+import functools, sys
+sys.path.insert(0, {tests!r})
+import ray.cloudpickle, test_tuner
+ray.cloudpickle.register_pickle_by_value(test_tuner)
+from search.tuner import SearchOptions, run_search
+cfg = test_tuner._cfg(__import__("pathlib").Path({root!r}), *{overrides!r})
+run_search(cfg, SearchOptions(trial_fn=functools.partial(test_tuner.fake_trial, epoch_s=0.5)))
+"""
+
+
+@pytest.mark.slow
+def test_driver_killed_after_ray_snapshot_resumes_by_restore_and_replays_what_the_ledger_holds(tmp_path, local_ray):
+    """Fake trials save no model, so Ray snapshots its state only every ~10 s: trials that
+    finished after the last snapshot are in the ledger but RUNNING for Ray. The resumed
+    search must not run them again, nor lose or repeat any trial."""
+    import signal
+    import subprocess
+    import uuid
+
+    import pandas as pd
+
+    from search.tuner import resume_search
+    from test_cli_search import kill_ours
+
+    n = 7
+    overrides = [f"num_samples={n}", "max_concurrent=2", "resources.num_cpus=2", "search.finetune_epochs=[2, 2]"]
+    cfg = _cfg(tmp_path, *overrides)
+    tag = uuid.uuid4().hex
+    code = DRIVER.format(tests=str(Path(__file__).parent), root=str(tmp_path), overrides=overrides)
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PRUNETUNE_TEST_TAG": tag})
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                if len(read_trials(cfg.exp_dir)) >= 3:
+                    break
+            except Exception:  # noqa: BLE001 - the file appears atomically; anything else: retry
+                pass
+            time.sleep(0.1)
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        kill_ours(tag, tmp_path)
+    before = read_trials(cfg.exp_dir).set_index("trial_id")
+    assert 3 <= len(before) < n
+    summary = resume_search(cfg.exp_dir, _options(epoch_s=0.5))
+    assert summary.resumed_from == "restore"
+    trials = read_trials(cfg.exp_dir).set_index("trial_id")
+    assert len(trials) == n and trials.index.is_unique and trials["params_json"].is_unique
+    assert (trials["status"] == "TERMINATED").all(), trials[["status", "error"]].to_string()
+    kept = trials.loc[before.index]
+    assert (kept["finished_at"] == before["finished_at"]).all()  # replayed or skipped, never re-run
+    epochs = pd.read_parquet(cfg.exp_dir / "epochs.parquet")
+    assert set(epochs["trial_id"]) == set(trials.index) and not epochs.duplicated(["trial_id", "epoch"]).any()
+    study = _study(cfg.exp_dir, cfg)
+    states = [t.state.name for t in study.trials]
+    assert "RUNNING" not in states and states.count("COMPLETE") == n  # lost proposals are FAIL, not left running
