@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # The machine's pip config lists local indexes that may be absent; their warnings are noise.
-QUIET_PIP := grep -v "is ignored: it is neither a file nor a directory" || true
+# (grep exits 1 when it prints nothing; pipefail still reports a failing pip.)
+QUIET_PIP := { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: demo test test-fast bench install clean
 
