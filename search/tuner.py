@@ -2,7 +2,7 @@
 
 One search session is: prepare the base model once in the driver (``trial.prepare_base``),
 put it in the object store, and let a Ray Tune ``Tuner`` run ``trial.run_trial`` for the
-parameters that :class:`LedgerSearch` (an ``OptunaSearch``) proposes. A driver-side
+parameters that ``_LedgerSearch`` (an ``OptunaSearch``) proposes. A driver-side
 :class:`Recorder` callback appends each finished trial to ``trials.parquet`` (and its
 epochs to ``epochs.parquet``) with atomic writes, so a killed driver leaves valid files.
 
@@ -87,7 +87,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-#: Progress lines ("trial 5/16 done: ...") go to this logger; the CLI prints it to stdout.
+#: Progress lines ("trial 5/16 <id>: val ... | front: ...") go to this logger; the CLI prints it to stdout.
 progress_log = logging.getLogger("search.progress")
 
 CONFIG_FILE = "config.yaml"
@@ -1108,6 +1108,7 @@ def _missing_baselines(points: Sequence[Mapping[str, Any]], storage: Any, study_
                 seen.append(_flatten(t.system_attrs.get("fixed_params", {})))
             elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
                 seen.append(_flatten(t.params))
+
     def done(point: Mapping[str, Any]) -> bool:
         flat = _flatten(point)
         return any(s and all(flat.get(k) == v for k, v in s.items()) for s in seen)
@@ -1131,7 +1132,13 @@ def _scheduler(cfg: ExperimentConfig) -> Any:
         return None
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = max(cfg.search.finetune_epochs[1], cfg.search.adaptive.epochs + cfg.search.finetune_epochs[1], 1) + 1
+    # The most epochs a trial reports (finetuning between iterative steps included, or the
+    # adaptive loop's), plus its final result.
+    s = cfg.search
+    epochs = s.finetune_epochs[1] + max(s.steps) - 1
+    if "adaptive" in s.modes:
+        epochs = max(epochs, s.adaptive.epochs + s.finetune_epochs[1])
+    max_t = max(epochs, 1) + 1
     return ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration", max_t=max_t,
                          grace_period=min(cfg.scheduler.grace_period, max_t), reduction_factor=cfg.scheduler.reduction_factor)
 
