@@ -24,6 +24,7 @@ import argparse
 import functools
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -185,6 +186,7 @@ def main() -> int:
     t = time.perf_counter()
     ray.shutdown()
     shutdown_s = time.perf_counter() - t
+    shutil.rmtree(root, ignore_errors=True)
 
     print(f"{TRIALS} trials x {seconds:g} s of fixed CPU work, {CONCURRENCY} at a time on {os.cpu_count()} CPUs, "
           f"OptunaSearch NSGA-II (2 objectives); one run, same Ray instance.\n")
