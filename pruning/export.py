@@ -30,7 +30,8 @@ def write_json(path: str | Path, obj: Any) -> Path:
 
 
 def _atomic_save(obj: Any, path: Path, saver: Any = torch.save) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # The temporary name keeps the suffix: torch.export.save warns about a non-.pt2 name.
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     try:
         saver(obj, tmp)
         os.replace(tmp, path)
