@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
-def fails(raw: dict[str, Any], *fragments: str) -> str:
+def assert_usage_error(raw: dict[str, Any], *fragments: str) -> str:
     """Assert ``raw`` is rejected with a one-line UsageError containing every fragment."""
     with pytest.raises(UsageError) as info:
         config_from_dict(raw)
@@ -56,7 +56,7 @@ def test_yaml_round_trip(tmp_path: Path) -> None:
     ],
 )
 def test_unknown_keys_are_errors_naming_the_valid_ones(raw: dict, fragments: list[str]) -> None:
-    fails(raw, *fragments)
+    assert_usage_error(raw, *fragments)
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def test_unknown_keys_are_errors_naming_the_valid_ones(raw: dict, fragments: lis
     ],
 )  # fmt: skip
 def test_unknown_names_list_the_valid_ones(raw: dict, fragments: list[str]) -> None:
-    fails(raw, *fragments)
+    assert_usage_error(raw, *fragments)
 
 
 def test_torchvision_and_user_models_are_accepted() -> None:
@@ -109,7 +109,7 @@ def test_torchvision_and_user_models_are_accepted() -> None:
     ],
 )  # fmt: skip
 def test_bad_values_are_one_line_usage_errors(raw: dict, fragments: list[str]) -> None:
-    fails(raw, *fragments)
+    assert_usage_error(raw, *fragments)
 
 
 def test_growth_and_single_objective_cmaes_are_valid() -> None:
