@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = _Parser(prog="prunetune", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="prunetune", description="Find the best number of filters per layer of a CNN: prune or grow one model, or search per-layer widths with Optuna on Ray Tune (results in Parquet).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library progress (INFO) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for name in _COMMAND_MODULES:
