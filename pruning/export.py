@@ -19,6 +19,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.errors import UsageError
+
+
+def check_writable(path: str | Path, what: str = "output directory") -> None:
+    """``UsageError`` unless ``path`` exists as a writable directory or could be created as one.
+
+    Called before any work, so bad input writes nothing.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {str(path)!r} is not writable (nearest existing: {str(probe)!r})")
+
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Atomic JSON write (temp file + rename)."""

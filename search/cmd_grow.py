@@ -21,12 +21,12 @@ from pruning.basemodel import get_base_model
 from pruning.cost import count_macs
 from pruning.data import DATASETS, load_data
 from pruning.errors import UsageError
-from pruning.export import export_model, write_json
+from pruning.export import check_writable, export_model, write_json
 from pruning.measure import measure
 from pruning.models import create_model
 from pruning.surgery import GROW_METHODS, widths
 from pruning.train import TrainConfig, load_checkpoint, resolve_device
-from search.cmd_prune import _check_out_dir, parse_macs
+from search.cmd_prune import parse_macs
 
 _DEFAULTS = AdaptiveConfig()
 
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--epochs and --batch-size must be >= 1, --base-epochs >= 0")
     resolve_device(args.device)
     out = Path(args.out or f"results/grow-{args.model.replace(':', '_')}-{args.data}")
-    _check_out_dir(out)
+    check_writable(out)
 
     t0 = time.perf_counter()
     data = load_data(args.data, root=args.root, seed=args.seed, limit=args.limit)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from pruning.basemodel import get_base_model
 from pruning.criteria import CRITERIA
 from pruning.data import DATASETS, load_data
 from pruning.errors import UsageError
-from pruning.export import export_model
+from pruning.export import check_writable, export_model
 from pruning.iterative import RANKINGS, PruneSpec, prune_iteratively
 from pruning.measure import Measurement, measure
 from pruning.models import create_model
@@ -74,12 +73,6 @@ def parse_macs(text: str, base_macs: int) -> int:
         raise UsageError(f"bad --target-macs {text!r}; expected a count (2.5e6) or a share of the base (40%)") from None
 
 
-def _check_out_dir(out: Path) -> None:
-    probe = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UsageError(f"output directory {str(out)!r} is not writable")
-
-
 def _fmt_row(label: str, m: Measurement) -> str:
     lat = f"{m.latency_ms:9.2f}" if m.latency_ms is not None else "        -"
     return f"{label:<8} {100 * m.val_acc:8.2f} {100 * m.test_acc:9.2f} {m.macs / 1e6:10.3f} {m.params / 1e3:9.1f} {lat}"
@@ -107,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target_macs is None:
         PruneSpec(ratio=args.ratio, ratios=ratios, **spec_kwargs)
     out = Path(args.out or f"results/prune-{args.model.replace(':', '_')}-{args.data}-{args.criterion}")
-    _check_out_dir(out)
+    check_writable(out)
 
     t0 = time.perf_counter()
     data = load_data(args.data, root=args.root, seed=args.seed, limit=args.limit)

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning.errors import TrialError, UsageError
+from pruning.export import check_writable, write_json
 from search.config import ExperimentConfig
 
 
@@ -186,16 +187,6 @@ def experiment_files(exp_dir: Path) -> list[Path]:
     return [exp_dir / n for n in names]
 
 
-def _check_writable(path: Path) -> None:
-    probe = path
-    while not probe.exists():
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"results directory {str(path)!r} is not writable (nearest existing: {str(probe)!r})")
-
-
 def find_experiment(name_or_path: str | os.PathLike[str]) -> Path:
     """``results/NAME`` or ``NAME`` (under ./results) -> the experiment directory.
 
@@ -218,7 +209,7 @@ def prepare_experiment_dir(cfg: ExperimentConfig, fresh: bool) -> Path:
     """
     exp_dir = cfg.exp_dir
     make_sampler(cfg)  # a sampler whose package is missing fails here, before any file
-    _check_writable(exp_dir)
+    check_writable(exp_dir, "results directory")
     if exp_dir.exists() and not exp_dir.is_dir():
         raise UsageError(f"results path {str(exp_dir)!r} exists and is not a directory")
     existing = [f for f in experiment_files(exp_dir) if f.exists()]
@@ -265,11 +256,6 @@ def _version() -> str:
         return str(__version__)
     except ImportError:  # pragma: no cover
         return "unknown"
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, default=str) + "\n"
-    ledger_mod.atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def base_summary(base: Any) -> dict[str, Any]:
@@ -686,7 +672,7 @@ def export_trial(cfg: ExperimentConfig, exp_dir: Path, row: Mapping[str, Any], o
     from pruning.export import export_model
     from search.experiment import experiment_data
 
-    _check_writable(out)
+    check_writable(out)
     model = load_trial_model(cfg, row)
     names = [str(g) for g in (row.get("group_names") if row.get("group_names") is not None else [])]
     widths = [int(w) for w in (row.get("widths") if row.get("widths") is not None else [])]
@@ -945,7 +931,7 @@ class Recorder:
             "running": sorted(self._running),
         }
         try:
-            _write_json(self.exp_dir / PROGRESS_FILE, state)
+            write_json(self.exp_dir / PROGRESS_FILE, state)
         except OSError as exc:  # progress is informative only
             logger.debug("could not write progress.json: %s", exc)
 
@@ -1202,7 +1188,7 @@ def _fit(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode: str
 
     t_prep = time.perf_counter()
     base = _prepare_base(cfg, options)
-    _write_json(exp_dir / BASE_FILE, base_summary(base))
+    write_json(exp_dir / BASE_FILE, base_summary(base))
     groups = list(getattr(base, "group_names", None) or _space_module().group_names(cfg))
     logger.info("base model ready in %.1f s", time.perf_counter() - t_prep)
 
@@ -1321,7 +1307,7 @@ def resume_search(exp_dir: str | os.PathLike[str], options: SearchOptions = Sear
     cfg = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(
         update={"results_dir": str(exp_dir.resolve().parent)})})
     cfg = _absolute(cfg)
-    _check_writable(exp_dir)
+    check_writable(exp_dir, "results directory")
     if len(ledger_mod.read_trials(exp_dir)) >= cfg.num_samples:
         progress_log.info("%s already holds %d/%d trials; nothing to resume", exp_dir,
                           len(ledger_mod.read_trials(exp_dir)), cfg.num_samples)
