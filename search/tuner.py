@@ -667,7 +667,7 @@ def load_trial_model(cfg: ExperimentConfig, row: Mapping[str, Any], trial_fn: Tr
 
 
 def export_trial(cfg: ExperimentConfig, exp_dir: Path, row: Mapping[str, Any], out: Path) -> dict[str, Path]:
-    """Write a finished trial's model with ``pruning.export.export_model`` (model.pt, model.ts,
+    """Write a finished trial's model with ``pruning.export.export_model`` (model.pt, model.pt2,
     widths.json, metrics.json) into ``out``; returns the written paths."""
     from pruning.export import export_model
     from search.experiment import experiment_data
