@@ -1,0 +1,1 @@
+"""Ray Tune glue, imported lazily by ``search.tuner`` only: these modules import Ray at the top."""
