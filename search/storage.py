@@ -78,6 +78,7 @@ _SCHEMES = ("file", *REMOTE_SCHEMES)
 _MANIFEST = ".manifest.json"
 _VERSIONS = ".v"
 _READ_ATTEMPTS = 3
+_SECRET_OPTIONS = ("access_key", "secret_key", "session_token")
 _ENDPOINT_VARS = ("PRUNETUNE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
@@ -97,6 +98,11 @@ def parse_results_dir(value: str | os.PathLike[str]) -> str:
     if scheme.lower() == "file":
         return rest or "/"
     bucket = rest.split("/", 1)[0].split("?", 1)[0]
+    secrets = sorted(k for k in _SECRET_OPTIONS if f"{k}=" in rest.partition("?")[2])
+    if secrets:
+        # results_dir is saved in config.yaml and pickled into Ray's state: no place for keys.
+        raise UsageError(f"results_dir {scheme}://{bucket}/...: remove {', '.join(secrets)} from the URI; "
+                         f"give credentials in AWS_* variables or ~/.aws (gs: GOOGLE_APPLICATION_CREDENTIALS)")
     if not bucket:
         raise UsageError(f"results_dir {text!r} names no bucket; write {scheme}://BUCKET/PREFIX")
     return f"{scheme.lower()}://{rest.rstrip('/')}"

@@ -184,12 +184,14 @@ def test_parse_results_dir_accepts(value: str, expected: str) -> None:
     ("http://host/x", "unsupported scheme 'http'"),
     ("s3://", "names no bucket"),
     ("", "results_dir is empty"),
+    ("s3://b/p?access_key=AK&secret_key=SK", "remove access_key, secret_key from the URI"),
 ])
 def test_parse_results_dir_rejects_in_one_line(value: str, fragment: str) -> None:
     with pytest.raises(UsageError) as info:
         Store.from_uri(value)
     msg = str(info.value)
     assert "\n" not in msg and fragment in msg, msg
+    assert "SK" not in msg  # a secret is not echoed
     if "scheme" in fragment:
         assert "s3://" in msg and "gs://" in msg and "file://" in msg, msg
 
