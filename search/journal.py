@@ -34,7 +34,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 
 from search.storage import Store, ensure_private_dir
 
-__all__ = ["JOURNAL_FILE", "SyncedJournalBackend", "journal_cache_dir", "open_journal"]
+__all__ = ["JOURNAL_FILE", "SyncedJournalBackend", "flush_journal", "journal_cache_dir", "open_journal"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,11 @@ class SyncedJournalBackend(BaseJournalBackend):
         self._backend.append_logs(logs)
         self._dirty = True
         if time.monotonic() - self._last_upload >= self.min_interval_s:
-            self.flush()
+            try:
+                self.flush()
+            except OSError as exc:  # a transient store error must not fail Optuna's ask/tell
+                logger.warning("journal %s: upload failed, retried at the next change or flush: %s",
+                               self.store.uri(self.name), exc)
 
     def flush(self) -> None:
         """Upload the journal if it changed since the last upload."""
@@ -135,10 +139,20 @@ def open_journal(store: Store, name: str = JOURNAL_FILE, *, cache_dir: str | os.
     """An Optuna ``JournalStorage`` for the journal ``name`` of ``store``.
 
     Local store: the file itself (created 0600). Object store: a :class:`SyncedJournalBackend`
-    (reach it as ``storage._backend`` to call ``flush``).
+    (upload pending changes with :func:`flush_journal`).
     """
     path = store.local_path(name)
     if path is not None:
         _touch_private(path)
         return JournalStorage(JournalFileBackend(str(path)))
     return JournalStorage(SyncedJournalBackend(store, name, cache_dir=cache_dir, min_interval_s=min_interval_s))
+
+
+def flush_journal(storage: Any) -> None:
+    """Upload what a synced journal has not uploaded yet; a no-op for any other storage.
+
+    Call it before Ray snapshots the searcher (``Searcher.save``) and when a session ends.
+    """
+    backend = getattr(storage, "_backend", None)  # JournalStorage keeps its backend there
+    if isinstance(backend, SyncedJournalBackend):
+        backend.flush()

@@ -415,6 +415,32 @@ class Store:
         os.chmod(local, stat.S_IMODE(mode))  # os.open's mode was masked by the umask
         return True
 
+    # -- write-once artefacts (export, cached base model): plain objects any tool can read
+    def upload_dir(self, local_dir: str | os.PathLike[str], name: str) -> list[str]:
+        """Copy the files below ``local_dir`` to ``name/...`` as plain objects (no manifest:
+        ``torch.load`` or ``aws s3 cp`` read them directly). Each object appears whole, but a
+        reader of a file being replaced may see it torn, so use this for files written once.
+        Returns the names written."""
+        local, name = Path(local_dir), _check_name(name)
+        written = []
+        for path in sorted(p for p in local.rglob("*") if p.is_file()):
+            rel = f"{name}/{path.relative_to(local).as_posix()}"
+            if self.is_local:
+                _write_local_atomic(Path(self._path(_check_name(rel))), path.read_bytes())
+            else:
+                self._put(self._path(_check_name(rel)), path.read_bytes())
+            written.append(rel)
+        return written
+
+    def download_dir(self, name: str, local_dir: str | os.PathLike[str]) -> list[Path]:
+        """Copy the files below ``name`` to ``local_dir`` (current versions); returns the paths."""
+        out = []
+        for rel in self.list(name):
+            dest = Path(local_dir, rel[len(_check_name(name)) + 1:])
+            _write_local_atomic(dest, self.read_bytes(rel))
+            out.append(dest)
+        return out
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Store) and (self._display, self.is_local) == (other._display, other.is_local)
 

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pruning.errors import UsageError
-from search.journal import SyncedJournalBackend, open_journal
+from search.journal import SyncedJournalBackend, flush_journal, open_journal
 from search.storage import Store, ensure_private_dir, parse_results_dir
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -89,6 +89,20 @@ def test_sync_up_and_down(store: Store, tmp_path: Path) -> None:
     assert store.sync_down("optuna.journal", dst) is True
     assert dst.read_bytes() == src.read_bytes()
     assert stat.S_IMODE(dst.stat().st_mode) == 0o600
+
+
+def test_upload_and_download_dir(store: Store, tmp_path: Path) -> None:
+    src = tmp_path / "export-src"
+    (src / "sub").mkdir(parents=True)
+    (src / "model.pt").write_bytes(b"weights")
+    (src / "sub" / "widths.json").write_bytes(b"[1, 2]")
+    assert store.upload_dir(src, "export/t1") == ["export/t1/model.pt", "export/t1/sub/widths.json"]
+    assert store.read_bytes("export/t1/model.pt") == b"weights"
+    if not store.is_local:  # a plain object: readable without the manifest
+        assert store._get(store._path("export/t1/model.pt")) == b"weights"
+    got = store.download_dir("export/t1", tmp_path / "back")
+    assert sorted(p.relative_to(tmp_path / "back").as_posix() for p in got) == ["model.pt", "sub/widths.json"]
+    assert (tmp_path / "back" / "sub" / "widths.json").read_bytes() == b"[1, 2]"
 
 
 def test_store_pickles(store: Store) -> None:
@@ -352,7 +366,7 @@ def test_s3_journal_unuploaded_tail_is_kept_and_stale_cache_dropped(s3_uri: str,
     store = Store.from_uri(s3_uri)
     storage = open_journal(store, cache_dir=tmp_path, min_interval_s=3600)  # uploads only on flush
     study = optuna.create_study(storage=storage, study_name="s")
-    storage._backend.flush()
+    flush_journal(storage)
     study.optimize(_objective, n_trials=2)  # appended to the cache, not uploaded: the driver "dies" here
     assert store.read_bytes("optuna.journal") != storage._backend.local_path.read_bytes()
     resumed = open_journal(store, cache_dir=tmp_path)  # same machine: the cache extends the store
@@ -372,3 +386,21 @@ def test_s3_journal_survives_pickling_like_ray_restore(s3_uri: str, tmp_path: Pa
     restored = pickle.loads(blob)  # the backend re-opens: downloads what the store holds now
     assert isinstance(restored._backend, SyncedJournalBackend)
     assert len(optuna.load_study(study_name="s", storage=restored).trials) == 3
+
+
+def test_s3_journal_upload_failure_is_retried(s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store.from_uri(s3_uri)
+    storage = open_journal(store, cache_dir=tmp_path)
+    study = optuna.create_study(storage=storage, study_name="s")
+    real_write = Store.write_bytes_atomic
+
+    def store_down(self: Store, name: str, data: bytes) -> None:
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(Store, "write_bytes_atomic", store_down)
+    study.optimize(_objective, n_trials=1)  # the ask and tell succeed locally
+    assert storage._backend._dirty
+    monkeypatch.setattr(Store, "write_bytes_atomic", real_write)
+    flush_journal(storage)
+    other = open_journal(store, cache_dir=tmp_path / "other")
+    assert len(optuna.load_study(study_name="s", storage=other).trials) == 1
