@@ -404,3 +404,47 @@ def test_s3_journal_upload_failure_is_retried(s3_uri: str, tmp_path: Path, monke
     flush_journal(storage)
     other = open_journal(store, cache_dir=tmp_path / "other")
     assert len(optuna.load_study(study_name="s", storage=other).trials) == 1
+
+
+# --------------------------------------------------------------------------- Ray on the S3 store
+
+
+def _report_with_checkpoint(config: dict) -> None:
+    import json
+    import tempfile
+
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "params.json").write_text(json.dumps(config))
+        tune.report({"score": config["x"]}, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+@pytest.mark.slow
+def test_ray_tune_checkpoints_and_restores_on_the_s3_store(s3_uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import ray
+    import ray.cloudpickle
+    from ray import tune
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import test modules
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    store = Store.from_uri(s3_uri)
+    path, fs = store.ray_storage()
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        run = tune.RunConfig(name="session-001", storage_path=path, storage_filesystem=fs, verbose=0)
+        results = tune.Tuner(_report_with_checkpoint, param_space={"x": tune.grid_search([1, 2])},
+                             run_config=run).fit()
+        assert sorted(r.metrics["score"] for r in results) == [1, 2]
+        assert results[0].checkpoint.path.startswith(path)  # uploaded by the worker, not kept locally
+        session = f"{path}/session-001"
+        assert tune.Tuner.can_restore(session, storage_filesystem=fs)
+        restored = tune.Tuner.restore(session, trainable=_report_with_checkpoint, storage_filesystem=fs)
+        assert len(restored.get_results()) == 2
+    finally:
+        ray.shutdown()
+    checkpoints = [n for n in store.list("ray") if n.endswith("/params.json")]
+    assert len(checkpoints) == 2
