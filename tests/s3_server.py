@@ -3,7 +3,9 @@
 ``s3_server`` (session) starts it on a free loopback port, creates a bucket, points the
 AWS variables of this process at it (fake keys, a region, ``AWS_ENDPOINT_URL``) and stops
 it at the end. ``S3Server.env`` holds the same variables for a subprocess (a driver that
-a test SIGKILLs and resumes). ``s3_uri`` (function) is a fresh ``s3://`` prefix per test.
+a test SIGKILLs and resumes; give it ``PRUNETUNE_CACHE_DIR`` too, so the journal cache is
+not ``~/.cache``). ``s3_uri`` (function) is a fresh ``s3://`` prefix per test. The variables
+stay set in this process from the first test that uses the server to the end of the session.
 Tests using them are skipped with the reason when moto is not installed
 (``pip install -e '.[test]'`` brings ``moto[server]``).
 """
