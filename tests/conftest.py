@@ -11,3 +11,7 @@ os.environ.setdefault("PRUNETUNE_TEST", "1")
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# A real S3-compatible server on 127.0.0.1 for object-storage tests (tests/s3_server.py).
+from s3_server import s3_server, s3_uri  # noqa: E402,F401
