@@ -533,7 +533,8 @@ def read_idx(path: Path) -> np.ndarray:
     start = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)) if len(raw) >= start else ()
     if len(dims) != ndim or len(raw) - start != math.prod(dims):
-        raise UsageError(f"{path} is truncated or too long: header says {dims}, file holds {max(0, len(raw) - start)} bytes")
+        held = max(0, len(raw) - start)
+        raise UsageError(f"{path} is truncated or too long: header says {dims}, file holds {held} bytes")
     return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
 
 
@@ -574,7 +575,9 @@ def _fashion_mnist(*, root: Path | None, seed: int, image_size: int | None, limi
     x, y = _fashion_split(folder, "train")
     x_test, y_test = _fashion_split(folder, "test")
     if x.shape[1:] != x_test.shape[1:]:
-        raise UsageError(f"fashion_mnist: train images are {x.shape[2:]} but test images {x_test.shape[2:]} in {folder}")
+        raise UsageError(
+            f"fashion_mnist: train images are {x.shape[2:]} but test images {x_test.shape[2:]} in {folder}"
+        )
     train, val = _stratified_split(y, (0.1,), seed)  # val is carved before any limit: same val at every limit
     tx, tx_test = torch.from_numpy(x.copy()), torch.from_numpy(x_test.copy())  # frombuffer arrays are read-only
     if image_size is not None and image_size != tx.shape[-1]:

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train (or load) a model, prune it, finetune, and print before/after.")
     p.add_argument("--model", required=True, help="model name (e.g. small_vgg, cifar_vgg16, resnet18, pkg.mod:fn)")
     p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS.names())})")
-    p.add_argument("--root", help="directory holding the dataset files (cifar10/100, flowers102, imagefolder)")
+    p.add_argument("--root", help="directory holding the dataset files (cifar10/100, fashion_mnist, flowers102, imagefolder)")
     p.add_argument("--criterion", default="l1", help=f"importance criterion ({', '.join(CRITERIA.names())})")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=float, help="keep ratio in (0, 1]: per group, or of all channels with --ranking global")
