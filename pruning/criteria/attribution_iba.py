@@ -168,8 +168,9 @@ class AttributionIBA(Criterion):
     Per calibration batch and per producer (its BN output if any), H = Σ_channels
     capacity from :func:`bottleneck_capacity` (``beta``, ``steps``, ``lr``; noise seeded
     by ``seed``); the agreement is that of ``attribution``, averaged over samples,
-    L2-normalised per layer and summed over a group's producers. Cost: ``steps + 1``
-    forward/backward passes per producer and batch (``attribution`` needs one per batch).
+    L2-normalised per layer and summed over a group's producers. Cost per producer and
+    batch: one forward pass plus ``steps`` forward/backward passes (``attribution`` needs
+    one forward/backward pass per batch for all producers).
     """
 
     name = "attribution_iba"
