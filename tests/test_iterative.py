@@ -17,9 +17,10 @@ from pruning.train import DistillConfig, TrainConfig, evaluate, train
 
 @pytest.fixture(scope="module")
 def trained():
+    torch.manual_seed(0)  # module fixtures run before the per-test seed: fix the init here
     data = load_data("digits", limit=300)
     model = create_model("tiny_vgg", 10, in_channels=1)
-    train(model, data, TrainConfig(epochs=2, batch_size=32))
+    train(model, data, TrainConfig(epochs=5, lr=0.1, batch_size=32))  # ~90% val: accuracy drops are visible
     return data, model
 
 
@@ -117,7 +118,7 @@ def test_max_drop_stops_at_the_last_step_within_the_allowed_drop(trained):
     unguarded = prune_iteratively(free, data, spec, _ft(0))
     base_acc = evaluate(base, data.val)
     acc1, acc2 = (s.val_acc for s in unguarded.steps)
-    assert acc2 < acc1 - 0.05, (acc1, acc2)  # the forced drop
+    assert acc2 < acc1 - 0.2, (acc1, acc2)  # the forced drop
     allowed = 100.0 * (base_acc - (acc1 + acc2) / 2)  # between the two steps' drops, in points
     model = copy.deepcopy(base)
     res = prune_iteratively(model, data, replace(spec, max_drop_pts=allowed), _ft(0))
