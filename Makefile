@@ -32,7 +32,12 @@ test-fast: $(STAMP)
 
 # Each benchmark's output is kept in benchmarks/results/ and spliced into the README.
 BENCHES := prune_speed adaptive_vs_pipeline search_overhead
+FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 bench: $(STAMP)
+	@# Fashion-MNIST comes from Debian's package (no downloads at run time); root can install it.
+	@if [ ! -d $(FASHION_MNIST_DIR) ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "installing dataset-fashion-mnist (Debian package) into $(FASHION_MNIST_DIR)..."; \
+	  apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
 	@mkdir -p benchmarks/results
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py | tee benchmarks/results/$$b.md.tmp; \
 	  mv benchmarks/results/$$b.md.tmp benchmarks/results/$$b.md; done

@@ -6,14 +6,20 @@ target width (or the global kept fraction, or the MACs budget) is the i/K-th poi
 the dense model and the final target, the model is re-scored on its *current* weights,
 pruned, and finetuned for ``step_epochs`` before the next step. ``finetune_epochs`` are
 spent after the last step.
+
+Options around each cut: BN recalibration right after it (``recalib_batches``, EagleEye),
+distillation from a teacher while finetuning (``TrainConfig.distill`` plus ``teacher=``),
+and an accuracy guard (``max_drop_pts``) that stops the schedule at the last step whose
+finetuned val accuracy is within that many percentage points of the dense model's.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -23,6 +29,7 @@ from pruning import selection
 from pruning.cost import count_macs
 from pruning.criteria import get_criterion
 from pruning.errors import UsageError
+from pruning.recalibrate import recalibrate_bn
 from pruning.surgery import GroupGraph
 from pruning.train import EpochMetrics, TrainConfig, evaluate, resolve_device, train
 
@@ -39,6 +46,11 @@ class PruneSpec:
     channels ranked together (``ranking="global"``). ``ratios``: a keep ratio per group
     name (groups not named keep everything). ``target_macs``: a MACs budget reached by
     bisection on ``ratio`` under ``ranking``.
+
+    ``recalib_batches`` > 0: right after every cut, re-estimate BN statistics on that many
+    seeded training batches of ``calib_batch_size`` (:func:`recalibrate_bn`) before
+    finetuning. ``max_drop_pts``: accuracy guard in percentage points of val accuracy
+    (1.0 = one point, e.g. 92.0% -> 91.0%); None = off (see :func:`prune_iteratively`).
     """
 
     criterion: str = "l1"
@@ -53,6 +65,8 @@ class PruneSpec:
     round_to: int = 1
     calib_batches: int = 8
     calib_batch_size: int = 64
+    recalib_batches: int = 0
+    max_drop_pts: float | None = None
 
     def __post_init__(self) -> None:
         given = [n for n in ("ratio", "ratios", "target_macs") if getattr(self, n) is not None]
@@ -68,26 +82,44 @@ class PruneSpec:
             raise UsageError(f"unknown ranking {self.ranking!r}; choose one of: {', '.join(RANKINGS)}")
         if self.ratios is not None and self.ranking != "uniform":
             raise UsageError("per-group ratios take ranking='uniform' (a global ranking decides widths itself)")
-        for name, low in (("steps", 1), ("min_channels", 1), ("round_to", 1), ("calib_batches", 1)):
+        for name, low in (("steps", 1), ("min_channels", 1), ("round_to", 1), ("calib_batches", 1),
+                          ("recalib_batches", 0)):  # fmt: skip
             if getattr(self, name) < low:
                 raise UsageError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_drop_pts is not None and not self.max_drop_pts >= 0:
+            raise UsageError(f"max_drop_pts must be >= 0 percentage points, got {self.max_drop_pts}")
         get_criterion(self.criterion, **self.criterion_options)  # unknown name/option -> UsageError now
 
 
 @dataclass(frozen=True)
 class StepRecord:
+    """One pruning step. ``val_acc``: after the step's finetune (``step_epochs``, or the
+    final finetune for the last step); ``cut_val_acc``: right after the cut (and the BN
+    recalibration, if on), before any finetune. ``accepted`` is False for the step the
+    accuracy guard rejected (the model was rolled back to the step before)."""
+
     step: int
     widths: dict[str, int]
     macs: int
     val_acc: float
     wall_s: float
+    cut_val_acc: float | None = None
+    accepted: bool = True
 
 
 @dataclass
 class PruneResult:
+    """What :func:`prune_iteratively` did. ``stop_step`` is the last accepted step
+    (``spec.steps`` when the schedule completed, 0 = the dense model was kept);
+    ``stop_reason`` is ``"completed"`` or ``"max_drop"``; ``base_val_acc`` is the dense
+    model's val accuracy (measured only with the guard on)."""
+
     model: nn.Module
     steps: list[StepRecord]
     epochs: list[EpochMetrics]
+    stop_step: int = 0
+    stop_reason: str = "completed"
+    base_val_acc: float | None = None
 
 
 def calibration_batches(data: Any, spec: PruneSpec, device: torch.device, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -129,6 +161,48 @@ def _step_keep(
     return selection.keep_by_ratios(scores, current, **common)
 
 
+class _Finetuner:
+    """Finetunes ``model`` for a few epochs per call, numbering epochs continuously across calls."""
+
+    def __init__(self, model: nn.Module, data: Any, cfg: TrainConfig,
+                 on_epoch: Callable[[EpochMetrics, nn.Module], None] | None, teacher: nn.Module | None) -> None:
+        self.model, self.data, self.cfg, self.on_epoch, self.teacher = model, data, cfg, on_epoch, teacher
+        self.history: list[EpochMetrics] = []
+        self.done = 0
+
+    def __call__(self, epochs: int) -> None:
+        if epochs <= 0:
+            return
+        offset = self.done
+        cfg = replace(self.cfg, epochs=epochs, seed=self.cfg.seed + offset)
+
+        def relay(m: EpochMetrics, mod: nn.Module) -> None:
+            shifted = replace(m, epoch=m.epoch + offset)
+            self.history.append(shifted)
+            if self.on_epoch is not None:
+                self.on_epoch(shifted, mod)
+
+        train(self.model, self.data, cfg, on_epoch=relay, teacher=self.teacher)
+        self.done += epochs
+
+
+def _restore(model: nn.Module, snapshot: nn.Module) -> None:
+    """Turn ``model`` back into ``snapshot`` (a deep copy taken earlier), in place.
+
+    Pruning changed tensor shapes, so ``load_state_dict`` cannot do it, and callers hold
+    ``model`` itself: a module's whole state (parameters, buffers, submodules, flags)
+    lives in its ``__dict__``, so adopting the copy's is a complete restore.
+    """
+    model.__dict__.update(snapshot.__dict__)
+
+
+def _too_low(val_acc: float, base_val_acc: float | None, max_drop_pts: float | None) -> bool:
+    """True when ``val_acc`` is more than ``max_drop_pts`` percentage points below the base."""
+    if max_drop_pts is None or base_val_acc is None:
+        return False
+    return 100.0 * (base_val_acc - val_acc) > max_drop_pts + 1e-9  # tolerance: 0.92 - 0.91 is not exactly 0.01
+
+
 def prune_iteratively(
     model: nn.Module,
     data: Any,
@@ -137,12 +211,21 @@ def prune_iteratively(
     *,
     finetune_epochs: int | None = None,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
+    teacher: nn.Module | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to ``spec`` in ``spec.steps`` steps, finetuning between and after.
 
     ``finetune`` gives the optimiser settings; its ``epochs`` field is replaced by
     ``spec.step_epochs`` between steps and by ``finetune_epochs`` (default
     ``finetune.epochs``) after the last step. Per-epoch metrics go to ``on_epoch``.
+    ``teacher`` is the model distilled while finetuning when ``finetune.distill`` is set
+    (typically a copy of the dense model); each epoch's ``teacher_macs`` counts its cost.
+
+    With ``spec.max_drop_pts`` the dense model's val accuracy is measured first and every
+    step is checked after its finetune: the first step whose val accuracy is more than
+    ``max_drop_pts`` points below it is rejected, ``model`` is restored (in place) to the
+    last accepted step, exactly as that step left it (its own finetune, no more), and the
+    schedule stops. ``result.stop_step``/``stop_reason`` say where and why.
     """
     device = resolve_device(finetune.device)
     model.to(device)
@@ -156,38 +239,37 @@ def prune_iteratively(
         if unknown:
             raise UsageError(f"unknown group {unknown[0]!r}; choose one of: {', '.join(dense_widths)}")
     final_epochs = finetune.epochs if finetune_epochs is None else finetune_epochs
-    records: list[StepRecord] = []
-    history: list[EpochMetrics] = []
-    epoch_offset = 0
-
-    def run_epochs(n: int) -> None:
-        nonlocal epoch_offset
-        if n <= 0:
-            return
-        cfg = TrainConfig(**{**finetune.__dict__, "epochs": n, "seed": finetune.seed + epoch_offset})
-
-        def relay(m: EpochMetrics, mod: nn.Module) -> None:
-            shifted = EpochMetrics(m.epoch + epoch_offset, m.train_loss, m.val_acc, m.lr, m.wall_s)
-            history.append(shifted)
-            if on_epoch is not None:
-                on_epoch(shifted, mod)
-
-        train(model, data, cfg, on_epoch=relay)
-        epoch_offset += n
-
+    run_epochs = _Finetuner(model, data, finetune, on_epoch, teacher)
+    guard = spec.max_drop_pts is not None
+    base_val_acc = evaluate(model, data.val, device=device) if guard else None
+    result = PruneResult(model=model, steps=[], epochs=run_epochs.history, base_val_acc=base_val_acc)
     for step in range(1, spec.steps + 1):
         t0 = time.perf_counter()
+        snapshot = copy.deepcopy(model) if guard else None
         graph = dense_graph if step == 1 else GroupGraph(model, example)
         batches = calibration_batches(data, spec, device, seed=finetune.seed + step) if criterion.requires_data else []
         scores = criterion.score(model, graph.groups, batches)
         keep = _step_keep(model, scores, spec, step / spec.steps, dense_widths, dense_macs, tuple(data.input_shape))
-        record = graph.prune(keep)
+        cut = graph.prune(keep)
         macs = count_macs(model, data.input_shape)
-        if step < spec.steps:
-            run_epochs(spec.step_epochs)
-        val_acc = evaluate(model, data.val, device=device)
-        records.append(StepRecord(step, dict(record.after), macs, val_acc, time.perf_counter() - t0))
-        log.info("step %d/%d: MACs %d (%.1f%% of dense), val_acc %.4f", step, spec.steps, macs,
-                 100.0 * macs / dense_macs, val_acc)
-    run_epochs(final_epochs)
-    return PruneResult(model=model, steps=records, epochs=history)
+        if spec.recalib_batches > 0:
+            recalib = data.train.batches(spec.calib_batch_size, shuffle=True, seed=finetune.seed + step, device=device)
+            recalibrate_bn(model, recalib, spec.recalib_batches)
+        cut_val_acc = evaluate(model, data.val, device=device)
+        epochs = spec.step_epochs if step < spec.steps else final_epochs
+        run_epochs(epochs)
+        val_acc = evaluate(model, data.val, device=device) if epochs > 0 else cut_val_acc
+        record = StepRecord(step, dict(cut.after), macs, val_acc, time.perf_counter() - t0, cut_val_acc)
+        log.info("step %d/%d: MACs %d (%.1f%% of dense), val_acc %.4f (%.4f right after the cut)", step,
+                 spec.steps, macs, 100.0 * macs / dense_macs, val_acc, cut_val_acc)  # fmt: skip
+        if _too_low(val_acc, base_val_acc, spec.max_drop_pts):
+            assert snapshot is not None and base_val_acc is not None
+            result.steps.append(replace(record, accepted=False))
+            _restore(model, snapshot)
+            result.stop_step, result.stop_reason = step - 1, "max_drop"
+            log.info("step %d dropped val_acc %.2f points (> %.2f allowed): kept step %d", step,
+                     100.0 * (base_val_acc - val_acc), spec.max_drop_pts, step - 1)  # fmt: skip
+            break
+        result.steps.append(record)
+        result.stop_step = step
+    return result

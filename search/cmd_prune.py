@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train (or load) a model, prune it, finetune, and print before/after.")
     p.add_argument("--model", required=True, help="model name (e.g. small_vgg, cifar_vgg16, resnet18, pkg.mod:fn)")
     p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS.names())})")
-    p.add_argument("--root", help="directory holding the dataset files (cifar10/100, flowers102, imagefolder)")
+    p.add_argument("--root", help="directory holding the dataset files (cifar10/100, fashion_mnist, flowers102, imagefolder)")
     p.add_argument("--criterion", default="l1", help=f"importance criterion ({', '.join(CRITERIA.names())})")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=float, help="keep ratio in (0, 1]: per group, or of all channels with --ranking global")
@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ranking", default="uniform", choices=RANKINGS, help="uniform ratio per group or one global ranking")
     p.add_argument("--steps", type=int, default=1, help="iterative pruning steps (Zhang et al. 2021); 1 = one-shot")
     p.add_argument("--step-epochs", type=int, default=1, help="finetune epochs between steps")
+    p.add_argument("--max-drop", type=float, metavar="PTS",
+                   help="stop at the last step whose finetuned val accuracy is within PTS percentage points of the base")
     p.add_argument("--finetune-epochs", type=int, default=10, help="finetune epochs after the last step")
     p.add_argument("--epochs", type=int, default=30, help="base training epochs (when no --checkpoint)")
     p.add_argument("--checkpoint", help="start from this trained model instead of training one")
@@ -96,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     base_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
     resolve_device(args.device)
     spec_kwargs = dict(criterion=args.criterion, ranking=args.ranking, steps=args.steps, step_epochs=args.step_epochs,
-                       min_channels=args.min_channels, round_to=args.round_to)
+                       min_channels=args.min_channels, round_to=args.round_to, max_drop_pts=args.max_drop)
     if args.target_macs is None:
         PruneSpec(ratio=args.ratio, ratios=ratios, **spec_kwargs)
     out = Path(args.out or f"results/prune-{args.model.replace(':', '_')}-{args.data}-{args.criterion}")
@@ -126,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  finetune epoch {m.epoch}: loss {m.train_loss:.4f} val_acc {100 * m.val_acc:.2f}%", flush=True)
 
     result = prune_iteratively(model, data, spec, ft_cfg, on_epoch=progress)
+    if result.stop_reason != "completed":
+        print(f"stopped after step {result.stop_step} of {spec.steps}: step {result.stop_step + 1} lost more than "
+              f"{args.max_drop} points of val accuracy")
     pruned = measure(model, data, device=device)
     new_widths = widths(model, example)
     print()
@@ -137,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             "steps": spec.steps, "min_channels": spec.min_channels, "round_to": spec.round_to},
         "base": base.as_dict(), "pruned": pruned.as_dict(), "base_widths": base_widths,
         "steps": [s.__dict__ for s in result.steps], "wall_s": time.perf_counter() - t0,
+        "stop_step": result.stop_step, "stop_reason": result.stop_reason, "max_drop_pts": spec.max_drop_pts,
         "prunetune_version": __version__,
     }
     paths = export_model(model, out, tuple(data.input_shape), new_widths, metrics)

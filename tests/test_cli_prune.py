@@ -53,6 +53,8 @@ def test_prune_end_to_end(tmp_path):
         (["--model", "tiny_vgg", "--data", "digits", "--ratio", "0.5", "--checkpoint", "/nonexistent.pt"],
          "does not exist"),
         (["--model", "tiny_vgg", "--data", "cifar10", "--root", "/nonexistent", "--ratio", "0.5"], "/nonexistent"),
+        (["--model", "tiny_vgg", "--data", "digits", "--ratio", "0.5", "--max-drop", "-1"],
+         "max_drop_pts must be >= 0 percentage points, got -1.0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -75,3 +77,17 @@ def test_unreadable_checkpoint_via_real_entry_point(tmp_path):
             "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and "not readable" in r.stderr and not (tmp_path / "out").exists()
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_max_drop_keeps_the_last_step_within_the_allowed_drop(tmp_path, capsys):
+    """--max-drop 0 with an unfinetuned cut to 20%: the cut loses accuracy, so the base model is kept."""
+    out = tmp_path / "out"
+    code = main(["prune", "--model", "tiny_vgg", "--data", "digits", "--limit", "300", "--epochs", "5", "--lr", "0.1",
+                 "--ratio", "0.2", "--finetune-epochs", "0", "--max-drop", "0", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert "stopped after step 0 of 1: step 1 lost more than 0.0 points" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["stop_step"], metrics["stop_reason"], metrics["max_drop_pts"]) == (0, "max_drop", 0.0)
+    assert metrics["steps"][0]["accepted"] is False and metrics["steps"][0]["val_acc"] < metrics["base"]["val_acc"]
+    assert metrics["pruned"]["macs"] == metrics["base"]["macs"]
+    assert metrics["pruned"]["val_acc"] == metrics["base"]["val_acc"]

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pruning.criteria import CRITERIA, Criterion, combine_profit, get_criterion, normalize_per_group, p_next, p_self
+from pruning.criteria.attribution import agreement
+from pruning.criteria.attribution_iba import bottleneck_capacity, gaussian_capacity
 from pruning.errors import UsageError
 from pruning.models import create_model
 from pruning.surgery import ChannelGroup, GroupGraph
@@ -105,6 +107,7 @@ SANITY: dict[str, Callable[[nn.Module, list[ChannelGroup], int], None]] = {
     "taylor_fo": _zero_channel,
     "taylor_guided": _zero_channel,
     "attribution": _zero_channel,
+    "attribution_iba": _zero_channel,
     "profit": _zero_channel,  # with gamma=1 (SANITY_OPTIONS)
 }
 NO_SANITY = {"random"}
@@ -395,3 +398,90 @@ def test_unknown_or_bad_option_is_named() -> None:
         get_criterion("l1", seed=1)
     with pytest.raises(UsageError, match="seed must be an integer"):
         get_criterion("random", seed=1.5)
+
+
+# --------------------------------------------------------------------------- attribution_iba
+
+
+def test_gaussian_capacity_is_the_kl_of_the_bottleneck_from_the_noise() -> None:
+    """KL(N(λa + (1−λ)μ, ((1−λ)σ)²) ‖ N(μ, σ²)) in the layer's units equals the closed form on â = (a−μ)/σ."""
+    g = torch.Generator().manual_seed(0)
+    # float64: the reference forms 1 − sigmoid(α) directly, which float32 rounds badly for large α
+    a = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) * 2 + 1
+    alpha = torch.randn(4, 3, 5, 5, generator=g, dtype=torch.float64) * 3
+    mu = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64).view(1, 3, 1, 1)
+    sigma = torch.tensor([0.3, 1.0, 2.5], dtype=torch.float64).view(1, 3, 1, 1)
+    lam = torch.sigmoid(alpha)
+    posterior = torch.distributions.Normal(lam * a + (1 - lam) * mu, (1 - lam) * sigma)
+    prior = torch.distributions.Normal(mu.expand_as(a), sigma.expand_as(a))
+    want = torch.distributions.kl_divergence(posterior, prior)
+    torch.testing.assert_close(gaussian_capacity((a - mu) / sigma, alpha), want, rtol=1e-9, atol=1e-9)
+    assert gaussian_capacity(torch.zeros(1), torch.tensor([-30.0])).abs() < 1e-6  # all noise: no information
+    assert torch.isfinite(gaussian_capacity(torch.ones(1), torch.tensor([60.0])))  # λ → 1 stays finite
+
+
+def _quadrant_model(threshold: float) -> nn.Module:
+    """Filter 0 copies input channel 0, filter 1 input channel 1, filter 2 is zero. The head
+    reads only filter 0's mean over the top-left quadrant: class 0 above ``threshold``, 1 below."""
+    m = nn.Sequential(nn.Conv2d(2, 3, 1, bias=False), nn.BatchNorm2d(3), nn.ReLU(inplace=True),
+                      nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 10))  # fmt: skip
+    with torch.no_grad():
+        m[0].weight.zero_()
+        m[0].weight[0, 0] = m[0].weight[1, 1] = 1
+        m[5].weight.zero_()
+        m[5].bias.fill_(-10)
+        m[5].weight[0, 0], m[5].bias[0] = 5.0, -5.0 * threshold  # flattened column 0: channel 0, top-left cell
+        m[5].weight[1, 0], m[5].bias[1] = -5.0, 5.0 * threshold
+    return m.eval()
+
+
+def _quadrant_data(n: int = 16) -> tuple[nn.Module, Tensor, Tensor]:
+    """Input channel 0 lives in the top-left quadrant, channel 1 in the bottom-right; labels are the model's own."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.zeros(n, 2, 16, 16)
+    x[:, 0, :8, :8] = torch.rand(n, 8, 8, generator=g) * torch.rand(n, 1, 1, generator=g) * 4
+    x[:, 1, 8:, 8:] = torch.rand(n, 8, 8, generator=g) * torch.rand(n, 1, 1, generator=g) * 4
+    model = _quadrant_model(float(x[:, 0, :8, :8].mean(dim=(1, 2)).median()))
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    assert set(y.tolist()) == {0, 1}  # both classes occur: the information is needed
+    return model, x, y
+
+
+def test_iba_keeps_information_only_where_the_model_reads_it() -> None:
+    model, x, y = _quadrant_data()
+    a, capacity = bottleneck_capacity(model, model[1], x, y, generator=torch.Generator().manual_seed(0))
+    assert a.shape == capacity.shape == (16, 3, 16, 16) and (capacity >= 0).all()
+    read = capacity[:, 0, :8, :8].mean()  # channel 0, top-left: what the head uses
+    unread = torch.cat([capacity[:, 0, 8:].flatten(), capacity[:, 0, :8, 8:].flatten(), capacity[:, 1:].flatten()])
+    assert read > 20 * unread.mean(), (read, unread.mean())
+    assert _no_hooks(model) and all(p.grad is None for p in model.parameters())
+
+
+def test_attribution_iba_ranks_the_read_filter_first_and_a_zero_filter_last() -> None:
+    model, x, y = _quadrant_data()
+    groups = GroupGraph(model, x[:2]).groups
+    s = get_criterion("attribution_iba").score(model, groups, [(x[:8], y[:8]), (x[8:], y[8:])])[groups[0].name]
+    assert s[0] > 2 * s[1] > 0 and s[2] == 0, s  # top-left filter > bottom-right filter > zero filter
+    assert torch.linalg.vector_norm(s).item() == pytest.approx(1.0, rel=1e-5)  # L2-normalised per layer
+    other_seed = get_criterion("attribution_iba", seed=1).score(model, groups, [(x, y)])[groups[0].name]
+    assert other_seed[0] > other_seed[1] > other_seed[2] == 0
+
+
+def test_agreement_is_highest_for_a_filter_shaped_like_the_map() -> None:
+    heat = torch.tensor([[4.0, 3.0, 1.0, 0.0, 0.0, 0.0]])  # [N=1, S=6], non-uniform
+    a = torch.stack([heat[0], torch.ones(6), torch.tensor([0, 0, 0, 1.0, 2.0, 1.0]), torch.zeros(6)])[None]
+    s = agreement(a, heat)
+    assert s[0] > s[1] > s[2] == 0 and s[3] == 0, s  # same shape > uniform > disjoint = zero filter
+    torch.testing.assert_close(s[0], (heat / heat.sum()).pow(2).sum())
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [({"beta": -1.0}, "beta must be a number >= 0, got -1.0"), ({"steps": 0}, "steps must be an integer >= 1"),
+     ({"steps": 2.5}, "steps must be an integer"), ({"lr": 0}, "lr must be a number > 0"),
+     ({"seed": "x"}, "seed must be an integer"), ({"gamma": 1}, "'gamma'.*valid options: beta, steps, lr, seed")],
+)  # fmt: skip
+def test_attribution_iba_options_are_checked(options: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        get_criterion("attribution_iba", **options)

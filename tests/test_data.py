@@ -412,7 +412,7 @@ def test_unknown_dataset_lists_the_valid_names() -> None:
         load_data("cifar11")
     message = str(info.value)
     assert "unknown dataset 'cifar11'" in message
-    for name in ("cifar10", "cifar100", "digits", "flowers102", "imagefolder", "synthetic"):
+    for name in ("cifar10", "cifar100", "digits", "fashion_mnist", "flowers102", "imagefolder", "synthetic"):
         assert name in message and name in DATASETS
 
 
@@ -432,7 +432,7 @@ def test_empty_cifar_root_says_what_to_download(tmp_path: Path) -> None:
     assert str(tmp_path) in str(info.value)
 
 
-@pytest.mark.parametrize("kwargs", [{"image_size": 0}, {"limit": 0}])
+@pytest.mark.parametrize("kwargs", [{"image_size": 0}, {"limit": 0}, {"val_limit": 0}])
 def test_bad_sizes(kwargs: dict) -> None:
     with pytest.raises(UsageError, match=str(next(iter(kwargs)))):
         load_data("synthetic", **kwargs)

@@ -1,21 +1,26 @@
 import copy
+from dataclasses import replace
 
 import pytest
+import torch
+from torch import nn
 
 from pruning.cost import count_macs
 from pruning.data import load_data
 from pruning.errors import UsageError
 from pruning.iterative import PruneSpec, prune_iteratively
 from pruning.models import create_model
+from pruning.recalibrate import recalibrate_bn
 from pruning.surgery import widths
-from pruning.train import TrainConfig, train
+from pruning.train import DistillConfig, TrainConfig, evaluate, train
 
 
 @pytest.fixture(scope="module")
 def trained():
+    torch.manual_seed(0)  # module fixtures run before the per-test seed: fix the init here
     data = load_data("digits", limit=300)
     model = create_model("tiny_vgg", 10, in_channels=1)
-    train(model, data, TrainConfig(epochs=2, batch_size=32))
+    train(model, data, TrainConfig(epochs=5, lr=0.1, batch_size=32))  # ~90% val: accuracy drops are visible
     return data, model
 
 
@@ -64,6 +69,8 @@ def test_macs_target_is_met(trained):
         ({"ratio": 0.5, "criterion": "tayler"}, "choose one of: .*taylor"),
         ({"ratio": 0.5, "ranking": "best"}, "choose one of: uniform, global"),
         ({"ratio": 0.5, "steps": 0}, "steps must be"),
+        ({"ratio": 0.5, "recalib_batches": -1}, "recalib_batches must be >= 0"),
+        ({"ratio": 0.5, "max_drop_pts": -0.5}, "max_drop_pts must be >= 0 percentage points, got -0.5"),
     ],
 )
 def test_bad_specs(kwargs, match):
@@ -75,3 +82,73 @@ def test_unknown_group_in_ratios(trained):
     data, base = trained
     with pytest.raises(UsageError, match="unknown group 'conv9'"):
         prune_iteratively(copy.deepcopy(base), data, PruneSpec(ratios={"conv9": 0.5}), _ft(0))
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_last_step_record_is_after_the_final_finetune(trained):
+    data, base = trained
+    model = copy.deepcopy(base)
+    res = prune_iteratively(model, data, PruneSpec(criterion="l1", ratio=0.5, steps=2, step_epochs=1), _ft(1))
+    assert res.stop_step == 2 and res.stop_reason == "completed" and res.base_val_acc is None
+    assert all(s.accepted and s.cut_val_acc is not None for s in res.steps)
+    assert res.steps[-1].val_acc == evaluate(model, data.val) == res.epochs[-1].val_acc
+
+
+def test_max_drop_zero_rejects_a_lossy_first_step_and_keeps_the_dense_model(trained):
+    data, base = trained
+    model = copy.deepcopy(base)
+    spec = PruneSpec(criterion="l1", ratio=0.2, step_epochs=0, max_drop_pts=0.0)
+    res = prune_iteratively(model, data, spec, _ft(0))
+    assert res.base_val_acc == evaluate(base, data.val)
+    assert res.steps[0].val_acc < res.base_val_acc  # the cut did cost accuracy: the guard had to act
+    assert (res.stop_step, res.stop_reason) == (0, "max_drop") and not res.steps[0].accepted
+    assert widths(model, data.example_input()) == widths(base, data.example_input())
+    assert _same_weights(model, base) and res.model is model
+
+
+def test_max_drop_stops_at_the_last_step_within_the_allowed_drop(trained):
+    """Step 2 (to 5% of the channels, no finetune) is forced to lose far more than step 1."""
+    data, base = trained
+    spec = PruneSpec(criterion="l1", ratio=0.05, steps=2, step_epochs=1)
+    free = copy.deepcopy(base)
+    unguarded = prune_iteratively(free, data, spec, _ft(0))
+    base_acc = evaluate(base, data.val)
+    acc1, acc2 = (s.val_acc for s in unguarded.steps)
+    assert acc2 < acc1 - 0.2, (acc1, acc2)  # the forced drop
+    allowed = 100.0 * (base_acc - (acc1 + acc2) / 2)  # between the two steps' drops, in points
+    model = copy.deepcopy(base)
+    res = prune_iteratively(model, data, replace(spec, max_drop_pts=allowed), _ft(0))
+    assert (res.stop_step, res.stop_reason) == (1, "max_drop")
+    assert [s.accepted for s in res.steps] == [True, False]
+    assert [s.val_acc for s in res.steps] == [acc1, acc2]  # the guard changes nothing before it acts
+    assert widths(model, data.example_input()) == unguarded.steps[0].widths
+    assert evaluate(model, data.val) == acc1  # exactly the model step 1 left behind
+    train(model, data, _ft(1))  # the restored module is a working model (parameters, optimizer, BN)
+    assert res.epochs and [m.epoch for m in res.epochs] == [1]  # step 1's finetune only; step 2 had none
+
+
+def test_recalibration_after_each_cut(trained):
+    data, base = trained
+    spec = PruneSpec(criterion="l1", ratio=0.5, recalib_batches=3, calib_batch_size=32)
+    model = copy.deepcopy(base)
+    res = prune_iteratively(model, data, spec, _ft(0))
+    by_hand = copy.deepcopy(base)
+    prune_iteratively(by_hand, data, replace(spec, recalib_batches=0), _ft(0))
+    assert not _same_weights(model, by_hand)  # BN statistics differ
+    recalibrate_bn(by_hand, data.train.batches(32, shuffle=True, seed=0 + 1), num_batches=3)  # step 1's seed
+    assert _same_weights(model, by_hand)
+    assert res.steps[0].cut_val_acc == evaluate(by_hand, data.val)
+
+
+def test_finetune_distils_from_a_teacher(trained):
+    data, base = trained
+    teacher = copy.deepcopy(base)
+    model = copy.deepcopy(base)
+    cfg = replace(_ft(1), distill=DistillConfig(alpha=0.5, temperature=2.0))
+    res = prune_iteratively(model, data, PruneSpec(criterion="l1", ratio=0.5), cfg, teacher=teacher)
+    assert res.epochs[0].teacher_macs == count_macs(teacher, data.input_shape) * len(data.train)
+    assert _same_weights(teacher, base)

@@ -2,9 +2,9 @@
 
 Each criterion returns ``{group.name: float32 CPU tensor [group.size]}``, higher = more
 important; see ALGORITHMS.md for the formulas and each class's docstring for the
-choices made. Registered names: ``attribution``, ``bn_scale``, ``fpgm``, ``l1``, ``l2``,
-``profit`` (option ``gamma``), ``random`` (option ``seed``), ``taylor``, ``taylor_fo``,
-``taylor_guided``.
+choices made. Registered names: ``attribution``, ``attribution_iba`` (options ``beta``,
+``steps``, ``lr``, ``seed``), ``bn_scale``, ``fpgm``, ``l1``, ``l2``, ``profit`` (option
+``gamma``), ``random`` (option ``seed``), ``taylor``, ``taylor_fo``, ``taylor_guided``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from pruning.criteria import attribution, magnitude, profit, taylor  # noqa: F401  (registers criteria)
+from pruning.criteria import attribution, attribution_iba, magnitude, profit, taylor  # noqa: F401  (registers)
 from pruning.criteria.base import CRITERIA, Criterion, normalize_per_group
 from pruning.criteria.profit import combine_profit, p_next, p_self
 from pruning.errors import UsageError

@@ -23,14 +23,23 @@ from pruning.criteria.base import (
 from pruning.surgery import ChannelGroup
 
 
-def _attribution_stat(a: Tensor, g: Tensor) -> Tensor:
-    """Σ over samples of ⟨ReLU(a_k)/‖ReLU(a_k)‖₁, H/‖H‖₁⟩ for a ``[N, C, S]`` feature map ``a``."""
-    alpha = g.mean(dim=2, keepdim=True)  # [N, C, 1]: Grad-CAM channel weights
-    cam = (alpha * a).sum(dim=1).clamp_min(0)  # [N, S]
-    cam = safe_divide(cam, cam.sum(dim=1, keepdim=True))
+def agreement(a: Tensor, heat: Tensor) -> Tensor:
+    """Σ over samples of ⟨ReLU(a_k)/‖ReLU(a_k)‖₁, H/‖H‖₁⟩ per channel k: ``[C]``.
+
+    ``a`` is a ``[N, C, S]`` feature map, ``heat`` a non-negative ``[N, S]`` attribution
+    map H of the same samples. Each term lies in [0, 1]; an all-zero map gives 0.
+    """
+    heat = safe_divide(heat, heat.sum(dim=1, keepdim=True))
     act = a.clamp_min(0)
     act = safe_divide(act, act.sum(dim=2, keepdim=True))
-    return (act * cam.unsqueeze(1)).sum(dim=2).sum(dim=0)
+    return (act * heat.unsqueeze(1)).sum(dim=2).sum(dim=0)
+
+
+def _attribution_stat(a: Tensor, g: Tensor) -> Tensor:
+    """:func:`agreement` of a ``[N, C, S]`` feature map ``a`` with its Grad-CAM map (``g`` = ∂y_c/∂a)."""
+    alpha = g.mean(dim=2, keepdim=True)  # [N, C, 1]: Grad-CAM channel weights
+    cam = (alpha * a).sum(dim=1).clamp_min(0)  # [N, S]
+    return agreement(a, cam)
 
 
 @register_criterion
