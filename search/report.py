@@ -221,7 +221,7 @@ def _draw_trials(ax: Any, trials: pd.DataFrame, macs_budget: int | None) -> list
     finished = status.isin(["TERMINATED", "STOPPED"]).to_numpy(dtype=bool, na_value=False)
     x, y = _xy(trials[finished & over])
     if x.size:
-        ax.scatter(x, y, marker="x", s=28, color="tab:red", linewidths=1.2, zorder=2,
+        ax.scatter(x, y, marker="x", s=28, color="tab:red", linewidths=1.2, zorder=4.5,  # over the front too
                    label=f"infeasible: over MACs budget ({x.size})")
         drawn.append(x)
     return drawn
