@@ -271,3 +271,13 @@ def test_the_console_check_catches_a_script_error(tmp_path: Path) -> None:
     proc = chromium(page, tmp_path / "profile", "--dump-dom")
     assert any("Uncaught ReferenceError" in m for m in console_messages(proc.stderr))
 
+
+
+def test_report_of_an_experiment_without_trials_yet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config_from_dict({"experiment": {"name": "empty", "results_dir": str(tmp_path)}})
+    cfg.exp_dir.mkdir()
+    (cfg.exp_dir / "config.yaml").write_text(cfg.to_yaml())  # started, base model not trained yet
+    assert main(["report", str(cfg.exp_dir)]) == 0
+    page = (cfg.exp_dir / "report.html").read_text(encoding="utf-8")
+    assert "0 trials: 0 completed" in page and "no completed trials on the front yet" in page
+    assert "no base model widths recorded" in page and "no per-epoch rows recorded" in page
