@@ -281,3 +281,29 @@ def test_report_of_an_experiment_without_trials_yet(tmp_path: Path, capsys: pyte
     page = (cfg.exp_dir / "report.html").read_text(encoding="utf-8")
     assert "0 trials: 0 completed" in page and "no completed trials on the front yet" in page
     assert "no base model widths recorded" in page and "no per-epoch rows recorded" in page
+
+
+def _x_axis(dom: str) -> tuple[list[str], list[str], int]:
+    """Axis titles, tick labels and dashed lines (the budget) drawn in a plot's DOM."""
+    titles = re.findall(r'class="x\d*title"[^>]*data-unformatted="([^"]*)"', dom)
+    ticks = re.findall(r'class="x\d*tick"><text[^>]*>([^<]*)<', dom)
+    return titles, ticks, len(re.findall(r"<path[^>]*stroke-dasharray", dom))
+
+
+@needs_chromium
+def test_the_axis_menu_switches_to_latency_in_the_browser(experiment: Path, tmp_path: Path) -> None:
+    page = write_html_report(inputs_of(experiment), tmp_path / "report.html")
+    # What choosing "x: latency (ms)" in the menu does: Plotly.update with that button's arguments.
+    click = ('<script>var gd = document.getElementById("pareto"); var b = gd.layout.updatemenus[0].buttons[1];'
+             "Plotly.update(gd, b.args[0], b.args[1]);</script></body>")
+    switched = tmp_path / "switched.html"
+    switched.write_text(page.read_text(encoding="utf-8").replace("</body>", click), encoding="utf-8")
+    before = chromium(page, tmp_path / "p1", "--dump-dom")
+    after = chromium(switched, tmp_path / "p2", "--dump-dom")
+    assert console_messages(before.stderr) == [] and console_messages(after.stderr) == []
+    titles, ticks, dashed = _x_axis(plot_sections(before.stdout)["pareto"])
+    assert titles == ["MACs per sample"] * 2 and dashed == 2  # the budget line in both panels
+    assert ticks and all(re.fullmatch(r"\d+(\.\d+)?[kMG]", t) for t in ticks), ticks
+    titles, ticks, dashed = _x_axis(plot_sections(after.stdout)["pareto"])
+    assert titles == ["latency (ms)"] * 2 and dashed == 0
+    assert ticks and all(re.fullmatch(r"\d+(\.\d+)?", t) for t in ticks), ticks
