@@ -288,8 +288,8 @@ def load_data(
 
     ``root`` is the directory of the dataset's files (for those that need files);
     ``image_size`` is the side of the square images in pixels (None: the dataset's
-    default; for ``imagefolder`` the images' own size); ``limit`` keeps at most that many training samples (a seeded, stratified
-    subset; val and test are untouched). The same ``seed`` gives identical splits.
+    default; for ``imagefolder`` the images' own size); ``limit`` keeps at most that
+    many training samples (a seeded, stratified subset; val and test are untouched). The same ``seed`` gives identical splits.
     Raises :class:`UsageError` for an unknown name or missing/invalid files.
     """
     loader = DATASETS[name]

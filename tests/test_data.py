@@ -365,8 +365,9 @@ def test_imagefolder_mixed_sizes_through_the_cli(tmp_path: Path, capsys: pytest.
     stdout = capsys.readouterr().out
     assert "input 1×12×12, 3 classes" in stdout and stdout.count("data: imagefolder") == 1
     assert torch.load(out / "model.pt", weights_only=False)(torch.zeros(2, 1, 12, 12)).shape == (2, 3)
-    grow = ["grow", "--model", "tiny_vgg", "--data", "imagefolder", "--root", str(tmp_path / "data"), "--from-scratch",
-            "--epochs", "1", "--finetune-epochs", "0", "--image-size", "10", "--out", str(tmp_path / "grown")]  # fmt: skip
+    grow = ["grow", "--model", "tiny_vgg", "--data", "imagefolder", "--root", str(tmp_path / "data"),
+            "--from-scratch", "--epochs", "1", "--finetune-epochs", "0", "--image-size", "10",
+            "--out", str(tmp_path / "grown")]  # fmt: skip
     assert main(grow) == 0
     assert capsys.readouterr().out.count("input 1×10×10, 3 classes") == 1
 
