@@ -12,7 +12,8 @@
   a seeded stratified 10% of the official 60k training set, test the official 10k.
 * ``flowers102``: torchvision's on-disk layout, the official train/val/test ids.
 * ``imagefolder``: ``root/<class>/*.png|jpg|jpeg``, or the same under ``root/train``
-  (plus optional ``root/val``, ``root/test``).
+  (plus optional ``root/val``, ``root/test``). Images keep their own size and channel
+  count (grayscale stays 1 channel) unless ``image_size`` is given.
 * ``synthetic``: seeded random images with a class-dependent pattern, for speed tests.
 
 Val is what a search optimises; test is only reported. Images are stored as uint8 and
@@ -59,6 +60,9 @@ FASHION_MNIST_STD = (0.3530,)
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # where Debian's package puts the files
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Grayscale images: the ImageNet statistics averaged over the three channels.
+IMAGENET_GREY_MEAN = (0.449,)
+IMAGENET_GREY_STD = (0.226,)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SYNTHETIC_SIZES = (512, 128, 128)  # train, val, test samples
 SYNTHETIC_CLASSES = 10
@@ -293,9 +297,9 @@ def load_data(
 
     ``root`` is the directory of the dataset's files (for those that need files);
     ``image_size`` is the side of the square images in pixels (None: the dataset's
-    default); ``limit`` keeps at most that many training samples and ``val_limit`` at
-    most that many validation samples (seeded, stratified subsets, for CPU runs; test is
-    never cut). The same ``seed`` gives identical splits.
+    default; for ``imagefolder`` the images' own size); ``limit`` keeps at most that many
+    training samples and ``val_limit`` at most that many validation samples (seeded,
+    stratified subsets, for CPU runs; test is never cut). The same ``seed`` gives identical splits.
     Raises :class:`UsageError` for an unknown name or missing/invalid files.
     """
     loader = DATASETS[name]
@@ -320,6 +324,17 @@ def load_data(
         "x".join(map(str, bundle.input_shape)), time.perf_counter() - started,
     )  # fmt: skip
     return bundle
+
+
+def dataset_line(data: DataBundle, root: str | os.PathLike[str] | None = None) -> str:
+    """One line for users: name, ``root``, split sizes, input shape and classes, e.g.
+    ``data: imagefolder /path — train 800 / val 200 / test 200, input 1×32×32, 10 classes``."""
+    where = f" {root}" if root is not None else ""
+    shape = "×".join(map(str, data.input_shape))
+    return (
+        f"data: {data.name}{where} — train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
+        f"input {shape}, {data.num_classes} classes"
+    )
 
 
 def _require_root(root: Path | None, dataset: str, expected: str) -> Path:
@@ -590,34 +605,81 @@ def _fashion_mnist(*, root: Path | None, seed: int, image_size: int | None, limi
 # --------------------------------------------------------------------------- decoded images
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
-    """One image as size x size x 3 uint8: shorter side resized to ``size``, then center crop."""
+def _decode_error(path: Path, error: BaseException) -> UsageError:
+    return UsageError(f"cannot decode image {path} ({_one_line(error)}); replace or remove the file")
+
+
+def _read_image(path: Path, size: int | None, channels: int = 3) -> np.ndarray:
+    """One image as H x W x ``channels`` uint8 (1: grayscale, 3: RGB).
+
+    ``size`` None keeps the image's own size; otherwise the shorter side is resized to
+    ``size`` and the centre cropped to size x size.
+    """
+    mode = "L" if channels == 1 else "RGB"
     try:
         with Image.open(path) as source:
-            source.draft("RGB", (size, size))  # JPEG: decode at a reduced scale, still >= size
-            img = source.convert("RGB")
-        w, h = img.size
-        scale = size / min(w, h)
-        new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
-        img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-        return np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+            if size is not None:
+                source.draft(mode, (size, size))  # JPEG: decode at a reduced scale, still >= size
+            img = source.convert(mode)
+        if size is not None:
+            w, h = img.size
+            scale = size / min(w, h)
+            new_w, new_h = max(size, round(w * scale)), max(size, round(h * scale))
+            img = img.resize((new_w, new_h), Image.Resampling.BILINEAR)
+            left, top = (new_w - size) // 2, (new_h - size) // 2
+            img = img.crop((left, top, left + size, top + size))
+        return np.asarray(img, dtype=np.uint8).reshape(img.size[1], img.size[0], channels)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise UsageError(f"cannot decode image {path} ({_one_line(e)}); replace or remove the file") from e
+        raise _decode_error(path, e) from e
 
 
-def _decode_images(paths: Sequence[Path], size: int) -> torch.Tensor:
-    """N,3,size,size uint8 tensor of the images at ``paths``, in order."""
-    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+def _decode_images(paths: Sequence[Path], shape: tuple[int, int, int], resize: bool) -> torch.Tensor:
+    """N,C,H,W uint8 tensor of the images at ``paths``, in order (``resize``: to H x H)."""
+    c, h, w = shape
+    out = np.empty((len(paths), h, w, c), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = _read_image(path, size)
+        out[i] = _read_image(path, h if resize else None, c)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _image_split(paths: Sequence[Path], labels: np.ndarray, size: int) -> Split:
-    return Split(
-        _decode_images(paths, size), torch.from_numpy(np.asarray(labels, dtype=np.int64)), IMAGENET_MEAN, IMAGENET_STD
-    )
+def _image_split(paths: Sequence[Path], labels: np.ndarray, shape: tuple[int, int, int], resize: bool = True) -> Split:
+    mean, std = (IMAGENET_GREY_MEAN, IMAGENET_GREY_STD) if shape[0] == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    x = _decode_images(paths, shape, resize)
+    return Split(x, torch.from_numpy(np.asarray(labels, dtype=np.int64)), mean, std)
+
+
+def _image_shape(paths: Sequence[Path], image_size: int | None, where: Path) -> tuple[int, int, int]:
+    """C,H,W the images at ``paths`` load as: 1 channel if all are grayscale, else 3 (RGB);
+    ``image_size`` squared, or their own size, which must then be the same for all.
+
+    Reads only the image headers.
+    """
+    sizes: dict[tuple[int, int], list[Path]] = {}
+    grey = True
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                sizes.setdefault(img.size, []).append(path)
+                grey = grey and Image.getmodebase(img.mode) == "L"  # L, LA, 1, I, I;16, F
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            raise _decode_error(path, e) from e
+    channels = 1 if grey else 3
+    if image_size is not None:
+        return channels, image_size, image_size
+    common = max(sizes, key=lambda s: len(sizes[s]))
+    if len(sizes) > 1:
+        other = next(s for s in sizes if s != common)
+        raise UsageError(
+            f"images under {where} differ in size: most common {common[0]}x{common[1]} (width x height, "
+            f"{len(sizes[common])} of {len(paths)} images), but e.g. {sizes[other][0]} is {other[0]}x{other[1]}; "
+            f"pass --image-size N (data.image_size in a config) to resize all to NxN, e.g. --image-size {min(common)}"
+        )
+    w, h = common
+    nbytes = len(paths) * channels * h * w
+    if nbytes > 2**31:
+        log.warning("imagefolder: %d images of %dx%dx%d take %.1f GB in memory; set image_size to shrink them",
+                    len(paths), channels, h, w, nbytes / 1e9)  # fmt: skip
+    return channels, h, w
 
 
 _FLOWERS_EXPECTED = (
@@ -668,7 +730,7 @@ def _flowers102(*, root: Path | None, seed: int, image_size: int | None, limit: 
     splits = []
     for image_ids in (train_ids, ids["valid"], ids["tstid"]):
         paths = [folder / "jpg" / f"image_{i:05d}.jpg" for i in image_ids]
-        splits.append(_image_split(paths, labels[image_ids - 1], size))
+        splits.append(_image_split(paths, labels[image_ids - 1], (3, size, size)))
     log.info("flowers102: decoded %d images from %s in %.1f s", sum(map(len, splits)), folder,
              time.perf_counter() - started)  # fmt: skip
     return _bundle("flowers102", *splits, num_classes=102)
@@ -708,7 +770,9 @@ def _scan_classes(folder: Path, classes: Sequence[str] | None = None) -> tuple[l
 
 @DATASETS.register("imagefolder")
 def _imagefolder(*, root: Path | None, seed: int, image_size: int | None, limit: int | None) -> DataBundle:
-    """Class folders of images, RGB resized to ``image_size`` (64), classes sorted by name.
+    """Class folders of images, classes sorted by name, at the images' own size and channel
+    count (1 if all are grayscale, else RGB); with ``image_size`` resized and centre-cropped
+    to image_size x image_size. Without ``image_size`` all images must have one size.
 
     With ``root/train`` the given ``val``/``test`` folders are used and a missing one is
     carved from train (seeded, stratified, 15% each); without it, a 70/15/15 split.
@@ -734,10 +798,12 @@ def _imagefolder(*, root: Path | None, seed: int, image_size: int | None, limit:
         given[name] = ([paths[i] for i in index], labels[index])
     if limit is not None and len(rest) > limit:  # before decoding: do not read what is dropped
         rest = rest[_stratified_take(labels[rest], limit, np.random.default_rng(seed))]
-    size = image_size or 64
+    train_paths = [paths[i] for i in rest]
+    shape = _image_shape([*train_paths, *given["val"][0], *given["test"][0]], image_size, base)
+    resize = image_size is not None
     started = time.perf_counter()
-    train = _image_split([paths[i] for i in rest], labels[rest], size)
-    val, test = (_image_split(*given[name], size) for name in ("val", "test"))
+    train = _image_split(train_paths, labels[rest], shape, resize)
+    val, test = (_image_split(*given[name], shape, resize) for name in ("val", "test"))
     log.info("imagefolder: loaded %d images of %d classes from %s in %.1f s",
              len(train) + len(val) + len(test), len(classes), base, time.perf_counter() - started)  # fmt: skip
     return _bundle("imagefolder", train, val, test, len(classes), classes)

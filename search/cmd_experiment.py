@@ -143,7 +143,9 @@ def _default_config() -> str | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pruning.data import dataset_line
     from search.config import load_config
+    from search.experiment import experiment_data
     from search.tuner import prepare_experiment_dir, run_search
 
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
@@ -151,6 +153,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     _progress_to_stdout()
     print(f"search {cfg.experiment.name}: {cfg.num_samples} trials of {cfg.model.name} on {cfg.data.name}, "
           f"sampler {cfg.sampler.name}, {cfg.max_concurrent} at a time -> {cfg.exp_dir}", flush=True)
+    # The driver loads the dataset for the base model anyway (memoised per process): loading
+    # it here costs nothing extra and rejects bad image folders before Ray starts or a file is written.
+    print(dataset_line(experiment_data(cfg), cfg.data.root), flush=True)
     summary = run_search(cfg, _options(args), fresh=args.fresh)
     _print_summary(summary)
     return 0

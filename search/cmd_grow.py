@@ -19,7 +19,7 @@ from pruning import __version__
 from pruning.adaptive import TRAIN_STEP_FORWARDS, AdaptiveConfig, check_budget, run_adaptive
 from pruning.basemodel import get_base_model
 from pruning.cost import count_macs
-from pruning.data import DATASETS, load_data
+from pruning.data import DATASETS, dataset_line, load_data
 from pruning.errors import UsageError
 from pruning.export import check_writable, export_model, write_json
 from pruning.measure import measure
@@ -56,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model name (e.g. small_vgg, tiny_resnet, cifar_resnet20)")
     p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS.names())})")
     p.add_argument("--root", help="directory holding the dataset files (cifar10/100, flowers102, imagefolder)")
+    p.add_argument("--image-size", type=int, help="resize images to N x N pixels (default: the dataset's; "
+                                                  "imagefolder: the images' own size)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from-scratch", action="store_true", help="start from random weights")
     start.add_argument("--checkpoint", help="start from this trained model: a checkpoint or an exported model.pt "
@@ -121,8 +123,9 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out)
 
     t0 = time.perf_counter()
-    data = load_data(args.data, root=args.root, seed=args.seed, limit=args.limit)
+    data = load_data(args.data, root=args.root, seed=args.seed, image_size=args.image_size, limit=args.limit)
     shape = tuple(data.input_shape)
+    print(dataset_line(data, args.root))
 
     def make(width_mult: float) -> nn.Module:
         torch.manual_seed(args.seed)  # the same seed gives the same random start
@@ -135,8 +138,6 @@ def run(args: argparse.Namespace) -> int:
     check_budget(start, shape, cfg)  # before any training: the budget must be reachable
     lr = args.lr if args.lr is not None else (0.05 if args.from_scratch else 0.01)
     train_cfg = TrainConfig(lr=lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
-    print(f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-          f"input {shape}, {data.num_classes} classes")
 
     base_train_macs = 0
     if args.from_scratch or args.checkpoint:

@@ -10,7 +10,7 @@ from pathlib import Path
 from pruning import __version__
 from pruning.basemodel import get_base_model
 from pruning.criteria import CRITERIA
-from pruning.data import DATASETS, load_data
+from pruning.data import DATASETS, dataset_line, load_data
 from pruning.errors import UsageError
 from pruning.export import check_writable, export_model
 from pruning.iterative import RANKINGS, PruneSpec, prune_iteratively
@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="model name (e.g. small_vgg, cifar_vgg16, resnet18, pkg.mod:fn)")
     p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS.names())})")
     p.add_argument("--root", help="directory holding the dataset files (cifar10/100, fashion_mnist, flowers102, imagefolder)")
+    p.add_argument("--image-size", type=int, help="resize images to N x N pixels (default: the dataset's; "
+                                                  "imagefolder: the images' own size)")
     p.add_argument("--criterion", default="l1", help=f"importance criterion ({', '.join(CRITERIA.names())})")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=float, help="keep ratio in (0, 1]: per group, or of all channels with --ranking global")
@@ -105,10 +107,9 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out)
 
     t0 = time.perf_counter()
-    data = load_data(args.data, root=args.root, seed=args.seed, limit=args.limit)
+    data = load_data(args.data, root=args.root, seed=args.seed, image_size=args.image_size, limit=args.limit)
     device = resolve_device(args.device)
-    print(f"data {data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
-          f"input {tuple(data.input_shape)}, {data.num_classes} classes")
+    print(dataset_line(data, args.root))
     if args.checkpoint is None:
         print(f"training base {args.model} for {args.epochs} epochs...", flush=True)
     base_model, _ = get_base_model(args.model, data, base_cfg, checkpoint=args.checkpoint)

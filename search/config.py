@@ -49,7 +49,7 @@ class ModelSection(_Section):
 class DataSection(_Section):
     name: str = "digits"
     root: str | None = None
-    image_size: int | None = Field(None, gt=0)
+    image_size: int | None = Field(None, gt=0)  # None: the dataset's own (imagefolder: the images' size)
     limit: int | None = Field(None, gt=0)
 
     @field_validator("name")

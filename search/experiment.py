@@ -9,6 +9,7 @@ runs several trials loads it once.
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -28,6 +29,8 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
     key: dict[str, Any] = {"name": d.name, "image_size": d.image_size, "limit": d.limit, "seed": cfg.experiment.seed}
     if d.name == "imagefolder":
         key["root"] = d.root
+        if d.image_size is None:  # images at their own size since issue 12 (they were 64x64 RGB before)
+            key["image_size"] = "native"
     return key
 
 
@@ -39,7 +42,9 @@ def _load(name: str, root: str | None, seed: int, image_size: int | None, limit:
 def experiment_data(cfg: ExperimentConfig) -> DataBundle:
     """The experiment's dataset (train/val/test), loaded once per process."""
     d = cfg.data
-    return _load(d.name, d.root, cfg.experiment.seed, d.image_size, d.limit)
+    # One cache entry for a relative root and the absolute one the search passes on.
+    root = str(Path(d.root).expanduser().resolve()) if d.root is not None else None
+    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit)
 
 
 def untrained_model(cfg: ExperimentConfig, data: DataBundle) -> nn.Module:

@@ -189,6 +189,20 @@ def test_bad_run_input_is_one_line_exit_2_and_writes_nothing(tmp_path, cli, case
     assert not (tmp_path / "results").exists()
 
 
+def test_run_refuses_mixed_image_sizes_before_anything_is_written(tmp_path):
+    from PIL import Image
+
+    for k in range(2):
+        for i in range(4):
+            (tmp_path / "imgs" / f"c{k}").mkdir(parents=True, exist_ok=True)
+            Image.new("L", (24, 24) if i else (20, 16), 60 * k).save(tmp_path / "imgs" / f"c{k}" / f"{i}.png")
+    config = write_config(tmp_path, **{"data.name": "imagefolder", "data.root": str(tmp_path / "imgs")})
+    proc = main_in_process("run", str(config))  # in-process: the data is checked before Ray starts
+    assert_usage_error(proc, "most common 24x24", "6 of 8 images", "--image-size N (data.image_size in a config)")
+    assert "data: imagefolder" not in proc.stdout
+    assert not (tmp_path / "results").exists()
+
+
 def test_unwritable_results_dir_is_refused(tmp_path, cli):
     blocker = tmp_path / "afile"
     blocker.write_text("not a directory")
@@ -286,6 +300,7 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "trial 4/4" in out and "Pareto front:" in out and "wrote " in out
+    assert out.count("data: digits — train 200 / val 360 / test 360, input 1×16×16, 10 classes") == 1
     assert "Configuration for experiment" not in out + proc.stderr  # Ray's banner is off by default
     exp = tmp_path / "results" / "tiny"
     for name in ("config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png", "optuna.journal"):

@@ -11,8 +11,10 @@ import scipy.io
 import torch
 from PIL import Image
 
-from pruning.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataBundle, Split, load_data
+from pruning.cost import count_macs
+from pruning.data import CIFAR10_MEAN, CIFAR10_STD, DATASETS, DataBundle, Split, dataset_line, load_data
 from pruning.errors import UsageError
+from pruning.models import create_model
 
 # ----------------------------------------------------------------------------- fixture writers
 
@@ -306,6 +308,68 @@ def test_empty_imagefolder(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no images found under") as info:
         load_data("imagefolder", root=tmp_path)
     assert str(tmp_path) in str(info.value)
+
+
+def _write_grey_digits(folder: Path, per_class: int, size: tuple[int, int] = (32, 32)) -> None:
+    """Grayscale PNGs whose brightness encodes the class."""
+    for k in range(3):
+        for i in range(per_class):
+            path = folder / f"class{k}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("L", size, 40 + 80 * k).save(path)
+
+
+def test_imagefolder_keeps_grayscale_and_native_size(tmp_path: Path) -> None:
+    _write_grey_digits(tmp_path, per_class=6)
+    bundle = load_data("imagefolder", root=tmp_path)
+    assert bundle.input_shape == (1, 32, 32)
+    assert bundle.train.x.shape[1:] == (1, 32, 32) and bundle.train.mean == (0.449,)
+    assert {int(v) for v in bundle.train.x.unique()} == {40, 120, 200}  # pixels untouched, no resampling
+    # A model built for the bundle runs on its batches, and its MACs are those of a 1x32x32 input:
+    # tiny_vgg = conv 1->16 @32x32, pool, conv 16->32 @16x16, pool, conv 32->32 @8x8, linear 32->3.
+    model = create_model("tiny_vgg", num_classes=bundle.num_classes, in_channels=bundle.input_shape[0])
+    xb, _ = next(bundle.train.batches(4))
+    assert model(xb).shape == (4, 3)
+    expected = 32 * 32 * 16 * 1 * 9 + 16 * 16 * 32 * 16 * 9 + 8 * 8 * 32 * 32 * 9 + 32 * 3
+    assert count_macs(model, bundle.input_shape) == expected
+    line = dataset_line(bundle, tmp_path)
+    assert line == f"data: imagefolder {tmp_path} — train 12 / val 3 / test 3, input 1×32×32, 3 classes"
+
+
+def test_imagefolder_mixed_sizes_need_image_size(tmp_path: Path) -> None:
+    _write_grey_digits(tmp_path, per_class=5)
+    for i in range(3):
+        Image.new("L", (28, 20), 0).save(tmp_path / "class1" / f"odd{i}.png")
+    with pytest.raises(UsageError) as info:
+        load_data("imagefolder", root=tmp_path)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "most common 32x32" in message and "15 of 18 images" in message and "--image-size" in message
+    bundle = load_data("imagefolder", root=tmp_path, image_size=16)
+    assert bundle.input_shape == (1, 16, 16)
+
+
+def test_imagefolder_mixed_sizes_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from search.cli import main
+
+    _write_grey_digits(tmp_path / "data", per_class=5)
+    Image.new("L", (28, 20), 0).save(tmp_path / "data" / "class0" / "odd.png")
+    out = tmp_path / "out"
+    args = ["prune", "--model", "tiny_vgg", "--data", "imagefolder", "--root", str(tmp_path / "data"),
+            "--ratio", "0.5", "--epochs", "0", "--finetune-epochs", "0", "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunetune: error: images under") and err.count("\n") == 1 and "32x32" in err
+    assert not out.exists()
+    assert main([*args, "--image-size", "12"]) == 0
+    stdout = capsys.readouterr().out
+    assert "input 1×12×12, 3 classes" in stdout and stdout.count("data: imagefolder") == 1
+    assert torch.load(out / "model.pt", weights_only=False)(torch.zeros(2, 1, 12, 12)).shape == (2, 3)
+    grow = ["grow", "--model", "tiny_vgg", "--data", "imagefolder", "--root", str(tmp_path / "data"),
+            "--from-scratch", "--epochs", "1", "--finetune-epochs", "0", "--image-size", "10",
+            "--out", str(tmp_path / "grown")]  # fmt: skip
+    assert main(grow) == 0
+    assert capsys.readouterr().out.count("input 1×10×10, 3 classes") == 1
 
 
 # ----------------------------------------------------------------------------- synthetic

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 
 from search.ledger import Ledger, pareto_front
-from search.report import _use_log_x, human_count, pareto_table, plot_pareto
+from search.report import _use_log_x, human_count, pareto_figure, pareto_table, plot_pareto, tick_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE = dict(val_acc=0.9512, test_acc=0.9487, macs=313_730_000, params=14_730_000, latency_ms=3.1)
@@ -120,3 +121,59 @@ def test_log_scale_only_for_wide_macs_range() -> None:
     assert not _use_log_x(np.array([1e6, 9e6]))
     assert not _use_log_x(np.array([1e6]))
     assert not _use_log_x(np.array([0.0, np.nan, 5e6]))
+
+
+@pytest.mark.parametrize(("value", "text"), [(500, "500"), (1e3, "1k"), (2.5e5, "250k"), (1e6, "1M"),
+                                             (1.5e6, "1.5M"), (5e7, "50M"), (999_999.9, "1M"), (2e9, "2G")])
+def test_tick_label(value: float, text: str) -> None:
+    assert tick_label(value) == text
+
+
+TICK = re.compile(r"^\d+(\.\d+)?[kMG]?$")
+
+
+def _visible_tick_labels(fig) -> list:  # noqa: ANN001 - a matplotlib Figure
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    lo, hi = ax.get_xlim()
+    ticks = ax.xaxis.get_major_ticks()
+    return [t.label1 for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_visible() and t.label1.get_text()]
+
+
+@pytest.mark.parametrize("spread", ["ledger", "six_decades", "narrow"])
+def test_macs_axis_labels_share_one_format_and_do_not_overlap(tmp_path: Path, spread: str) -> None:
+    trials = make_ledger(tmp_path).trials()
+    if spread == "six_decades":  # 1k .. 1G MACs
+        trials["macs"] = np.logspace(3, 9, len(trials)).astype(np.int64)
+    elif spread == "narrow":  # 1.0M .. 1.9M: a linear axis
+        trials["macs"] = np.linspace(1_000_000, 1_900_000, len(trials)).astype(np.int64)
+    base = BASE if spread == "ledger" else None
+    fig = pareto_figure(trials, pareto_front(trials), base=base)
+    labels = _visible_tick_labels(fig)
+    texts = [lab.get_text() for lab in labels]
+    assert len(texts) >= 3, texts
+    assert all(TICK.match(t) for t in texts), texts
+    if spread == "ledger":
+        assert {"5M", "10M", "20M", "100M"} <= set(texts), texts
+    boxes = sorted((lab.get_window_extent() for lab in labels), key=lambda b: b.x0)
+    for left, right in zip(boxes, boxes[1:]):
+        assert left.x1 < right.x0, (texts, left, right)
+    assert not any(lab.get_text() for lab in fig.axes[0].xaxis.get_minorticklabels())
+
+
+def test_trials_over_the_macs_budget_are_marked_infeasible(tmp_path: Path) -> None:
+    led = make_ledger(tmp_path)
+    trials = led.trials()
+    budget = 100_000_000
+    over = int(((trials["macs"] > budget) & trials["status"].isin(["TERMINATED", "STOPPED"])).sum())
+    assert 0 < over < len(trials)
+    fig = pareto_figure(trials, led.pareto(), base=BASE, macs_budget=budget)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert f"infeasible: over MACs budget ({over})" in legend and "MACs budget 100M" in legend
+    crosses = [c for c in fig.axes[0].collections if c.get_label().startswith("infeasible")]
+    assert len(crosses) == 1 and (crosses[0].get_offsets()[:, 0] > budget).all()
+    assert len(crosses[0].get_offsets()) == over
+    assert "infeasible" not in " ".join(t.get_text() for t in pareto_figure(trials, led.pareto()).axes[0]
+                                        .get_legend().get_texts())
+    out = plot_pareto(trials, led.pareto(), tmp_path / "budget.png", base=BASE, macs_budget=budget)
+    assert out.read_bytes()[:8] == PNG_MAGIC

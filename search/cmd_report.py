@@ -1,0 +1,44 @@
+"""``prunetune report NAME``: write ``results/NAME/report.html``, one self-contained page.
+
+The page (see :mod:`search.html_report`) opens offline in any browser: interactive Pareto
+scatter, kept channels per group, learning curves and criterion/mode counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+REPORT_FILE = "report.html"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="write results/NAME/report.html: an interactive page about the search",
+                       description="Write one self-contained HTML file (opens offline) with the Pareto front "
+                                   "against MACs, latency and params, the channels kept per group, the learning "
+                                   "curves and the criteria/modes of the front trials.")
+    p.add_argument("experiment", help="experiment directory (results/NAME) or NAME")
+    p.add_argument("--out", help=f"output file (default results/NAME/{REPORT_FILE})")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from search.html_report import ReportInputs, write_html_report
+    from search.ledger import read_epochs, read_trials
+
+    # The experiment-directory helpers live in search.tuner for now (moving to search.expdir).
+    from search.tuner import find_experiment, load_saved_config, read_base
+
+    exp_dir = find_experiment(args.experiment)  # not an experiment: UsageError, nothing written
+    cfg = load_saved_config(exp_dir)
+    trials = read_trials(exp_dir)
+    inputs = ReportInputs(
+        trials=trials, epochs=read_epochs(exp_dir), base=read_base(exp_dir),
+        title=f"{cfg.experiment.name}: {cfg.model.name} on {cfg.data.name}",
+        subtitle=f"{len(trials)}/{cfg.num_samples} trials, sampler {cfg.sampler.name}, modes "
+                 f"{', '.join(cfg.search.modes)}, criteria {', '.join(cfg.search.criteria)}",
+        macs_budget=cfg.objectives.macs_budget,
+    )  # fmt: skip
+    out = write_html_report(inputs, Path(args.out) if args.out else exp_dir / REPORT_FILE)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; open it in a browser, no network needed)")
+    return 0
