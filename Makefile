@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Each benchmark's output is kept in benchmarks/results/ and spliced into the README.
-BENCHES := prune_speed adaptive_vs_pipeline search_overhead
+BENCHES := prune_speed adaptive_vs_pipeline search_overhead cli_startup
 bench: $(STAMP)
 	@mkdir -p benchmarks/results
 	@for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py | tee benchmarks/results/$$b.md.tmp; \
