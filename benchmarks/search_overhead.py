@@ -100,7 +100,7 @@ def run_plain(root: Path, seconds: float, reuse: bool, cfg, groups: list[str]) -
     from ray.tune.search.optuna import OptunaSearch
 
     from search import space
-    from search.tuner import make_sampler
+    from search.samplers import make_sampler
 
     record = tempfile.mkdtemp(dir=root)
     searcher = OptunaSearch(functools.partial(space.suggest, cfg=cfg, groups=groups), metric=["val_acc", "macs"],

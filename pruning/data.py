@@ -111,10 +111,6 @@ class Split:
         # pickling (Ray's object store, deepcopy) carries the data, not the device copies
         return {**self.__dict__, "_resident": {}}
 
-    def to(self, device: str | torch.device) -> Split:
-        """A new split with ``x`` and ``y`` on ``device`` (same mean/std)."""
-        return Split(self.x.to(device), self.y.to(device), self.mean, self.std)
-
     def batches(
         self,
         batch_size: int,

@@ -10,7 +10,6 @@ Every file is written to a temporary name and renamed, so a crash leaves no part
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,7 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.atomic import atomic_write, write_json
 from pruning.errors import UsageError
+
+__all__ = ["check_writable", "export_model", "write_json"]
 
 
 def check_writable(path: str | Path, what: str = "output directory") -> None:
@@ -35,23 +37,9 @@ def check_writable(path: str | Path, what: str = "output directory") -> None:
         raise UsageError(f"{what} {str(path)!r} is not writable (nearest existing: {str(probe)!r})")
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Atomic JSON write (temp file + rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
 def _atomic_save(obj: Any, path: Path, saver: Any = torch.save) -> None:
     # The temporary name keeps the suffix: torch.export.save warns about a non-.pt2 name.
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    try:
-        saver(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: saver(obj, tmp), suffix=path.suffix)
 
 
 def export_model(

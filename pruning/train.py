@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from pruning.atomic import atomic_write
 from pruning.cost import count_macs
 from pruning.errors import TrialError, UsageError
 
@@ -186,7 +187,7 @@ def train(
     cfg: TrainConfig,
     *,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
-    start_epoch: int = 0,
+    start_epoch: int = 0,  # no caller yet: kept for per-epoch checkpoint resume (next issue)
     teacher: nn.Module | None = None,
 ) -> list[EpochMetrics]:
     """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs, evaluating on ``data.val``.
@@ -256,12 +257,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:
 
     The file loads with plain ``torch.load(path, weights_only=False)["model"]``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": model, **extra}, tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"model": model, **extra}, tmp))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -123,7 +123,7 @@ def _print_summary(summary: Any) -> None:
 def _print_front(exp_dir: Path, trials: Any, show_all: bool) -> None:
     from search.ledger import pareto_front
     from search.report import pareto_table
-    from search.tuner import read_base
+    from search.expdir import read_base
 
     base = read_base(exp_dir)
     if show_all:
@@ -145,8 +145,9 @@ def _default_config() -> str | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pruning.data import dataset_line
     from search.config import load_config
-    from search.experiment import experiment_data
-    from search.tuner import prepare_experiment_dir, run_search
+    from search.expdir import prepare_experiment_dir
+    from search.materialize import experiment_data
+    from search.tuner import run_search
 
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
     prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
@@ -163,7 +164,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from search.config import load_config
-    from search.tuner import CONFIG_FILE, find_experiment, resume_search
+    from search.expdir import CONFIG_FILE, find_experiment
+    from search.tuner import resume_search
 
     exp_dir = find_experiment(args.experiment)
     cfg = None
@@ -177,7 +179,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _driver_state(exp_dir: Path) -> tuple[bool, dict[str, Any]]:
-    from search.tuner import PROGRESS_FILE
+    from search.expdir import PROGRESS_FILE
 
     p = exp_dir / PROGRESS_FILE
     try:
@@ -205,7 +207,7 @@ def _driver_state(exp_dir: Path) -> tuple[bool, dict[str, Any]]:
 def cmd_status(args: argparse.Namespace) -> int:
     from search.ledger import pareto_front, read_trials
     from search.report import human_count
-    from search.tuner import find_experiment, load_saved_config, read_base
+    from search.expdir import find_experiment, load_saved_config, read_base
 
     exp_dir = find_experiment(args.experiment)
     cfg = load_saved_config(exp_dir)
@@ -240,7 +242,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from search.ledger import read_trials
-    from search.tuner import find_experiment, load_saved_config, write_pareto_png
+    from search.expdir import find_experiment, load_saved_config, write_pareto_png
 
     exp_dir = find_experiment(args.experiment)
     cfg = load_saved_config(exp_dir)
@@ -264,7 +266,8 @@ def _find_trial(trials: Any, wanted: str) -> dict[str, Any]:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from search.ledger import read_trials
-    from search.tuner import export_trial, find_experiment, load_saved_config
+    from search.expdir import find_experiment, load_saved_config
+    from search.export import export_trial
 
     exp_dir = find_experiment(args.experiment)
     cfg = load_saved_config(exp_dir)

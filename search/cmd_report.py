@@ -27,7 +27,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from search.ledger import read_epochs, read_trials
 
     # The experiment-directory helpers live in search.tuner for now (moving to search.expdir).
-    from search.tuner import find_experiment, load_saved_config, read_base
+    from search.expdir import find_experiment, load_saved_config, read_base
 
     exp_dir = find_experiment(args.experiment)  # not an experiment: UsageError, nothing written
     cfg = load_saved_config(exp_dir)

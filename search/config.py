@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pruning.errors import UsageError
+from search.samplers import SamplerName
 
 
 class _Section(BaseModel):
@@ -191,7 +192,7 @@ class ObjectivesSection(_Section):
 
 
 class SamplerSection(_Section):
-    name: Literal["tpe", "nsga2", "random", "cmaes"] = "tpe"
+    name: SamplerName = "tpe"  # the SAMPLERS registry
     n_startup_trials: int = Field(4, ge=0)
     population_size: int = Field(8, ge=2)  # NSGA-II
 

@@ -34,8 +34,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from search.ledger import atomic_write, pareto_front
-from search.report import _is_missing, _widths, human_count, pareto_table, tick_label
+from search.ledger import atomic_write, is_missing, pareto_front
+from search.report import _widths, human_count, pareto_table, tick_label
 
 __all__ = ["ReportInputs", "build_html", "write_html_report"]
 
@@ -74,11 +74,11 @@ def _params(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _text(value: Any, fmt: str = "") -> str:
-    return "-" if _is_missing(value) else format(value, fmt)
+    return "-" if is_missing(value) else format(value, fmt)
 
 
 def _hover(row: Mapping[str, Any]) -> str:
-    acc = [_text(None if _is_missing(row.get(k)) else 100 * float(row[k]), ".2f") for k in ("val_acc", "test_acc")]
+    acc = [_text(None if is_missing(row.get(k)) else 100 * float(row[k]), ".2f") for k in ("val_acc", "test_acc")]
     return "<br>".join([
         f"<b>trial {html.escape(str(row.get('trial_id')))}</b>",
         f"mode {html.escape(_text(row.get('mode')))}, criterion {html.escape(_text(row.get('criterion')))}",
@@ -103,7 +103,7 @@ def _numbers(df: pd.DataFrame | Mapping[str, Any], column: str) -> np.ndarray:
             return np.full(len(df), np.nan)
         return pd.to_numeric(df[column]).to_numpy(dtype=np.float64, na_value=np.nan)
     value = df.get(column)
-    return np.array([np.nan if _is_missing(value) else float(value)])
+    return np.array([np.nan if is_missing(value) else float(value)])
 
 
 def _axis_layout(values: Sequence[np.ndarray], metric: str) -> dict[str, Any]:

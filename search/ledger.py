@@ -16,9 +16,9 @@ forward pass on one sample (FLOPs would be 2·MACs); ``params`` is a count;
 ``latency_ms`` milliseconds; ``wall_s`` seconds; ``macs_ratio`` is macs / base macs;
 timestamps are UTC.
 
-Every write goes to a temporary file in the same directory, is fsynced, then renamed
-over the old file with ``os.replace``, so a kill at any moment leaves the previous valid
-file. The ledger has a single writer (the driver); it takes no lock.
+Every write goes through :func:`pruning.atomic.atomic_write` (a temporary file in the
+same directory, fsynced, then renamed over the old file with ``os.replace``), so a kill
+at any moment leaves the previous valid file. The ledger has a single writer (the driver); it takes no lock.
 
 All file access goes through :func:`_read_table` and :func:`_write_table_atomic`, so a
 pyarrow filesystem (``s3://``, ``gs://``) can be plugged in there later; today only local
@@ -30,9 +30,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import json
 import os
-import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pruning.atomic import atomic_write
 from pruning.errors import UsageError
+from search.pareto import non_dominated_ranks, pareto_front
+from search.result import EPOCH_KEYS, plain
 
 __all__ = [
     "EPOCHS_FILE",
@@ -53,11 +56,15 @@ __all__ = [
     "TRIALS_FILE",
     "TRIALS_SCHEMA",
     "atomic_write",
+    "epoch_row",
+    "is_missing",
     "non_dominated_ranks",
+    "params_of",
     "pareto_front",
     "read_epochs",
     "read_pareto",
     "read_trials",
+    "trial_row",
 ]
 
 logger = logging.getLogger(__name__)
@@ -190,6 +197,97 @@ def _validate_row(row: Mapping[str, Any], schema: pa.Schema, what: str) -> dict[
     return out
 
 
+# --------------------------------------------------------------------------- rows from results
+
+
+def is_missing(v: Any) -> bool:
+    """None, NaN or pandas' NA (ledger frames use nullable integer columns); never a list/array/str."""
+    if v is None or v is pd.NA:
+        return True
+    if isinstance(v, (list, tuple, dict, str)) or hasattr(v, "__len__"):
+        return False
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):
+        return False
+
+
+def _int_or_none(v: Any) -> int | None:
+    return None if is_missing(v) else int(v)
+
+
+def _float_or_none(v: Any) -> float | None:
+    return None if is_missing(v) else float(v)
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def params_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The sampled params of a trials row ({} when missing)."""
+    text = row.get("params_json")
+    return json.loads(text) if isinstance(text, str) and text else {}
+
+
+def epoch_row(trial_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
+    """An :data:`EPOCHS_SCHEMA` row from a per-epoch result (``search.result.TrialResult``)."""
+    row = {k: result.get(k) for k in EPOCH_KEYS}
+    row["trial_id"] = trial_id
+    row["epoch"] = int(row["epoch"])
+    row["macs"] = _int_or_none(row["macs"])
+    row["widths"] = [int(w) for w in row["widths"]] if row.get("widths") is not None else None
+    for k in ("train_loss", "val_acc", "lr", "wall_s"):
+        row[k] = _float_or_none(row[k])
+    return row
+
+
+def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Mapping[str, Any], *, seed: int,
+              meta: Mapping[str, Any], checkpoint: str | None = None, error: str | None = None) -> dict[str, Any]:
+    """A :data:`TRIALS_SCHEMA` row (without ``experiment``) from a trial's last result.
+
+    ``result`` is a ``search.result.TrialResult``: the final one, or the last epoch's when
+    the trial was stopped early or died (then ``mode``/``criterion`` come from ``params``
+    and ``epochs``/``wall_s`` from the epoch and Ray's ``time_total_s``). ``meta`` holds
+    ``git_sha`` and ``prunetune_version``.
+    """
+    final = bool(result.get("final"))
+    widths = result.get("widths")
+    mode = result.get("mode") if final else params.get("mode")
+    criterion = result.get("criterion") if final else params.get("criterion")
+    return {
+        "trial_id": trial_id,
+        "status": status,
+        "mode": mode if isinstance(mode, str) else None,
+        "criterion": criterion if isinstance(criterion, str) else None,
+        "params_json": json.dumps(plain(params), sort_keys=True, default=str),
+        "widths": [int(w) for w in widths] if widths is not None else None,
+        "group_names": list(result.get("group_names") or []) or None,
+        "base_val_acc": _float_or_none(result.get("base_val_acc")),
+        "val_acc": _float_or_none(result.get("val_acc")),
+        "test_acc": _float_or_none(result.get("test_acc")),
+        "macs": _int_or_none(result.get("macs")),
+        "params": _int_or_none(result.get("params")),
+        "latency_ms": _float_or_none(result.get("latency_ms")),
+        "macs_ratio": _float_or_none(result.get("macs_ratio")),
+        "epochs": _int_or_none(result.get("epochs") if final else result.get("epoch")),
+        "wall_s": _float_or_none(result.get("wall_s") if final else result.get("time_total_s")),
+        "seed": seed,
+        "git_sha": meta.get("git_sha"),
+        "prunetune_version": meta.get("prunetune_version"),
+        "started_at": _timestamp(result.get("started_at")),
+        "finished_at": _timestamp(result.get("finished_at")) or dt.datetime.now(dt.timezone.utc),
+        "checkpoint": checkpoint,
+        "error": error,
+    }
+
+
 # --------------------------------------------------------------------------- tables <-> frames
 
 
@@ -244,39 +342,6 @@ def _write_parquet(table: pa.Table, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
-    """Create or replace the file ``path`` atomically.
-
-    ``write(tmp)`` writes the content to a temporary path in the same directory; the temp
-    file is fsynced and renamed over ``path`` with ``os.replace``. If ``write`` raises, the
-    temp file is removed and ``path`` is untouched. Creates the parent directory.
-    Returns ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Named by us rather than mkstemp: mkstemp creates the file 0600, and results on a
-    # shared disk should get the user's usual permissions.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        write(tmp)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if os.name == "posix":  # make the rename itself durable
-        _fsync(path.parent)
-    return path
-
-
 def _write_table_atomic(table: pa.Table, path: Path) -> None:
     atomic_write(path, lambda tmp: _write_parquet(table, tmp))
 
@@ -302,86 +367,6 @@ def read_epochs(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
 def read_pareto(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """The stored Pareto front of an experiment dir, columns of :data:`PARETO_SCHEMA`."""
     return _to_frame(_read_table(_local_dir(exp_dir) / PARETO_FILE, PARETO_SCHEMA))
-
-
-# --------------------------------------------------------------------------- Pareto
-
-
-def non_dominated_ranks(values: np.ndarray, senses: Sequence[str]) -> np.ndarray:
-    """Non-dominated sorting of ``values`` (n points × k objectives).
-
-    ``senses[j]`` is ``"max"`` or ``"min"`` for objective j. Point a dominates b when it
-    is at least as good on every objective and strictly better on one. Returns int32
-    ranks of shape (n,): 1 for the non-dominated points, 2 for the non-dominated points
-    of the rest, and so on. Points with identical values get the same rank.
-    O(n²·k) time and O(n²) memory, meant for up to a few thousand points.
-    """
-    v = np.asarray(values, dtype=np.float64)
-    if v.ndim != 2:
-        raise ValueError(f"values must be a 2-D array (points × objectives), got shape {v.shape}")
-    if v.shape[1] != len(senses):
-        raise ValueError(f"{v.shape[1]} objective columns but {len(senses)} senses")
-    bad = [s for s in senses if s not in ("max", "min")]
-    if bad:
-        raise ValueError(f"unknown sense(s) {bad}; choose 'max' or 'min'")
-    if np.isnan(v).any():
-        raise ValueError("values contain NaN; drop those points first")
-    n = v.shape[0]
-    ranks = np.zeros(n, dtype=np.int32)
-    if n == 0:
-        return ranks
-    costs = v * np.array([-1.0 if s == "max" else 1.0 for s in senses])  # everything minimised
-    no_worse = np.ones((n, n), dtype=bool)
-    better = np.zeros((n, n), dtype=bool)
-    for j in range(costs.shape[1]):
-        col = costs[:, j]
-        no_worse &= col[:, None] <= col[None, :]
-        better |= col[:, None] < col[None, :]
-    dominates = no_worse & better  # dominates[a, b]: a dominates b
-    n_dominators = dominates.sum(axis=0)
-    remaining = np.ones(n, dtype=bool)
-    rank = 0
-    while remaining.any():
-        rank += 1
-        front = remaining & (n_dominators == 0)
-        if not front.any():  # cannot happen for a strict partial order; never loop forever
-            raise RuntimeError("non-dominated sorting made no progress")
-        ranks[front] = rank
-        remaining &= ~front
-        n_dominators -= dominates[front].sum(axis=0)
-    return ranks
-
-
-def pareto_front(
-    df: pd.DataFrame,
-    objectives: Sequence[tuple[str, str]] = (("val_acc", "max"), ("macs", "min")),
-    max_rank: int = 1,
-) -> pd.DataFrame:
-    """The Pareto-optimal TERMINATED trials of ``df`` with a ``rank`` column.
-
-    Only rows with status TERMINATED and no null/NaN objective take part. ``objectives``
-    are (column, "max"|"min") pairs, any number of them (e.g. add ``("latency_ms", "min")``).
-    Returns the rows of rank ≤ ``max_rank`` (1 = the non-dominated front), sorted by
-    rank, then ``macs`` ascending, then ``val_acc`` descending. Rows with identical
-    objective values are all kept: neither dominates the other.
-    """
-    if not objectives:
-        raise ValueError("pareto_front needs at least one objective")
-    columns = [c for c, _ in objectives]
-    missing = [c for c in [*columns, "status"] if c not in df.columns]
-    if missing:
-        raise ValueError(f"column(s) {missing} not in the frame; it has: {', '.join(map(str, df.columns))}")
-    values = np.empty((len(df), len(columns)), dtype=np.float64)
-    for j, c in enumerate(columns):
-        values[:, j] = pd.to_numeric(df[c]).to_numpy(dtype=np.float64, na_value=np.nan)
-    keep = (df["status"].to_numpy(dtype=object) == "TERMINATED") & ~np.isnan(values).any(axis=1)
-    ranks = non_dominated_ranks(values[keep], [s for _, s in objectives])
-    front = df.loc[keep].copy()
-    front["rank"] = ranks
-    front = front.loc[front["rank"] <= max_rank]
-    sort_by = ["rank"] + [c for c in ("macs", "val_acc", "trial_id") if c in front.columns]
-    ascending = [True] + [c != "val_acc" for c in sort_by[1:]]
-    return front.sort_values(sort_by, ascending=ascending, kind="mergesort", na_position="last").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -451,12 +436,6 @@ class Ledger:
     def pareto(self, objectives: Sequence[tuple[str, str]] = (("val_acc", "max"), ("macs", "min"))) -> pd.DataFrame:
         """The Pareto front of the current trials (see :func:`pareto_front`)."""
         return pareto_front(self.trials(), objectives)
-
-    def completed_ids(self, statuses: Iterable[str] = STATUSES) -> set[str]:
-        """Ids of the recorded trials whose status is in ``statuses`` (by default every
-        recorded trial: each row is a trial that finished, one way or another)."""
-        wanted = set(statuses)
-        return {tid for tid, row in self._trials.items() if row["status"] in wanted}
 
     def flush(self) -> None:
         """Write epochs.parquet, trials.parquet and pareto.parquet, in that order.

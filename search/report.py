@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from search.ledger import atomic_write
+from search.ledger import is_missing as _is_missing
 
 __all__ = ["human_count", "pareto_figure", "pareto_table", "plot_pareto", "tick_label"]
 
@@ -29,15 +30,6 @@ logger = logging.getLogger(__name__)
 
 _UNITS = ("", "k", "M", "G", "T", "P")
 _MISSING = "-"
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):  # array-like values are not missing
-        return False
 
 
 def human_count(n: float | int | None) -> str:

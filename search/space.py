@@ -44,7 +44,7 @@ from torch import nn
 from pruning.errors import UsageError
 from pruning.surgery import GroupGraph
 from search.config import ExperimentConfig
-from search.experiment import experiment_data, untrained_model
+from search.materialize import experiment_data, untrained_model
 
 MODES = ("prune", "adaptive")
 BASELINES = ("uniform", "global")

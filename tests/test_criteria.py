@@ -15,9 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pruning.criteria import CRITERIA, Criterion, combine_profit, get_criterion, normalize_per_group, p_next, p_self
+from pruning.criteria import CRITERIA, Criterion, combine_profit, get_criterion, p_next, p_self
 from pruning.criteria.attribution import agreement
 from pruning.criteria.attribution_iba import bottleneck_capacity, gaussian_capacity
+from pruning.selection import normalize
 from pruning.errors import UsageError
 from pruning.models import create_model
 from pruning.surgery import ChannelGroup, GroupGraph
@@ -370,15 +371,16 @@ def test_profit_mixes_max_normalised_terms() -> None:
 # --------------------------------------------------------------------------- API
 
 
-def test_normalize_per_group() -> None:
+def test_per_group_normalisation_of_scores() -> None:
+    """``selection.normalize`` (the one per-group L2 normalisation) on criterion scores."""
     scores = {"a": torch.tensor([3.0, 4.0]), "b": torch.zeros(3), "c": torch.tensor([1e-20, 0.0, 2e-20])}
-    out = normalize_per_group(scores)
-    torch.testing.assert_close(out["a"], torch.tensor([0.6, 0.8]))
-    assert torch.equal(out["b"], torch.zeros(3))
+    out = {g: normalize(s) for g, s in scores.items()}
+    torch.testing.assert_close(out["a"], torch.tensor([0.6, 0.8], dtype=torch.float64))
+    assert torch.equal(out["b"], torch.zeros(3, dtype=torch.float64))
     assert torch.linalg.vector_norm(out["c"]).item() == pytest.approx(1.0, rel=1e-5)
     assert torch.equal(scores["a"], torch.tensor([3.0, 4.0]))  # input untouched
     model, groups, batches = _setup("tiny_vgg")
-    for s in normalize_per_group(get_criterion("taylor_fo").score(model, groups, batches)).values():
+    for s in (normalize(v) for v in get_criterion("taylor_fo").score(model, groups, batches).values()):
         assert torch.linalg.vector_norm(s).item() == pytest.approx(1.0, rel=1e-5)
 
 

@@ -12,7 +12,7 @@ import pytest
 from pruning.errors import UsageError
 from search import space
 from search.config import ExperimentConfig, config_from_dict
-from search.experiment import experiment_data, untrained_model
+from search.materialize import experiment_data, untrained_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

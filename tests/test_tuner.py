@@ -95,10 +95,10 @@ def _study(exp_dir: Path, cfg):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from search.tuner import JOURNAL_FILE, _study_name
+    from search.expdir import JOURNAL_FILE, study_name
 
     storage = JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL_FILE)))
-    return optuna.load_study(study_name=_study_name(cfg), storage=storage)
+    return optuna.load_study(study_name=study_name(cfg), storage=storage)
 
 
 # --------------------------------------------------------------------------- without Ray
@@ -109,7 +109,7 @@ def test_every_sampler_builds_and_proposes_in_the_space(tmp_path, name):
     import optuna
 
     from search import space
-    from search.tuner import make_sampler
+    from search.samplers import make_sampler
 
     objectives = ["objectives.objectives=[{metric: val_acc, mode: max}]"] if name == "cmaes" else []
     cfg = _cfg(tmp_path, f"sampler.name={name}", "objectives.macs_budget=200000", "sampler.n_startup_trials=2",
@@ -134,7 +134,7 @@ def test_every_sampler_builds_and_proposes_in_the_space(tmp_path, name):
 
 
 def test_find_experiment_rejects_a_directory_without_config(tmp_path):
-    from search.tuner import find_experiment
+    from search.expdir import find_experiment
 
     with pytest.raises(UsageError, match="not an experiment directory"):
         find_experiment(tmp_path)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from pruning.criteria import attribution, attribution_iba, magnitude, profit, taylor  # noqa: F401  (registers)
-from pruning.criteria.base import CRITERIA, Criterion, normalize_per_group
+from pruning.criteria import attribution, attribution_iba, magnitude, profit, taylor  # noqa: F401  (registers criteria)
+from pruning.criteria.base import CRITERIA, Criterion
 from pruning.criteria.profit import combine_profit, p_next, p_self
 from pruning.errors import UsageError
 
@@ -22,7 +22,6 @@ __all__ = [
     "Criterion",
     "combine_profit",
     "get_criterion",
-    "normalize_per_group",
     "p_next",
     "p_self",
 ]

@@ -101,14 +101,6 @@ def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def normalize_per_group(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Per-group L2 normalisation ŝ = s/‖s‖₂ (zeros stay zeros), for global ranking.
-
-    Returns new tensors (float32); the input is not modified.
-    """
-    return {name: l2_normalize(s.to(torch.float64)).to(torch.float32) for name, s in scores.items()}
-
-
 def finalize(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Cast to float32 CPU. Divisions are guarded, so a non-finite score means the model
     itself produced NaN/inf on the calibration data: raise ``TrialError``."""

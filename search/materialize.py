@@ -1,4 +1,4 @@
-"""What an experiment config materialises into: its dataset and its (untrained) model.
+"""What a config materialises into: its dataset and its (untrained) model.
 
 ``space`` needs the model's groups and ``trial`` needs the data; both come from here so
 neither imports the other. The dataset is memoised per process (one entry): a driver

@@ -1,0 +1,102 @@
+"""One Ray Tune session of a search: build (or restore) the Tuner and run it.
+
+Called by :func:`search.tuner.run_search` / ``resume_search`` inside a
+:func:`search._ray.session.ray_session`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ray import tune
+
+from search import expdir
+from search.config import ExperimentConfig
+from search.ledger import is_missing, read_trials
+from search.result import OBJECTIVE_KEYS, plain
+from search._ray.recorder import Recorder
+from search._ray.searcher import make_searcher
+from search._ray.trainable import _scheduler, make_trainable, trial_dirname
+
+if TYPE_CHECKING:
+    from search.tuner import SearchOptions
+
+logger = logging.getLogger(__name__)
+
+
+def replay_results(exp_dir: Path, retry_errored: bool) -> dict[str, dict[str, Any]]:
+    """Ledger trials a restored Ray may try to run again, as the final results ``run_one``
+    reports instead of running them (``replayed``); errored ones are left out, and so
+    run again, when ``retry_errored``."""
+    out = {}
+    for row in read_trials(exp_dir).to_dict("records"):
+        if row["status"] == "ERROR" and retry_errored:
+            continue
+        res = {k: plain(row.get(k)) for k in OBJECTIVE_KEYS}
+        res = {k: (None if is_missing(v) else v) for k, v in res.items()}
+        if row["status"] == "ERROR":
+            res["error"] = row.get("error") or "error"
+        out[str(row["trial_id"])] = res
+    return out
+
+
+def _restore(session_dir: Path, trainable: Any, retry_errored: bool) -> Any:
+    try:
+        return tune.Tuner.restore(str(session_dir.resolve()), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=retry_errored)
+    except Exception as exc:  # noqa: BLE001 - Ray's state is a cache; fall back to a warm start
+        logger.warning("could not restore Ray's experiment state (%s); warm-starting a new session", exc)
+        return None
+
+
+def _new_tuner(cfg: ExperimentConfig, exp_dir: Path, trainable: Any, searcher: Any, callback: Any,
+               verbose: bool) -> Any:
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(cfg),
+            num_samples=cfg.num_samples,
+            max_concurrent_trials=cfg.max_concurrent,
+            reuse_actors=True,
+            trial_name_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=expdir.next_session_name(exp_dir),
+            storage_path=str((exp_dir / expdir.RAY_DIR).resolve()),
+            callbacks=[callback],
+            verbose=2 if verbose else 0,
+            failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            log_to_file=True,
+        ),
+    )
+
+
+def fit_session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, base: Any, groups: list[str],
+                mode: str) -> tuple[float, float, str | None]:
+    """Run one session; ``mode`` is "fresh", "resume" or "force" (changed config).
+
+    "resume" restores Ray's newest session when it can; otherwise a new session starts,
+    its searcher warm-started from the journal and the ledger. Returns (when Tuner.fit
+    started as time.time(), its seconds, how it resumed: "restore", "warm-start" or None).
+    """
+    recorder = Recorder(exp_dir, cfg, expdir.run_meta())
+    sessions = expdir.sessions(exp_dir)
+    trainable = make_trainable(cfg, base, options.trial_fn, replay_results(exp_dir, options.retry_errored))
+    tuner, resumed_from = None, None
+    if mode == "resume" and sessions and expdir.restorable(sessions[-1]):
+        tuner = _restore(sessions[-1], trainable, options.retry_errored)
+        resumed_from = "restore" if tuner is not None else None
+    if tuner is None:
+        resumed_from = None if mode == "fresh" else "warm-start"
+        searcher = make_searcher(cfg, exp_dir, groups, session_index=len(sessions), first_session=mode == "fresh")
+        tuner = _new_tuner(cfg, exp_dir, trainable, searcher, recorder, options.verbose)
+    started = time.time()
+    t0 = time.perf_counter()
+    tuner.fit()
+    return started, time.perf_counter() - t0, resumed_from

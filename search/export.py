@@ -1,0 +1,63 @@
+"""Export a search trial's pruned model (``prunetune export``): from its checkpoint, or by
+running the trial again locally. No Ray: the driver's ledger row says everything."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pruning.errors import UsageError
+from pruning.export import check_writable, export_model
+from search import trial as trial_mod
+from search.config import ExperimentConfig
+from search.ledger import is_missing, params_of
+from search.materialize import experiment_data
+
+__all__ = ["export_trial", "load_trial_model"]
+
+logger = logging.getLogger(__name__)
+
+_METRIC_KEYS = ("trial_id", "experiment", "mode", "criterion", "val_acc", "test_acc", "macs", "params", "latency_ms",
+                "macs_ratio", "base_val_acc", "epochs", "wall_s", "seed", "git_sha", "prunetune_version")
+
+
+def load_trial_model(cfg: ExperimentConfig, row: Mapping[str, Any], trial_fn: Any = None) -> Any:
+    """The pruned model of a finished trial: from its checkpoint, else by running the
+    trial again locally (same params and seed; the base model comes from the cache)."""
+    ckpt = row.get("checkpoint")
+    if isinstance(ckpt, str) and (Path(ckpt) / "model.pt").is_file():
+        return torch.load(Path(ckpt) / "model.pt", map_location="cpu", weights_only=False)["model"]
+    logger.info("trial %s has no saved model; running it again to export it", row.get("trial_id"))
+    fn = trial_fn or trial_mod.run_trial
+    last: list[Any] = [None]
+    result = fn(cfg, params_of(row), lambda _row, model=None: last.__setitem__(0, model),
+                base=trial_mod.prepare_base(cfg))
+    model = result.get("model", last[0]) if isinstance(result, Mapping) else last[0]
+    if model is None:
+        raise UsageError(f"trial {row.get('trial_id')} has no saved model and re-running it gave none")
+    return model.cpu()
+
+
+def _json_safe(v: Any) -> Any:
+    if hasattr(v, "item"):
+        v = v.item()
+    return None if is_missing(v) else v
+
+
+def export_trial(cfg: ExperimentConfig, exp_dir: Path, row: Mapping[str, Any], out: Path) -> dict[str, Path]:
+    """Write a finished trial's model with ``pruning.export.export_model`` (model.pt, model.pt2,
+    widths.json, metrics.json) into ``out``; returns the written paths."""
+    check_writable(out)
+    model = load_trial_model(cfg, row)
+    names = [str(g) for g in (row.get("group_names") if row.get("group_names") is not None else [])]
+    widths = [int(w) for w in (row.get("widths") if row.get("widths") is not None else [])]
+    metrics = {k: _json_safe(row.get(k)) for k in _METRIC_KEYS}
+    metrics["params_sampled"] = params_of(row)
+    metrics["model"] = cfg.model.name
+    metrics["data"] = cfg.data.name
+    input_shape = tuple(experiment_data(cfg).input_shape)
+    return export_model(model, out, input_shape, dict(zip(names, widths, strict=False)), metrics)

@@ -1,0 +1,95 @@
+"""SAMPLERS: the Optuna samplers a search can use, by name (``sampler.name`` in a config).
+
+Each entry is a small importer function, like Ray Tune's ``SEARCH_ALG_IMPORT`` table:
+Optuna is imported when a sampler is built, not when this module is imported, so the
+config can validate names without loading Optuna.
+
+A MACs budget is a constraint that TPE and NSGA-II read from each finished trial
+(``Trial.set_constraint("macs_budget", macs - budget)``, feasible when <= 0; set by the
+searcher); CMA-ES, which ignores constraints, gets a penalty on its objective instead
+(:data:`PENALISES_MACS`); random search ignores the budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from pruning.errors import UsageError
+from pruning.registry import Registry
+
+if TYPE_CHECKING:
+    from search.config import ExperimentConfig, SamplerSection
+
+__all__ = ["PENALISES_MACS", "SAMPLERS", "SamplerName", "check_available", "make_sampler"]
+
+#: The valid ``sampler.name`` values (the config's type; must equal ``SAMPLERS.names()``).
+SamplerName = Literal["tpe", "nsga2", "random", "cmaes"]
+
+#: Samplers that ignore Optuna constraints; the searcher penalises their objective instead.
+PENALISES_MACS = frozenset({"cmaes"})
+
+
+@dataclass(frozen=True)
+class SamplerEntry:
+    """``build(section, seed)`` returns the sampler; ``requires`` names an extra package."""
+
+    build: Callable[[SamplerSection, int], Any]
+    requires: str | None = None
+
+
+SAMPLERS: Registry[SamplerEntry] = Registry("sampler")
+
+
+def _tpe(s: SamplerSection, seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=seed, multivariate=True, group=True,
+                                      constant_liar=True)
+
+
+def _nsga2(s: SamplerSection, seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
+
+
+def _random(s: SamplerSection, seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _cmaes(s: SamplerSection, seed: int) -> Any:
+    import optuna
+
+    return optuna.samplers.CmaEsSampler(n_startup_trials=s.n_startup_trials, seed=seed,
+                                        warn_independent_sampling=False)
+
+
+SAMPLERS.register("tpe")(SamplerEntry(_tpe))
+SAMPLERS.register("nsga2")(SamplerEntry(_nsga2))
+SAMPLERS.register("random")(SamplerEntry(_random))
+SAMPLERS.register("cmaes")(SamplerEntry(_cmaes, requires="cmaes"))  # Optuna imports it only when sampling
+assert set(SAMPLERS.names()) == set(get_args(SamplerName)), "SamplerName and SAMPLERS disagree"
+
+
+def check_available(name: str) -> None:
+    """UsageError when sampler ``name`` is unknown or its extra package is not installed."""
+    entry = SAMPLERS[name]
+    if entry.requires is not None and importlib.util.find_spec(entry.requires) is None:
+        others = ", ".join(n for n in get_args(SamplerName) if SAMPLERS[n].requires is None)
+        raise UsageError(f"sampler {name} needs the {entry.requires!r} package (pip install {entry.requires}); "
+                         f"or choose one of: {others}")
+
+
+def make_sampler(cfg: ExperimentConfig, seed: int | None = None) -> Any:
+    """The Optuna sampler named by ``cfg.sampler``, seeded with ``seed`` (default: the experiment's)."""
+    check_available(cfg.sampler.name)
+    with warnings.catch_warnings():
+        # TPE's multivariate/group/constant_liar are "experimental" in Optuna: noise for our users.
+        warnings.filterwarnings("ignore", message=".*experimental.*")
+        return SAMPLERS[cfg.sampler.name].build(cfg.sampler, cfg.experiment.seed if seed is None else seed)
