@@ -152,11 +152,20 @@ class AdaptiveResult:
     epoch_metrics: list[EpochMetrics] = field(default_factory=list)
 
 
-def smallest_macs(model: nn.Module, input_shape: tuple[int, ...], min_channels: int) -> int:
-    """MACs per sample of ``model`` with every group cut to ``min_channels`` (the smallest the loop can reach)."""
+def floor_width(size: int, min_channels: int, round_to: int = 1) -> int:
+    """The narrowest a group of ``size`` channels can be pruned to: ``min_channels`` rounded up to ``round_to``, at most ``size``."""
+    n = max(1, min_channels)
+    return min(size, int(math.ceil(n / round_to) * round_to) if round_to > 1 else n)
+
+
+def smallest_macs(model: nn.Module, input_shape: tuple[int, ...], min_channels: int, round_to: int = 1) -> int:
+    """MACs per sample of ``model`` with every group cut to its floor (the smallest the loop can reach).
+
+    The floor is ``floor_width``: with ``round_to`` > 1 it lies above ``min_channels``, as in every prune.
+    """
     small = copy.deepcopy(model).cpu()
     graph = GroupGraph(small, torch.zeros(1, *input_shape))
-    graph.prune({g: range(min(min_channels, n)) for g, n in graph.widths().items()})
+    graph.prune({g: range(floor_width(n, min_channels, round_to)) for g, n in graph.widths().items()})
     return count_macs(small, input_shape)
 
 
@@ -164,11 +173,11 @@ def check_budget(model: nn.Module, input_shape: tuple[int, ...], cfg: AdaptiveCo
     """``UsageError`` if ``cfg.budget_macs`` is below the smallest network the loop can reach."""
     if cfg.budget_macs is None:
         return
-    floor = smallest_macs(model, input_shape, cfg.min_channels)
+    floor = smallest_macs(model, input_shape, cfg.min_channels, cfg.round_to)
     if cfg.budget_macs < floor:
         raise UsageError(
             f"MACs budget {cfg.budget_macs} is below the smallest network this model can be pruned to "
-            f"({floor} MACs with min_channels={cfg.min_channels})"
+            f"({floor} MACs with min_channels={cfg.min_channels}, round_to={cfg.round_to})"
         )
 
 

@@ -92,6 +92,24 @@ def test_budget_below_the_smallest_network_is_refused_before_training(data) -> N
     assert not called
 
 
+def test_budget_between_the_min_channels_and_round_to_floors_is_refused_up_front(data) -> None:
+    model = _model()
+    cfg = replace(FAST, min_channels=2, round_to=8, max_epochs=4, finetune_epochs=0, grow_top_q=1.0)
+    loose, rounded = smallest_macs(model, data.input_shape, 2), smallest_macs(model, data.input_shape, 2, 8)
+    assert loose < rounded  # 8 channels per group cost more than 2
+    between = (loose + rounded) // 2
+    with pytest.raises(UsageError, match=rf"MACs budget {between} is below .* min_channels=2, round_to=8\)"):
+        check_budget(model, data.input_shape, replace(cfg, budget_macs=between))
+    called = []
+    with pytest.raises(UsageError, match="round_to=8"):
+        run_adaptive(model, data, TRAIN, replace(cfg, budget_macs=between), on_epoch=lambda *a: called.append(1))
+    assert not called
+    # Exactly the rounded floor is reachable: the loop prunes down to it without raising.
+    result = run_adaptive(model, data, TRAIN, replace(cfg, budget_macs=rounded))
+    assert count_macs(model, data.input_shape) <= rounded and "budget" in result.stop_reason
+    assert all(w % 8 == 0 for w in result.widths.values())
+
+
 def _momentum(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
     return opt.state[p]["momentum_buffer"].clone()
 
