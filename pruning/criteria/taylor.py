@@ -32,16 +32,20 @@ from pruning.surgery import ChannelGroup
 
 
 def _taylor_stat(a: Tensor, g: Tensor) -> Tensor:
-    return (a * g).mean(dim=(0, 2)).abs()
+    # g is the gradient of the batch's *mean* loss, i.e. ∂L_n/∂a_n / N for sample n (eval
+    # mode: samples do not interact); × N gives each example's own gradient, so batches of
+    # different sizes weigh their examples alike. |·| per example, then summed over the batch.
+    return (a * g).mean(dim=2).abs().sum(dim=0) * a.shape[0]
 
 
 @register_criterion
 class Taylor(Criterion):
-    """``taylor`` (Molchanov et al. 2016): |mean over batch and space of a_k · ∂L/∂a_k|.
+    """``taylor`` (Molchanov et al. 2017, ICLR): mean over examples of |mean over space of a_k · ∂L/∂a_k|.
 
-    L = mean cross-entropy of the batch. The absolute value is taken per batch, the
-    result averaged over batches, L2-normalised per layer (producer) and summed over a
-    group's producers.
+    L is the example's own cross-entropy. The absolute value is taken per example (as
+    published), so examples whose first-order terms have opposite signs do not cancel;
+    the result is averaged over all calibration examples, L2-normalised per layer
+    (producer) and summed over a group's producers.
     """
 
     name = "taylor"
@@ -49,7 +53,7 @@ class Taylor(Criterion):
 
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
         check_batches(self, batches)
-        sites, values = site_means(model, groups, batches, "loss", _taylor_stat, per_sample=False)
+        sites, values = site_means(model, groups, batches, "loss", _taylor_stat, per_sample=True)
         return finalize(sum_normalized_sites(groups, sites, values))
 
 
