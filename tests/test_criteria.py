@@ -335,7 +335,8 @@ def _taylor_by_hand(model: nn.Module, groups: list[ChannelGroup], batches: list)
     for x, y in batches:
         for n in range(len(y)):  # each example on its own: its own loss, its own gradient
             feats: dict[str, Tensor] = {}
-            handles = [bn.register_forward_hook(lambda _m, _i, o, k=k: feats.__setitem__(k, o)) for k, bn in bns.items()]
+            handles = [bn.register_forward_hook(lambda _m, _i, o, k=k: feats.__setitem__(k, o))
+                       for k, bn in bns.items()]
             loss = F.cross_entropy(ref(x[n:n + 1]), y[n:n + 1])
             for h in handles:
                 h.remove()

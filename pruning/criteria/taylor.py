@@ -9,7 +9,7 @@ Calibration runs in eval mode; see ``base.run_backward``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -20,6 +20,7 @@ from pruning.criteria.base import (
     check_batches,
     finalize,
     find_sites,
+    pool_families,
     register_criterion,
     run_backward,
     scatter_to_group,
@@ -80,9 +81,15 @@ class TaylorGuided(Criterion):
 
 
 def taylor_fo_scores(
-    model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch],
+    families: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Raw ``taylor_fo`` scores (float64, not normalised): mean over batches of t_k², see ``TaylorFO``."""
+    """Raw ``taylor_fo`` scores (float64, not normalised): mean over batches of t_k², see ``TaylorFO``.
+
+    ``families[group]`` (optional) gives each channel a family id: the gate terms of a
+    family are summed before squaring and every member gets the family's score (the loss
+    change if the whole family goes), so a Net2Wider split does not change the score.
+    """
     if len(batches) == 0:
         raise UsageError("taylor_fo needs calibration data; got 0 batches")
     sites = find_sites(model, groups, batches[0][0])
@@ -106,6 +113,8 @@ def taylor_fo_scores(
             per_channel = (p.detach() * gp).reshape(p.shape[0], -1).sum(1)
             scatter_to_group(t[group], idxs, root_idxs, per_channel)
         for name, v in t.items():
+            if families is not None and name in families:
+                v = pool_families(v, families[name])
             scores[name] += v.pow(2)
 
     run_backward(model, batches, [], "loss", on_pass, params=params)
