@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from pruning.data import load_data
@@ -42,6 +43,7 @@ def _base_weights_hash(seed: int) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # three fresh processes (torch imports + one epoch each): ~15 s on a busy 2-core machine
 def test_base_model_weights_are_bit_identical_across_processes_and_follow_the_seed() -> None:
     first, second, other = _base_weights_hash(3), _base_weights_hash(3), _base_weights_hash(4)
     assert first == second
