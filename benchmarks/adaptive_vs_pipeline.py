@@ -18,6 +18,11 @@ training step and every scoring pass; the pipeline's includes training the dense
 Validation passes are not counted. Markdown goes to stdout, progress to stderr.
 
     python benchmarks/adaptive_vs_pipeline.py                  # digits, ~2.5 min on 2 cores
+    python benchmarks/adaptive_vs_pipeline.py --adaptive-only --search-epochs 4 --adaptive-finetune-epochs 0
+        # reduced: the adaptive arm alone (its budget from the untrained dense model's MACs), for churn
+
+*Churn* counts channels that the loop grew and then pruned again within
+``CHURN_WINDOW`` (2) evaluations: growth that the profit immediately undid.
     python benchmarks/adaptive_vs_pipeline.py --data cifar10 --root ~/data/cifar10 --model cifar_vgg11
 """
 
@@ -33,7 +38,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
-from pruning.adaptive import TRAIN_STEP_FORWARDS, AdaptiveConfig, run_adaptive
+from pruning.adaptive import CHURN_WINDOW, TRAIN_STEP_FORWARDS, AdaptiveConfig, AdaptiveResult, run_adaptive
 from pruning.cost import count_macs
 from pruning.data import load_data
 from pruning.iterative import PruneSpec, prune_iteratively
@@ -61,6 +66,22 @@ def _epoch_macs(macs: int, samples: int) -> int:
     return TRAIN_STEP_FORWARDS * macs * samples
 
 
+def churn(result: AdaptiveResult) -> tuple[int, int, int, int]:
+    """Over the search: channels grown; of those, pruned within ``CHURN_WINDOW`` evaluations,
+    and pruned at any time; channels pruned in all."""
+    def total(key: str) -> int:
+        return sum(n for h in result.history for n in h[key].values())
+
+    return total("grown"), total("churned"), total("pruned_grown"), total("pruned")
+
+
+def _churn_line(result: AdaptiveResult) -> str:
+    grown, churned, later, pruned = churn(result)
+    return (f"Grow-then-prune churn: {churned} of {grown} grown channels were pruned again within "
+            f"{CHURN_WINDOW} evaluations ({churned / max(1, grown):.0%}); {later} grown channels were pruned "
+            f"during the search, of {pruned} channels pruned in all.")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="small_vgg")
@@ -72,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.05, help="peak LR of dense training and of the adaptive search")
     p.add_argument("--finetune-epochs", type=int, default=10, help="pipeline finetune epochs")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="pipeline finetune peak LR")
-    p.add_argument("--budget", type=float, default=0.5, help="adaptive MACs budget, x the dense model's MACs")
+    p.add_argument("--budget", type=float, default=0.5,
+                   help="adaptive MACs budget, x the dense model's MACs (0: no budget, --adaptive-only only)")
     p.add_argument("--width-mult", type=float, default=0.5, help="adaptive start width (from scratch)")
     p.add_argument("--search-epochs", type=int, default=20, help="adaptive: maximum search epochs")
     p.add_argument("--adaptive-finetune-epochs", type=int, default=15, help="adaptive: epochs after the search")
@@ -80,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: tiny models gain nothing from more)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--patience", type=int, default=AdaptiveConfig.patience, help="adaptive: patience (r)")
+    p.add_argument("--eval-every", type=int, default=AdaptiveConfig.eval_every_steps,
+                   help="adaptive: training steps per evaluation (E)")
+    p.add_argument("--adaptive-only", action="store_true",
+                   help="run only the adaptive arm (budget from the untrained dense model's MACs) and report churn")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -100,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
              f"GMACs wall {arm.wall_s:.1f}s widths {list(arm.widths.values())}")
         return arm
 
+    if args.adaptive_only:
+        return _adaptive_only(args, data, build, finish)
+
     # Dense.
     _say(f"dense: training {args.model} on {args.data} for {args.epochs} epochs...")
     t0 = time.perf_counter()
@@ -115,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     adaptive_model = build(args.width_mult)
     acfg = AdaptiveConfig(budget_macs=int(args.budget * dense_macs), max_epochs=args.search_epochs,
-                          finetune_epochs=args.adaptive_finetune_epochs)
+                          finetune_epochs=args.adaptive_finetune_epochs,
+                          patience=args.patience, eval_every_steps=args.eval_every)
     train_cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
     result = run_adaptive(adaptive_model, data, train_cfg, acfg)
     adaptive = finish("adaptive", adaptive_model, result.train_macs, t0)
@@ -167,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {arm.name} | {100 * arm.test_acc:.2f} | {100 * arm.val_acc:.2f} | {arm.macs / 1e6:.3f} "
               f"| {arm.macs / dense.macs:.1%} | {arm.train_macs / 1e9:.1f} | {arm.train_macs / pipeline.train_macs:.2f}x "
               f"| {arm.wall_s:.1f} | {' '.join(map(str, arm.widths.values()))} |")
-    print(f"\nAdaptive start widths: {' '.join(map(str, start_widths.values()))}.")
+    print(f"\nAdaptive start widths: {' '.join(map(str, start_widths.values()))}. {_churn_line(result)}")
     gap = 100 * (dense.test_acc - adaptive.test_acc)
     checks = {
         f"test accuracy within 0.5 pt of dense (gap {gap:+.2f} pt)": gap <= 0.5,
@@ -181,6 +212,27 @@ def main(argv: list[str] | None = None) -> int:
     if not math.isclose(pipe_macs, adaptive.macs, rel_tol=0.02):
         print(f"\nNote: the pipeline reached {pipe_macs / 1e6:.3f}M MACs for a {adaptive.macs / 1e6:.3f}M target "
               "(bisection over a global keep fraction).")
+    return 0
+
+
+def _adaptive_only(args: argparse.Namespace, data, build, finish) -> int:
+    """The reduced run: the adaptive arm alone, with its grow/prune churn."""
+    dense_macs = count_macs(build(1.0), tuple(data.input_shape))  # MACs do not depend on training
+    t0 = time.perf_counter()
+    model = build(args.width_mult)
+    acfg = AdaptiveConfig(budget_macs=int(args.budget * dense_macs) if args.budget > 0 else None,
+                          max_epochs=args.search_epochs, finetune_epochs=args.adaptive_finetune_epochs,
+                          patience=args.patience, eval_every_steps=args.eval_every)
+    train_cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    result = run_adaptive(model, data, train_cfg, acfg)
+    arm = finish("adaptive", model, result.train_macs, t0)
+    print(f"### Adaptive arm only ({args.model} on {args.data}, seed {args.seed})\n")
+    budget = f"budget {args.budget:.0%} of dense MACs" if args.budget > 0 else "no budget"
+    print(f"From scratch at width ×{args.width_mult}, {budget}, "
+          f"{result.search_epochs} search epochs ({result.stop_reason}) + {result.epochs - result.search_epochs} "
+          f"finetune epochs, {len(result.history)} evaluations. Test {100 * arm.test_acc:.2f}%, "
+          f"{arm.macs / dense_macs:.1%} of dense MACs, widths {' '.join(map(str, arm.widths.values()))}. "
+          f"{_churn_line(result)}")
     return 0
 
 

@@ -6,7 +6,10 @@ re-estimated on a few training batches and smoothed over evaluations (EMA)::
     profit_k = γ·norm(P_self,k) + (1−γ)·norm(P_next,k)    (``pruning.criteria.profit``)
 
 where P_self is ``taylor_fo`` (the loss change if channel k goes), P_next how much the
-next layers use channel k, and norm divides by the group's maximum. Then:
+next layers use channel k, and norm divides by the group's maximum. Channels split from
+one another form a *family* that is scored as one channel (the sum of its members' terms
+before squaring), and the group mean counts each family once, so a split leaves every
+prune decision as it was (``pruning.criteria.profit``). Then:
 
 * **prune** the channels whose EMA profit stayed below ``prune_threshold`` × the group's
   mean for ``patience`` evaluations in a row (never below ``min_channels``);
@@ -69,6 +72,10 @@ TRAIN_STEP_FORWARDS = 3
 
 #: Below the budget, the search stops once MACs are within this fraction of it.
 BUDGET_TOLERANCE = 0.05
+
+#: A pruned channel counts as *churn* when it was grown at most this many evaluations
+#: earlier (grown, then pruned before it had a chance to learn).
+CHURN_WINDOW = 2
 
 #: Over the budget, one evaluation cuts at most this fraction of the MACs (a gradual
 #: approach lets the profits of the survivors be re-estimated between cuts).
@@ -134,7 +141,9 @@ class AdaptiveResult:
 
     ``history`` has one dict per evaluation: ``step``, ``epoch``, ``widths`` (after the
     evaluation's surgery), ``macs`` (per sample), ``pruned``/``grown`` (channels per
-    group), ``over_budget``. ``train_macs`` is the total training compute:
+    group), ``churned`` (of the pruned, those grown at most ``CHURN_WINDOW`` evaluations
+    earlier, per group), ``pruned_grown`` (of the pruned, those grown at any time during
+    this search, per group), ``over_budget``. ``train_macs`` is the total training compute:
     Σ over training steps and profit estimations of per-sample MACs × samples × 3
     (forward + backward ≈ 3 forward passes); validation passes are not counted.
     """
@@ -152,11 +161,24 @@ class AdaptiveResult:
     epoch_metrics: list[EpochMetrics] = field(default_factory=list)
 
 
-def smallest_macs(model: nn.Module, input_shape: tuple[int, ...], min_channels: int) -> int:
-    """MACs per sample of ``model`` with every group cut to ``min_channels`` (the smallest the loop can reach)."""
+def floor_width(size: int, min_channels: int, round_to: int = 1) -> int:
+    """The narrowest a group of ``size`` channels can be pruned to.
+
+    ``min_channels`` rounded up to ``round_to``, at most ``size`` (as ``_plan_prune`` and
+    ``selection.keep_for_macs`` round).
+    """
+    n = max(1, min_channels)
+    return min(size, int(math.ceil(n / round_to) * round_to) if round_to > 1 else n)
+
+
+def smallest_macs(model: nn.Module, input_shape: tuple[int, ...], min_channels: int, round_to: int = 1) -> int:
+    """MACs per sample of ``model`` with every group cut to its floor (the smallest the loop can reach).
+
+    The floor is ``floor_width``: with ``round_to`` > 1 it lies above ``min_channels``, as in every prune.
+    """
     small = copy.deepcopy(model).cpu()
     graph = GroupGraph(small, torch.zeros(1, *input_shape))
-    graph.prune({g: range(min(min_channels, n)) for g, n in graph.widths().items()})
+    graph.prune({g: range(floor_width(n, min_channels, round_to)) for g, n in graph.widths().items()})
     return count_macs(small, input_shape)
 
 
@@ -164,11 +186,11 @@ def check_budget(model: nn.Module, input_shape: tuple[int, ...], cfg: AdaptiveCo
     """``UsageError`` if ``cfg.budget_macs`` is below the smallest network the loop can reach."""
     if cfg.budget_macs is None:
         return
-    floor = smallest_macs(model, input_shape, cfg.min_channels)
+    floor = smallest_macs(model, input_shape, cfg.min_channels, cfg.round_to)
     if cfg.budget_macs < floor:
         raise UsageError(
             f"MACs budget {cfg.budget_macs} is below the smallest network this model can be pruned to "
-            f"({floor} MACs with min_channels={cfg.min_channels})"
+            f"({floor} MACs with min_channels={cfg.min_channels}, round_to={cfg.round_to})"
         )
 
 
@@ -195,6 +217,10 @@ class _Loop:
         self.cap = {g: max(n, math.floor(cfg.max_width_mult * n)) for g, n in self.initial.items()}
         self.ema: dict[str, torch.Tensor] = {}
         self.below: dict[str, torch.Tensor] = {}
+        # Evaluation that grew each channel (-1: there from the start), and its split family:
+        # a split copy joins its source's family, and a family is scored as one channel.
+        self.born = {g: torch.full((n,), -1, dtype=torch.long) for g, n in self.initial.items()}
+        self.family = {g: torch.arange(n) for g, n in self.initial.items()}
         self.quiet = dict.fromkeys(self.initial, 0)  # evaluations since the group last changed
         self.macs = count_macs(model, self.input_shape)
         self.evaluations = 0
@@ -213,11 +239,11 @@ class _Loop:
 
     def _profit(self, graph: GroupGraph) -> tuple[dict[str, torch.Tensor], int]:
         """Profit per channel and the samples its estimation saw."""
-        nxt = p_next(graph.groups)
+        nxt = p_next(graph.groups, self.family)
         batches: list[tuple[torch.Tensor, torch.Tensor]] = []
         if self.cfg.gamma > 0:
             batches = self._calibration()
-            own = p_self(self.model, graph.groups, batches)
+            own = p_self(self.model, graph.groups, batches, self.family)
         else:
             own = {g: torch.zeros_like(v) for g, v in nxt.items()}
         return combine_profit(own, nxt, self.cfg.gamma), sum(len(y) for _, y in batches)
@@ -230,6 +256,13 @@ class _Loop:
             self.below.setdefault(g, torch.zeros(len(p), dtype=torch.long))
 
     # -- decisions ---------------------------------------------------------------------
+    def mean_profit(self, g: str) -> float:
+        """The group's mean EMA profit over split families (each family counted once), so a
+        split, which copies a family's profit to a new member, does not move the mean."""
+        _, inverse, counts = torch.unique(self.family[g], return_inverse=True, return_counts=True)
+        weight = 1.0 / counts[inverse].double()
+        return float((weight * self.ema[g]).sum() / weight.sum())
+
     def _round(self, n: int) -> int:
         r = self.cfg.round_to
         return int(math.ceil(n / r) * r) if r > 1 else n
@@ -243,7 +276,7 @@ class _Loop:
         ``OVER_BUDGET_STEP`` or to the budget, whichever is less - without patience.
         """
         for g, ema in self.ema.items():
-            low = ema < self.cfg.prune_threshold * ema.mean()
+            low = ema < self.cfg.prune_threshold * self.mean_profit(g)
             self.below[g] = torch.where(low, self.below[g] + 1, torch.zeros_like(self.below[g]))
         budget = self.cfg.budget_macs
         if over_budget and budget is not None:
@@ -265,7 +298,7 @@ class _Loop:
         """Channels to add per group: top-q groups by mean profit, quiet for ``patience`` evaluations."""
         if self.cfg.grow_fraction == 0 or self.cfg.grow_top_q == 0:
             return {}
-        ranked = sorted(self.ema, key=lambda g: -float(self.ema[g].mean()))
+        ranked = sorted(self.ema, key=lambda g: -self.mean_profit(g))
         top = ranked[: max(1, math.ceil(self.cfg.grow_top_q * len(ranked)))]
         add = {}
         for g in top:
@@ -293,11 +326,22 @@ class _Loop:
         return plan
 
     # -- surgery -----------------------------------------------------------------------
-    def _prune(self, graph: GroupGraph, keep: Mapping[str, list[int]], state: dict[str, dict]) -> None:
+    def _prune(self, graph: GroupGraph, keep: Mapping[str, list[int]], state: dict[str, dict]
+               ) -> tuple[dict[str, int], dict[str, int]]:
+        """Prune. Returns, per group, the pruned channels that this search grew: within the
+        last ``CHURN_WINDOW`` evaluations (churn), and at any time."""
         self._carry(param_index_maps(graph, keep), state)
         graph.prune(keep)
+        churn, grown = {}, {}
         for g, kept in keep.items():
-            self.ema[g], self.below[g] = self.ema[g][kept], self.below[g][kept]
+            dropped = torch.ones(len(self.born[g]), dtype=torch.bool)
+            dropped[kept] = False
+            born = self.born[g][dropped]
+            churn[g] = int((born >= max(0, self.evaluations - CHURN_WINDOW)).sum())
+            grown[g] = int((born >= 0).sum())
+            for per_channel in (self.ema, self.below, self.born, self.family):
+                per_channel[g] = per_channel[g][kept]
+        return {g: n for g, n in churn.items() if n}, {g: n for g, n in grown.items() if n}
 
     def _grow(self, add: Mapping[str, int], state: dict[str, dict]) -> None:
         graph = GroupGraph(self.model, self.example)
@@ -310,10 +354,17 @@ class _Loop:
         grow(self.model, add, self.example, method=self.cfg.grow_method, sources=sources,
              noise=self.cfg.noise, seed=self.train_cfg.seed * 7919 + self.evaluations)
         for g, src in sources.items():
-            # A split copy starts as useful as its source; a zero-outgoing one gets the group mean.
-            new = self.ema[g][src] if self.cfg.grow_method == "split" else self.ema[g].mean().repeat(len(src))
+            # A split copy joins its source's family and has its profit; a zero-outgoing one
+            # is a family of its own and gets the group mean.
+            if self.cfg.grow_method == "split":
+                new, fam = self.ema[g][src], self.family[g][src]
+            else:
+                new = torch.full((len(src),), self.mean_profit(g), dtype=self.ema[g].dtype)
+                fam = int(self.family[g].max()) + 1 + torch.arange(len(src))
             self.ema[g] = torch.cat([self.ema[g], new])
+            self.family[g] = torch.cat([self.family[g], fam])
             self.below[g] = torch.cat([self.below[g], torch.zeros(len(src), dtype=torch.long)])
+            self.born[g] = torch.cat([self.born[g], torch.full((len(src),), self.evaluations, dtype=torch.long)])
 
     @staticmethod
     def _carry(maps: Mapping[str, Mapping[int, list[int]]], state: dict[str, dict]) -> None:
@@ -334,11 +385,13 @@ class _Loop:
         removed = {g: len(self.ema[g]) - len(kept) for g, kept in keep.items()}
         add = {} if over else self._fit_budget(self._plan_grow(skip=set(keep)))
         changed = set(keep) | set(add)
+        churn: dict[str, int] = {}
+        pruned_grown: dict[str, int] = {}
         if changed:
             names = {p: n for n, p in self.model.named_parameters()}
             state = {names[p]: dict(s) for p, s in optimizer.state.items() if p in names}
             if keep:
-                self._prune(graph, keep, state)
+                churn, pruned_grown = self._prune(graph, keep, state)
             if add:
                 self._grow(add, state)
             lr = optimizer.param_groups[0]["lr"]
@@ -356,7 +409,8 @@ class _Loop:
             "evaluation": self.evaluations, "step": step, "epoch": epoch,
             "widths": self.widths(), "macs": self.macs,
             "pruned": removed,
-            "grown": dict(add), "over_budget": over, "calib_macs": calib_macs,
+            "grown": dict(add), "churned": churn, "pruned_grown": pruned_grown,
+            "over_budget": over, "calib_macs": calib_macs,
         }
         return optimizer, record
 

@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def recipe_hash(model_name: str, data_key: dict[str, Any], cfg: TrainConfig, width_mult: float = 1.0) -> str:
-    """Short stable hash of everything that determines the base model's weights (device excluded)."""
+    """Short stable hash of everything that determines the base model's weights (device excluded).
+
+    ``cfg.seed`` seeds both the initial weights and the batch order, so it is covered.
+    """
     recipe = {"model": model_name, "data": data_key, "train": {**asdict(cfg), "device": None}, "width_mult": width_mult}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -48,7 +51,9 @@ def get_base_model(
             log.info("base model: using cached %s", cached)
             return load_checkpoint(cached)["model"], cached
     in_channels = data.input_shape[0]
-    model = create_model(model_name, num_classes=data.num_classes, in_channels=in_channels, width_mult=width_mult)
+    # Initial weights from the recipe's seed, not from whatever the process drew before.
+    model = create_model(model_name, num_classes=data.num_classes, in_channels=in_channels, width_mult=width_mult,
+                         seed=cfg.seed)
     log.info("base model: training %s for %d epochs", model_name, cfg.epochs)
     train(model, data, cfg)
     model.cpu()

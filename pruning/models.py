@@ -197,8 +197,23 @@ def _user_model(spec: str, num_classes: int, in_channels: int) -> nn.Module:
     return fn(num_classes=num_classes, in_channels=in_channels)
 
 
-def create_model(name: str, num_classes: int, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:
-    """Build a model with random weights. ``width_mult`` scales every width (own models only)."""
+def create_model(
+    name: str, num_classes: int, in_channels: int = 3, width_mult: float = 1.0, *, seed: int | None = None
+) -> nn.Module:
+    """Build a model with random weights. ``width_mult`` scales every width (own models only).
+
+    With ``seed`` the initial weights depend on it alone: they are drawn from torch's CPU
+    generator seeded inside ``torch.random.fork_rng``, so the caller's global RNG state is
+    neither read nor changed. Without it they come from (and advance) the global RNG.
+    """
+    if seed is None:
+        return _build(name, num_classes, in_channels, width_mult)
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        return _build(name, num_classes, in_channels, width_mult)
+
+
+def _build(name: str, num_classes: int, in_channels: int, width_mult: float) -> nn.Module:
     if width_mult <= 0:
         raise UsageError(f"width multiplier must be > 0, got {width_mult}")
     if name in MODELS:

@@ -47,8 +47,13 @@ def experiment_data(cfg: ExperimentConfig) -> DataBundle:
     return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit)
 
 
-def untrained_model(cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
-    """``cfg.model`` with random weights, sized for ``data`` (CPU)."""
+def untrained_model(cfg: ExperimentConfig, data: DataBundle, seed: int | None = None) -> nn.Module:
+    """``cfg.model`` with random weights drawn from ``seed`` (default ``experiment.seed``), sized for ``data`` (CPU).
+
+    Seeded on its own generator: the weights of an adaptive trial's from-scratch model do
+    not depend on what earlier trials in a reused Ray worker drew from the global RNG.
+    """
     return create_model(
-        cfg.model.name, num_classes=data.num_classes, in_channels=data.input_shape[0], width_mult=cfg.model.width_mult
+        cfg.model.name, num_classes=data.num_classes, in_channels=data.input_shape[0], width_mult=cfg.model.width_mult,
+        seed=cfg.experiment.seed if seed is None else seed,
     )

@@ -18,7 +18,7 @@ from pruning.cost import count_macs
 from pruning.data import load_data
 from pruning.errors import UsageError
 from pruning.models import create_model
-from pruning.surgery import widths
+from pruning.surgery import GroupGraph, widths
 from pruning.train import TrainConfig, make_optimizer, train_step
 from search.cli import main as cli_main
 
@@ -92,6 +92,24 @@ def test_budget_below_the_smallest_network_is_refused_before_training(data) -> N
     assert not called
 
 
+def test_budget_between_the_min_channels_and_round_to_floors_is_refused_up_front(data) -> None:
+    model = _model()
+    cfg = replace(FAST, min_channels=2, round_to=8, max_epochs=4, finetune_epochs=0, grow_top_q=1.0)
+    loose, rounded = smallest_macs(model, data.input_shape, 2), smallest_macs(model, data.input_shape, 2, 8)
+    assert loose < rounded  # 8 channels per group cost more than 2
+    between = (loose + rounded) // 2
+    with pytest.raises(UsageError, match=rf"MACs budget {between} is below .* min_channels=2, round_to=8\)"):
+        check_budget(model, data.input_shape, replace(cfg, budget_macs=between))
+    called = []
+    with pytest.raises(UsageError, match="round_to=8"):
+        run_adaptive(model, data, TRAIN, replace(cfg, budget_macs=between), on_epoch=lambda *a: called.append(1))
+    assert not called
+    # Exactly the rounded floor is reachable: the loop prunes down to it without raising.
+    result = run_adaptive(model, data, TRAIN, replace(cfg, budget_macs=rounded))
+    assert count_macs(model, data.input_shape) <= rounded and "budget" in result.stop_reason
+    assert all(w % 8 == 0 for w in result.widths.values())
+
+
 def _momentum(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
     return opt.state[p]["momentum_buffer"].clone()
 
@@ -118,6 +136,32 @@ def test_growth_keeps_momentum_of_old_channels_and_zeroes_new_ones(data) -> None
     assert (_momentum(opt, consumer.weight)[:, 16:] == 0).all() and (_momentum(opt, consumer.weight)[32:] == 0).all()
     assert torch.equal(_momentum(opt, head.bias), old["head"])  # untouched tensor keeps its state
     assert {id(p) for p in model.parameters()} == {id(p) for g in opt.param_groups for p in g["params"]}
+
+
+def test_a_split_does_not_change_which_channels_fall_below_the_prune_threshold(data) -> None:
+    cfg = replace(FAST, noise=0.0, grow_top_q=1.0, prune_threshold=0.9)
+    model, loop, _opt = _trained_loop(data, cfg)
+    before, _ = loop._profit(GroupGraph(model, loop.example))
+    loop._smooth(before)
+    low_before = {g: before[g] < cfg.prune_threshold * loop.mean_profit(g) for g in before}
+    assert all(low.any() and not low.all() for low in low_before.values())
+    # Split the weakest channels that are still above the threshold (most at risk), and the best one.
+    sources = {}
+    for g, p in before.items():
+        above = sorted((k for k in range(len(p)) if not low_before[g][k]), key=lambda k: float(p[k]))
+        sources[g] = [above[0], above[1], above[-1], above[2]]
+    for g, src in sources.items():  # the loop splits its highest-EMA channels: rank the chosen first
+        rank = torch.zeros(len(before[g]), dtype=torch.float64)
+        rank[src] = torch.tensor([4.0, 3.0, 2.0, 1.0], dtype=torch.float64)
+        loop.ema[g] = rank
+    loop._grow({g: 4 for g in sources}, state={})  # no training in between
+    after, _ = loop._profit(GroupGraph(model, loop.example))
+    loop.ema = {g: v.double() for g, v in after.items()}
+    for g, p in after.items():
+        origin = torch.tensor([*range(len(before[g])), *sources[g]])
+        torch.testing.assert_close(p, before[g][origin], rtol=1e-4, atol=1e-6)  # each half scores its source
+        low_after = p < cfg.prune_threshold * loop.mean_profit(g)
+        assert torch.equal(low_after, low_before[g][origin])
 
 
 def test_pruning_slices_momentum_of_kept_channels(data) -> None:

@@ -24,8 +24,28 @@ def test_params_and_mode_restored():
     assert m.training
 
 
-def test_latency_is_positive_and_restores_threads():
-    threads = torch.get_num_threads()
-    ms = measure_latency_ms(nn.Conv2d(3, 4, 3), (3, 8, 8), batch_size=2, runs=3, warmup=1, threads=1)
+class _ThreadProbe(nn.Conv2d):
+    """A conv that records the torch thread count every forward pass runs with."""
+
+    def __init__(self) -> None:
+        super().__init__(3, 4, 3)
+        self.seen: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return super().forward(x)
+
+
+def test_latency_is_positive_pins_and_restores_threads():
+    # conftest pins 1 thread; start from 2 so "restored" and "pinned to 1" are distinguishable.
+    outer = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        probe = _ThreadProbe()
+        ms = measure_latency_ms(probe, (3, 8, 8), batch_size=2, runs=3, warmup=1, threads=1)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(outer)
     assert ms > 0
-    assert torch.get_num_threads() == threads
+    assert probe.seen == [1] * 4  # warmup + runs, all with the pinned count
+    assert probe.training  # mode restored too

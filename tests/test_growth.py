@@ -222,3 +222,30 @@ def test_grouped_conv_is_refused() -> None:
     model(x)
     with pytest.raises(UsageError, match="grouped convolution"):
         grow(model, {"0": 2}, x[:1])
+
+
+@pytest.mark.parametrize("name", ["flatten", *MODELS])
+def test_profit_terms_of_a_split_family_equal_the_source(name: str) -> None:
+    """P_self and P_next with split families: every member scores what its source scored.
+
+    Without families each half of a split scores about a quarter of its source (both
+    terms are squared), and the online loop would prune what it just grew.
+    """
+    from pruning.criteria import p_next, p_self
+
+    model = _model(name)
+    x = _x()
+    batches = [(x, torch.arange(len(x)) % 10)]
+    groups = GroupGraph(model, x[:1]).groups
+    before_next, before_self = p_next(groups), p_self(model, groups, batches)
+    sources = {g.name: [g.size - 1, 0, 0] for g in groups}  # two copies of channel 0: a family of three
+    grow(model, {g: 3 for g in sources}, x[:1], method="split", sources=sources, noise=0.0, seed=3)
+    groups = GroupGraph(model, x[:1]).groups
+    family = {g.name: torch.tensor([*range(g.size - 3), *sources[g.name]]) for g in groups}
+    after_next, after_self = p_next(groups, family), p_self(model, groups, batches, family)
+    for g in groups:
+        want = family[g.name]
+        torch.testing.assert_close(after_next[g.name], before_next[g.name][want], rtol=1e-5, atol=0)
+        torch.testing.assert_close(after_self[g.name], before_self[g.name][want], rtol=1e-3, atol=1e-12)
+        naive = p_next(groups)[g.name]  # without families: the members' squares, a quarter or less
+        assert (naive[want == 0] < 0.5 * before_next[g.name][0]).all()

@@ -8,6 +8,7 @@ from pruning.cost import count_macs, count_params
 from pruning.errors import TrialError, UsageError
 from pruning.models import MODELS, create_model
 from pruning.surgery import GroupGraph, prune, widths
+from pruning.train import load_checkpoint, save_checkpoint
 
 SIZE = {"cifar_vgg11": 32, "cifar_vgg16": 32, "cifar_vgg19": 32}
 
@@ -131,13 +132,22 @@ def test_bad_prune_requests():
         graph.prune({"features.0": [0]})
 
 
-def test_pruned_model_trains_and_saves():
+def test_pruned_model_trains_and_saves(tmp_path):
     model = create_model("tiny_resnet", 10)
     prune(model, {"conv1": [0, 1, 2, 3]}, torch.zeros(1, 3, 16, 16))
-    copy.deepcopy(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     loss = nn.functional.cross_entropy(model(x), y)
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
+    assert not torch.equal(model.conv1.weight, before["conv1.weight"])  # the step changed the pruned weights
+    save_checkpoint(tmp_path / "pruned.pt", model, recipe="tiny_resnet")
+    loaded = load_checkpoint(tmp_path / "pruned.pt")["model"]
+    assert widths(loaded, x[:1]) == widths(model, x[:1]) and loaded.conv1.out_channels == 4
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    clone = copy.deepcopy(loaded)  # deep copies (one per trial) keep the pruned shapes
+    assert clone.conv1.weight.shape == (4, 3, 3, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -157,17 +158,23 @@ def test_nan_loss_fails_the_trial(cfg: ExperimentConfig, base: BaseArtifacts, mo
 
 
 @pytest.mark.parametrize(
-    "params",
+    "params, message",
     [
-        prune_params({"features.0": 0.0, "features.4": 0.5, "features.8": 0.5}),  # keep nothing
-        prune_params({"features.0": 0.5, "features.4": 0.5, "features.8": 1.5}),  # widen without growth
-        prune_params({"features.0": 0.5}, criterion="tayler"),  # a criterion pruning rejects
-        {"mode": "prune", "criterion": "l1"},  # no ratios at all
+        (prune_params({"features.0": 0.0, "features.4": 0.5, "features.8": 0.5}),  # keep nothing
+         "keep ratio for group 'features.0' must be in (0, 1], got 0.0"),
+        (prune_params({"features.0": 0.5, "features.4": 0.5, "features.8": 1.5}),  # widen without growth
+         "ratio 1.5 > 1 for group 'features.8' needs search.grow: true"),
+        (prune_params({"features.0": 0.5}, criterion="tayler"),  # a criterion pruning rejects
+         "unknown criterion 'tayler'; choose one of: attribution, bn_scale"),
+        ({"mode": "prune", "criterion": "l1"},  # no ratios at all
+         "params give no keep ratio for group 'features.0': expected 'r_features.0' or 'r_all'"),
     ],
     ids=["ratio-0", "grow-disabled", "bad-criterion", "no-ratios"],
 )
-def test_rejected_targets_become_trial_errors(cfg: ExperimentConfig, base: BaseArtifacts, params: dict) -> None:
-    with pytest.raises(TrialError):
+def test_rejected_targets_become_trial_errors(
+    cfg: ExperimentConfig, base: BaseArtifacts, params: dict, message: str
+) -> None:
+    with pytest.raises(TrialError, match=re.escape(message)):
         run_trial(cfg, params, base=base)
 
 

@@ -89,6 +89,17 @@ def scatter_to_group(
     out.index_add_(0, torch.as_tensor(root_idxs, dtype=torch.long), values)
 
 
+def pool_families(v: Tensor, family: Tensor) -> Tensor:
+    """Every channel gets the sum of ``v`` over its family (channels sharing a ``family`` id).
+
+    A Net2Wider split divides a channel's outgoing weights, and with them its first-order
+    terms, between the members of a family; their sum is what the source had.
+    """
+    fam = family.to(torch.long)
+    pooled = torch.zeros(int(fam.max()) + 1 if fam.numel() else 0, dtype=v.dtype).index_add_(0, fam, v)
+    return pooled[fam]
+
+
 def l2_normalize(v: Tensor) -> Tensor:
     """``v / ‖v‖₂`` (norm taken in float64, so tiny vectors still normalise); zeros stay zeros."""
     v64 = v.to(torch.float64)

@@ -9,7 +9,7 @@ Calibration runs in eval mode; see ``base.run_backward``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -20,6 +20,7 @@ from pruning.criteria.base import (
     check_batches,
     finalize,
     find_sites,
+    pool_families,
     register_criterion,
     run_backward,
     scatter_to_group,
@@ -32,16 +33,20 @@ from pruning.surgery import ChannelGroup
 
 
 def _taylor_stat(a: Tensor, g: Tensor) -> Tensor:
-    return (a * g).mean(dim=(0, 2)).abs()
+    # g is the gradient of the batch's *mean* loss, i.e. ∂L_n/∂a_n / N for sample n (eval
+    # mode: samples do not interact); × N gives each example's own gradient, so batches of
+    # different sizes weigh their examples alike. |·| per example, then summed over the batch.
+    return (a * g).mean(dim=2).abs().sum(dim=0) * a.shape[0]
 
 
 @register_criterion
 class Taylor(Criterion):
-    """``taylor`` (Molchanov et al. 2016): |mean over batch and space of a_k · ∂L/∂a_k|.
+    """``taylor`` (Molchanov et al. 2017, ICLR): mean over examples of |mean over space of a_k · ∂L/∂a_k|.
 
-    L = mean cross-entropy of the batch. The absolute value is taken per batch, the
-    result averaged over batches, L2-normalised per layer (producer) and summed over a
-    group's producers.
+    L is the example's own cross-entropy. The absolute value is taken per example (as
+    published), so examples whose first-order terms have opposite signs do not cancel;
+    the result is averaged over all calibration examples, L2-normalised per layer
+    (producer) and summed over a group's producers.
     """
 
     name = "taylor"
@@ -49,7 +54,7 @@ class Taylor(Criterion):
 
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
         check_batches(self, batches)
-        sites, values = site_means(model, groups, batches, "loss", _taylor_stat, per_sample=False)
+        sites, values = site_means(model, groups, batches, "loss", _taylor_stat, per_sample=True)
         return finalize(sum_normalized_sites(groups, sites, values))
 
 
@@ -76,9 +81,15 @@ class TaylorGuided(Criterion):
 
 
 def taylor_fo_scores(
-    model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]
+    model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch],
+    families: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Raw ``taylor_fo`` scores (float64, not normalised): mean over batches of t_k², see ``TaylorFO``."""
+    """Raw ``taylor_fo`` scores (float64, not normalised): mean over batches of t_k², see ``TaylorFO``.
+
+    ``families[group]`` (optional) gives each channel a family id: the gate terms of a
+    family are summed before squaring and every member gets the family's score (the loss
+    change if the whole family goes), so a Net2Wider split does not change the score.
+    """
     if len(batches) == 0:
         raise UsageError("taylor_fo needs calibration data; got 0 batches")
     sites = find_sites(model, groups, batches[0][0])
@@ -102,6 +113,8 @@ def taylor_fo_scores(
             per_channel = (p.detach() * gp).reshape(p.shape[0], -1).sum(1)
             scatter_to_group(t[group], idxs, root_idxs, per_channel)
         for name, v in t.items():
+            if families is not None and name in families:
+                v = pool_families(v, families[name])
             scores[name] += v.pow(2)
 
     run_backward(model, batches, [], "loss", on_pass, params=params)
