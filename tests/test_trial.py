@@ -165,7 +165,7 @@ def test_nan_loss_fails_the_trial(cfg: ExperimentConfig, base: BaseArtifacts, mo
         (prune_params({"features.0": 0.5, "features.4": 0.5, "features.8": 1.5}),  # widen without growth
          "ratio 1.5 > 1 for group 'features.8' needs search.grow: true"),
         (prune_params({"features.0": 0.5}, criterion="tayler"),  # a criterion pruning rejects
-         "unknown criterion 'tayler'; choose one of: attribution, bn_scale"),
+         "unknown criterion 'tayler'; choose one of: attribution, attribution_iba, bn_scale"),
         ({"mode": "prune", "criterion": "l1"},  # no ratios at all
          "params give no keep ratio for group 'features.0': expected 'r_features.0' or 'r_all'"),
     ],
