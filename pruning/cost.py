@@ -107,7 +107,8 @@ def latency_runner(model: nn.Module, x: torch.Tensor, backend: str = "torch", th
 
         return run_torch
     proto = to_onnx(model, tuple(x.shape[1:]))
-    session = ort.InferenceSession(proto.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
     feed = {session.get_inputs()[0].name: x.numpy()}
     return lambda: session.run(None, feed)
 

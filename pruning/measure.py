@@ -18,7 +18,7 @@ class Measurement:
     test_acc: float
     macs: int  # per sample
     params: int
-    latency_ms: float | None  # median CPU ms per batch of `latency_batch`, 1 thread, `latency_backend`; None: not measured
+    latency_ms: float | None  # median CPU ms per batch of `latency_batch` (1 thread); None if not measured
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
