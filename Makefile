@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	@echo "installing prunetune into $(VENV) (first time takes a few minutes: torch wheels)..."
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(QUIET_PIP)
-	$(PY) -c "import torch, torchvision, torch_pruning, ray, optuna, pyarrow, pandas, pydantic" 
+	$(PY) -c "import torch, torchvision, torch_pruning, ray, optuna, pyarrow, pandas, pydantic, onnx, onnxruntime, onnxscript" 
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Each benchmark's output is kept in benchmarks/results/ and spliced into the README.
-BENCHES := prune_speed adaptive_vs_pipeline search_overhead cli_startup
+BENCHES := prune_speed latency_backends adaptive_vs_pipeline search_overhead cli_startup
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 bench: $(STAMP)
 	@# Fashion-MNIST comes from Debian's package (no downloads at run time); root can install it.

@@ -32,12 +32,17 @@ def measure(
     latency: bool = True,
     latency_batch: int = 64,
     latency_runs: int = 10,
+    latency_backend: str = "torch",
 ) -> Measurement:
-    """Evaluate on val and test, count MACs/params, and time CPU latency (on a CPU copy if needed)."""
+    """Evaluate on val and test, count MACs/params, and time CPU latency (on a CPU copy if needed).
+
+    ``latency_backend``: ``torch`` or ``onnxruntime`` (``pruning.cost.LATENCY_BACKENDS``).
+    """
     latency_ms = None
     if latency:
         on_cpu = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
-        latency_ms = measure_latency_ms(on_cpu, data.input_shape, batch_size=latency_batch, runs=latency_runs)
+        latency_ms = measure_latency_ms(on_cpu, data.input_shape, batch_size=latency_batch, runs=latency_runs,
+                                        backend=latency_backend)
     return Measurement(
         val_acc=evaluate(model, data.val, device=device),
         test_acc=evaluate(model, data.test, device=device),

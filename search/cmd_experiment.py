@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("export", help="write one trial's pruned model (plain torch) and its widths",
-                       description="Write model.pt (torch.load(..., weights_only=False)), model.pt2 (torch.export), "
+                       description="Write model.pt (torch.load(..., weights_only=False)), model.pt2 (torch.export), model.onnx, "
                                    "widths.json and metrics.json for one trial.")
     p.add_argument("experiment", help="experiment directory (results/NAME) or NAME")
     p.add_argument("--trial", required=True, help="trial id (a unique prefix is enough; see `prunetune pareto`)")

@@ -7,8 +7,11 @@ import copy
 import time
 from pathlib import Path
 
+from torch import nn
+
 from pruning import __version__
 from pruning.basemodel import get_base_model
+from pruning.cost import measure_latency_ms
 from pruning.criteria import CRITERIA
 from pruning.data import DATASETS, dataset_line, load_data
 from pruning.errors import UsageError
@@ -89,7 +92,12 @@ def print_comparison(base: Measurement, pruned: Measurement) -> None:
     speed = (base.latency_ms / pruned.latency_ms) if (base.latency_ms and pruned.latency_ms) else float("nan")
     print(f"MACs reduction {100 * (1 - pruned.macs / base.macs):.1f}%  ({base.macs / pruned.macs:.2f}x), "
           f"params reduction {100 * (1 - pruned.params / base.params):.1f}%, "
-          f"CPU latency speedup {speed:.2f}x (batch 64, 1 thread)")
+          f"CPU latency speedup {speed:.2f}x (torch, batch 64, 1 thread)")
+
+
+def onnxruntime_latency_ms(model: nn.Module, input_shape: tuple[int, ...]) -> float:
+    """The model's CPU latency on onnxruntime, same batch/threads/runs as ``measure``'s torch number."""
+    return measure_latency_ms(copy.deepcopy(model).cpu(), input_shape, runs=10, backend="onnxruntime")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,12 +144,17 @@ def run(args: argparse.Namespace) -> int:
     new_widths = widths(model, example)
     print()
     print_comparison(base, pruned)
+    ort_ms = {"base": onnxruntime_latency_ms(base_model, data.input_shape),
+              "pruned": onnxruntime_latency_ms(model, data.input_shape)}
+    print(f"onnxruntime CPU latency {ort_ms['base']:.2f} -> {ort_ms['pruned']:.2f} ms, "
+          f"speedup {ort_ms['base'] / ort_ms['pruned']:.2f}x (batch 64, 1 thread)")
     print("widths: " + ", ".join(f"{g} {base_widths[g]}->{new_widths[g]}" for g in base_widths))
     metrics = {
         "model": args.model, "data": args.data, "criterion": args.criterion, "spec": {
             "ratio": spec.ratio, "ratios": spec.ratios, "target_macs": spec.target_macs, "ranking": spec.ranking,
             "steps": spec.steps, "min_channels": spec.min_channels, "round_to": spec.round_to},
         "base": base.as_dict(), "pruned": pruned.as_dict(), "base_widths": base_widths,
+        "latency_ms_onnxruntime": ort_ms,
         "steps": [s.__dict__ for s in result.steps], "wall_s": time.perf_counter() - t0,
         "stop_step": result.stop_step, "stop_reason": result.stop_reason, "max_drop_pts": spec.max_drop_pts,
         "prunetune_version": __version__,
@@ -151,5 +164,5 @@ def run(args: argparse.Namespace) -> int:
 
     save_checkpoint(out / "base.pt", base_model.cpu())
     print(f"wrote {paths['model']} (torch.load(..., weights_only=False)), {paths['exported']} (torch.export.load(...).module()), "
-          f"{paths['widths']}, {paths['metrics']}, {out / 'base.pt'}")
+          f"{paths['onnx']} (onnxruntime), {paths['widths']}, {paths['metrics']}, {out / 'base.pt'}")
     return 0

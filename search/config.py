@@ -75,6 +75,9 @@ class TrainSection(_Section):
     device: str = "auto"
     calib_batches: int = Field(8, ge=1)
     latency_batch: int = Field(64, ge=1)
+    # Where latency_ms is measured (the choices of pruning.cost.LATENCY_BACKENDS): eager torch,
+    # or the model exported to ONNX on onnxruntime's CPU provider; 1 thread either way.
+    latency_backend: Literal["torch", "onnxruntime"] = "torch"
 
 
 class AdaptiveSpace(_Section):

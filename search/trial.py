@@ -96,7 +96,8 @@ def prepare_base(cfg: ExperimentConfig, *, log_progress: Callable[[str], None] |
     )  # fmt: skip
     model.cpu()
     device = resolve_device(cfg.train.device)
-    m = measure(model.to(device), data, device=device, latency_batch=cfg.train.latency_batch, latency_runs=LATENCY_RUNS)
+    m = measure(model.to(device), data, device=device, latency_batch=cfg.train.latency_batch, latency_runs=LATENCY_RUNS,
+                latency_backend=cfg.train.latency_backend)
     model.cpu()
     widths = GroupGraph(model, data.example_input()).widths()
     say(f"base model: val_acc {m.val_acc:.4f}, test_acc {m.test_acc:.4f}, {m.macs / 1e6:.3f}M MACs, "
@@ -254,7 +255,8 @@ def run_trial(
             model = _run_adaptive(model, data, cfg, params, rows)
             criterion = "profit"
         model.to(device)
-        m = measure(model, data, device=device, latency_batch=cfg.train.latency_batch, latency_runs=LATENCY_RUNS)
+        m = measure(model, data, device=device, latency_batch=cfg.train.latency_batch, latency_runs=LATENCY_RUNS,
+                    latency_backend=cfg.train.latency_backend)
         widths = _widths(model, data.example_input().to(device), base.group_names)
     except UsageError as e:
         raise TrialError(str(e)) from e

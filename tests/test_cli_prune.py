@@ -28,6 +28,8 @@ def test_prune_end_to_end(tmp_path):
     model = torch.load(out / "model.pt", weights_only=False)  # plain torch
     assert model(torch.zeros(2, 1, 16, 16)).shape == (2, 10)
     assert torch.export.load(out / "model.pt2").module()(torch.zeros(3, 1, 16, 16)).shape == (3, 10)
+    assert "onnxruntime CPU latency" in r.stdout and (out / "model.onnx").is_file()
+    assert metrics["latency_ms_onnxruntime"]["base"] > 0 and metrics["latency_ms_onnxruntime"]["pruned"] > 0
     # the saved base model can be reused with --checkpoint, and a MACs budget as a share works
     r2 = run("prune", "--model", "tiny_vgg", "--data", "digits", "--limit", "300", "--checkpoint",
              str(out / "base.pt"), "--target-macs", "30%", "--finetune-epochs", "0", "--out", str(tmp_path / "o2"))

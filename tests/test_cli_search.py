@@ -176,6 +176,7 @@ BAD_RUNS = {
     "unknown criterion": (["--set", "search.criteria=[tayler]"], ["tayler", "taylor"]),
     "empty space": (["--set", "search.modes=[]"], ["search space is empty"]),
     "num_samples < 1": (["--set", "num_samples=0"], ["num_samples"]),
+    "unknown latency backend": (["--set", "train.latency_backend=tensorrt"], ["'tensorrt'", "'torch' or 'onnxruntime'"]),
     "r_min > r_max": (["--set", "search.ratio_min=0.9", "--set", "search.ratio_max=0.5"], ["ratio_min 0.9 > ratio_max 0.5"]),
 }
 

@@ -69,6 +69,7 @@ def test_unknown_keys_are_errors_naming_the_valid_ones(raw: dict, fragments: lis
          ["baseline criterion 'fpgm'", "choose one of: l1"]),
         ({"search": {"tie": "layer"}}, ["search.tie", "'layer'", "'stage'"]),
         ({"sampler": {"name": "grid"}}, ["sampler.name", "'grid'", "'tpe'"]),
+        ({"train": {"latency_backend": "tensorrt"}}, ["train.latency_backend", "'tensorrt'", "'torch'", "'onnxruntime'"]),
     ],
 )  # fmt: skip
 def test_unknown_names_list_the_valid_ones(raw: dict, fragments: list[str]) -> None:

@@ -1,7 +1,12 @@
+from typing import get_args
+
+import pytest
 import torch
 from torch import nn
 
-from pruning.cost import count_macs, count_params, measure_latency_ms
+from pruning.cost import LATENCY_BACKENDS, count_macs, count_params, measure_latency_ms
+from pruning.errors import UsageError
+from pruning.models import create_model
 
 
 def test_macs_of_known_layers():
@@ -49,3 +54,22 @@ def test_latency_is_positive_pins_and_restores_threads():
     assert ms > 0
     assert probe.seen == [1] * 4  # warmup + runs, all with the pinned count
     assert probe.training  # mode restored too
+
+
+def test_onnxruntime_latency_is_positive_and_leaves_the_model_alone():
+    model = create_model("tiny_vgg", 10, in_channels=1).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ms = measure_latency_ms(model, (1, 16, 16), batch_size=4, runs=3, warmup=1, backend="onnxruntime")
+    assert ms > 0
+    assert model.training and all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_unknown_latency_backend_names_the_choices():
+    with pytest.raises(UsageError, match="unknown latency backend 'tensorrt'; choose one of: torch, onnxruntime"):
+        measure_latency_ms(nn.Conv2d(3, 4, 3), (3, 8, 8), batch_size=2, runs=1, backend="tensorrt")
+
+
+def test_config_offers_exactly_the_latency_backends():
+    from search.config import TrainSection
+
+    assert get_args(TrainSection.model_fields["latency_backend"].annotation) == LATENCY_BACKENDS

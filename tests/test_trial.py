@@ -198,3 +198,21 @@ def test_missing_optional_params_take_the_baseline_defaults(cfg: ExperimentConfi
     result = run_trial(cfg, {"r_all": 0.5}, base=base)
     assert result["mode"] == "prune" and result["criterion"] == cfg.search.criteria[0]
     assert result["epochs"] == cfg.search.finetune_epochs[1] and result["widths"] == [8, 16, 16]
+
+
+def test_latency_backend_reaches_the_measurement(
+    cfg: ExperimentConfig, base: BaseArtifacts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pruning.measure
+
+    backends: list[str] = []
+    real = pruning.measure.measure_latency_ms
+
+    def spy(*args: Any, **kwargs: Any) -> float:
+        backends.append(kwargs["backend"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pruning.measure, "measure_latency_ms", spy)
+    ort_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"latency_backend": "onnxruntime"})})
+    result = run_trial(ort_cfg, {"r_all": 0.5, "finetune_epochs": 0}, base=base)
+    assert backends == ["onnxruntime"] and result["latency_ms"] > 0
