@@ -15,7 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "write_json"]
+from pruning.errors import UsageError
+
+__all__ = ["atomic_write", "check_writable", "write_json"]
 
 
 def _fsync(path: Path) -> None:
@@ -55,3 +57,16 @@ def write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Atomic JSON write (indented, non-JSON values as ``str``)."""
     text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def check_writable(path: str | Path, what: str = "output directory") -> None:
+    """``UsageError`` unless ``path`` exists as a writable directory or could be created as one.
+
+    Called before any work, so bad input writes nothing.
+    """
+    path = Path(path)
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {str(path)!r} is not writable (nearest existing: {str(probe)!r})")

@@ -12,7 +12,6 @@ Every file is written to a temporary name and renamed, so a crash leaves no part
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,23 +20,9 @@ import onnx
 import torch
 from torch import nn
 
-from pruning.atomic import atomic_write, write_json
-from pruning.errors import UsageError
+from pruning.atomic import atomic_write, check_writable, write_json
 
 __all__ = ["check_writable", "export_model", "write_json"]
-
-
-def check_writable(path: str | Path, what: str = "output directory") -> None:
-    """``UsageError`` unless ``path`` exists as a writable directory or could be created as one.
-
-    Called before any work, so bad input writes nothing.
-    """
-    path = Path(path)
-    probe = path
-    while not probe.exists() and probe.parent != probe:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise UsageError(f"{what} {str(path)!r} is not writable (nearest existing: {str(probe)!r})")
 
 
 def _atomic_save(obj: Any, path: Path, saver: Any = torch.save) -> None:

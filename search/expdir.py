@@ -30,7 +30,7 @@ from typing import Any
 from pruning import __version__
 from pruning.atomic import atomic_write, write_json
 from pruning.errors import UsageError
-from pruning.export import check_writable
+from pruning.atomic import check_writable
 from search import ledger
 from search.report import plot_pareto
 from search.config import ExperimentConfig, load_config

@@ -35,7 +35,7 @@ from types import ModuleType
 from typing import Any
 
 from pruning.errors import UsageError
-from pruning.export import check_writable
+from pruning.atomic import check_writable
 from search import expdir, space, trial
 from search.config import ExperimentConfig
 from search.ledger import Ledger, read_trials
