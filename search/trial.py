@@ -158,7 +158,8 @@ def _grow_counts(ratios: Mapping[str, float], widths: Mapping[str, int], round_t
     add = {}
     for g, r in ratios.items():
         if r > 1.0:
-            target = math.ceil(r * widths[g] / round_to) * round_to if round_to > 1 else round(r * widths[g])
+            # 1e-9: a ratio rebuilt from widths (finalize --from-scratch) must not round up a whole step
+            target = math.ceil(r * widths[g] / round_to - 1e-9) * round_to if round_to > 1 else round(r * widths[g])
             if target > widths[g]:
                 add[g] = int(target - widths[g])
     return add
