@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     from search.cmd_experiment import _print_final, _progress_to_stdout
-    from search.finalize import FINAL_FILE, finalize
+    from search.finalize import FINAL_FILE, check_finalize, finalize
+
+    check_finalize(args.experiment, args.top, args.epochs)  # bad input: one line, before Optuna/Ray load
     from search.tuner import SearchOptions
 
     _progress_to_stdout()

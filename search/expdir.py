@@ -11,6 +11,7 @@ Layout of ``cfg.exp_dir`` (``results/NAME``)::
     progress.json    what the running driver is doing (for ``prunetune status``)
     ray/session-NNN  Ray Tune's experiment state and trial checkpoints, one per session
     export/TRIAL     models written by ``prunetune export``
+    final.parquet    final_epochs.parquet   ``prunetune finalize`` (search.finalize)
     base-HASH.pt     cached base models (kept by ``--fresh``: the name is their recipe)
 
 Everything ``status`` and ``pareto`` need is here; this module imports neither Ray nor

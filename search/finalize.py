@@ -17,8 +17,8 @@ source) and their epochs to ``final_epochs.parquet``, written by the search's
 in ``final.parquet``, so a finalize killed part-way and run again loses and repeats no
 row. ``pareto --final`` shows the front of ``final.parquet``.
 
-This module imports neither Ray nor Optuna (``pareto --final`` reads it); the Ray part
-is :mod:`search._ray.final`, imported when a finalize runs.
+This module imports neither Ray nor Optuna at its top (``pareto --final`` reads it); the
+Ray part is :mod:`search._ray.final`, imported when a finalize runs.
 """
 
 from __future__ import annotations
@@ -39,10 +39,9 @@ from pruning.export import check_writable
 from search import expdir, ledger
 from search.config import ExperimentConfig
 from search.ledger import TRIALS_SCHEMA, Ledger, params_of, pareto_front, read_trials
-from search.space import ratio_key
 
 __all__ = ["FINAL_EPOCHS_FILE", "FINAL_FILE", "FINAL_SCHEMA", "FinalLedger", "FinalizeSummary", "SOURCE_KEY",
-           "choose_sources", "final_params", "finalize", "read_final"]
+           "check_finalize", "choose_sources", "final_params", "finalize", "read_final"]
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("search.progress")
@@ -127,6 +126,8 @@ def choose_sources(trials: pd.DataFrame, top: int) -> pd.DataFrame:
 def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_names: Sequence[str],
                  base_widths: Sequence[int]) -> dict[str, Any]:
     """The params of the final run of the trials row ``row`` (see the module docstring)."""
+    from search.space import ratio_key  # imports Optuna: not at the top (pareto --final reads this module)
+
     params = params_of(row)
     if from_scratch:
         widths = dict(zip(row["group_names"], (int(w) for w in row["widths"])))
@@ -140,12 +141,19 @@ def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_
     return out
 
 
-def _checked_inputs(experiment: str | os.PathLike[str], top: int, epochs: int) -> Path:
+def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int) -> tuple[Path, pd.DataFrame]:
+    """The experiment directory and the chosen source rows; UsageError for ``top`` or
+    ``epochs`` < 1, an unknown experiment, or a search with no finished trial."""
     if top < 1:
         raise UsageError(f"--top must be an integer >= 1, got {top}")
     if epochs < 1:
         raise UsageError(f"--epochs must be an integer >= 1, got {epochs}")
-    return expdir.find_experiment(experiment)
+    exp_dir = expdir.find_experiment(experiment)
+    chosen = choose_sources(read_trials(exp_dir), top)
+    if chosen.empty:
+        raise UsageError(f"{str(exp_dir)!r} has no finished (TERMINATED) trial to finalize; "
+                         f"run or resume the search first")
+    return exp_dir, chosen
 
 
 def _config(exp_dir: Path) -> ExperimentConfig:
@@ -167,16 +175,9 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     Raises UsageError (before Ray starts) for ``top`` or ``epochs`` < 1, an unknown
     experiment, or a search with no finished trial.
     """
-    from search.tuner import SearchOptions
-
     t0 = time.perf_counter()
-    exp_dir = _checked_inputs(experiment, top, epochs)
-    options = options or SearchOptions()
+    exp_dir, chosen = check_finalize(experiment, top, epochs)
     cfg = _config(exp_dir)
-    chosen = choose_sources(read_trials(exp_dir), top)
-    if chosen.empty:
-        raise UsageError(f"{str(exp_dir)!r} has no finished (TERMINATED) trial to finalize; "
-                         f"run or resume the search first")
     check_writable(exp_dir, "results directory")
     if fresh:
         for name in (FINAL_FILE, FINAL_EPOCHS_FILE):
@@ -189,7 +190,9 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
         progress_log.info("%d of %d already in %s: %s", len(skipped), len(sources), FINAL_FILE, ", ".join(skipped))
     if not todo.empty:
         from search._ray import final
+        from search.tuner import SearchOptions
 
+        options = options or SearchOptions()
         final.run_final(cfg, exp_dir, options, todo.to_dict("records"), total=len(sources),
                         make_params=lambda row, names, widths: final_params(row, epochs, from_scratch, names, widths))
     return FinalizeSummary(exp_dir=exp_dir, sources=sources, ran=[str(t) for t in todo["trial_id"]],

@@ -118,6 +118,22 @@ def test_pareto_final_shows_the_final_front_by_source(tmp_path: Path) -> None:
     assert "b" in lines and "a" not in lines and "f2" not in lines
 
 
+def test_pareto_final_and_bad_finalize_load_no_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    exp = make_experiment(tmp_path)
+    FinalLedger(exp, "fin").flush()  # an empty final.parquet
+    code = (f"import sys\nfrom search.cli import main\nmain(['finalize', {str(exp)!r}, '--top', '0', '--epochs', '1'])\n"
+            f"main(['pareto', {str(exp)!r}, '--final'])\n"
+            f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & {{'ray', 'optuna'}}))")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert "LOADED []" in proc.stdout, proc.stdout + proc.stderr
+    assert "--top must be" in proc.stderr and "has no final.parquet yet" in proc.stderr
+
+
 # --------------------------------------------------------------------------- real runs (Ray)
 
 
