@@ -43,7 +43,6 @@ from search.ledger import TRIALS_SCHEMA, Ledger, params_of, pareto_front, read_t
 __all__ = ["FINAL_EPOCHS_FILE", "FINAL_FILE", "FINAL_SCHEMA", "FinalLedger", "FinalizeSummary", "SOURCE_KEY",
            "check_finalize", "choose_sources", "final_params", "finalize", "read_final"]
 
-logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("search.progress")
 
 FINAL_FILE = expdir.FINAL_FILE

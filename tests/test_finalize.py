@@ -124,7 +124,8 @@ def test_pareto_final_and_bad_finalize_load_no_ray(tmp_path: Path) -> None:
 
     exp = make_experiment(tmp_path)
     FinalLedger(exp, "fin").flush()  # an empty final.parquet
-    code = (f"import sys\nfrom search.cli import main\nmain(['finalize', {str(exp)!r}, '--top', '0', '--epochs', '1'])\n"
+    code = (f"import sys\nfrom search.cli import main\n"
+            f"main(['finalize', {str(exp)!r}, '--top', '0', '--epochs', '1'])\n"
             f"main(['pareto', {str(exp)!r}, '--final'])\n"
             f"print('LOADED', sorted({{m.split('.')[0] for m in sys.modules}} & {{'ray', 'optuna'}}))")
     root = Path(__file__).resolve().parents[1]

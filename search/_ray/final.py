@@ -23,7 +23,6 @@ from search._ray.recorder import Recorder
 from search._ray.session import ray_session
 from search._ray.trainable import make_trainable, trial_dirname
 
-logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("search.progress")
 
 _PREFIX = "final-"
