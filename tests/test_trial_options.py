@@ -161,3 +161,11 @@ def test_fashion_mnist_from_a_config(results: Path) -> None:
     data = experiment_data(cfg)
     assert (len(data.train), len(data.val), len(data.test)) == (100, 50, 10000)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
+
+
+def test_attribution_iba_runs_as_a_search_criterion(results: Path, base: BaseArtifacts) -> None:
+    cfg = make_cfg(results, criteria=["attribution_iba"])
+    params = {"mode": "prune", "criterion": "attribution_iba", "steps": 1, **RATIOS, "finetune_epochs": 0,
+              "finetune_lr": 0.02}
+    result = run_trial(cfg, params, base=base)
+    assert result["criterion"] == "attribution_iba" and result["widths"] == [8, 8, 16]
