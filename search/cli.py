@@ -1,7 +1,7 @@
 """``prunetune`` command line: one sub-command per module, errors as one line + exit 2.
 
 Sub-commands: ``prune`` and ``grow`` (one model, no search), ``run``, ``resume``,
-``status``, ``pareto``, ``export``, ``report`` (searches). Each lives in its own ``search/cmd_*.py``
+``status``, ``pareto``, ``export``, ``report``, ``finalize`` (searches). Each lives in its own ``search/cmd_*.py``
 module exposing ``register(subparsers)``, which adds its parser and sets ``func``.
 """
 
@@ -14,7 +14,8 @@ from collections.abc import Sequence
 
 from pruning.errors import UsageError
 
-_COMMAND_MODULES = ("search.cmd_prune", "search.cmd_grow", "search.cmd_experiment", "search.cmd_report")
+_COMMAND_MODULES = ("search.cmd_prune", "search.cmd_grow", "search.cmd_experiment", "search.cmd_report",
+                    "search.cmd_finalize")
 
 
 class _Parser(argparse.ArgumentParser):

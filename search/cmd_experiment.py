@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pareto", help="print the accuracy-vs-MACs Pareto front and write pareto.png")
     p.add_argument("experiment", help="experiment directory (results/NAME) or NAME")
     p.add_argument("--all", action="store_true", help="list every completed trial, not only the front")
+    p.add_argument("--final", action="store_true", help="the front of final.parquet (`prunetune finalize`)")
     p.set_defaults(func=cmd_pareto)
 
     p = sub.add_parser("export", help="write one trial's pruned model (plain torch) and its widths",
@@ -133,6 +134,24 @@ def _print_front(exp_dir: Path, trials: Any, show_all: bool) -> None:
         rows = pareto_front(trials)
         print(f"\nPareto front: {len(rows)} of {len(trials)} trials (val_acc max, MACs min; sorted by MACs):")
     print(pareto_table(rows, base))
+
+
+def _print_final(exp_dir: Path, show_all: bool = False) -> None:
+    """The front of ``final.parquet``; trial ids are those of the search trials finalized."""
+    from search.expdir import read_base
+    from search.finalize import FINAL_FILE, SOURCE_KEY, read_final
+    from search.ledger import pareto_front
+    from search.report import pareto_table
+
+    final = read_final(exp_dir)
+    if final.empty:
+        raise UsageError(f"{str(exp_dir)!r} has no {FINAL_FILE} yet; run `prunetune finalize {exp_dir} --top K "
+                         f"--epochs E` first")
+    rows = final[final["status"] == "TERMINATED"] if show_all else pareto_front(final)
+    rows = rows.assign(trial_id=rows[SOURCE_KEY].fillna(rows["trial_id"]))
+    what = f"all {len(rows)} completed" if show_all else f"Pareto front: {len(rows)} of {len(final)}"
+    print(f"\nfinal ({FINAL_FILE}) {what} trials (trial_id = the search trial finalized; sorted by MACs):")
+    print(pareto_table(rows, read_base(exp_dir)))
 
 
 # --------------------------------------------------------------------------- commands
@@ -245,6 +264,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from search.expdir import find_experiment, load_saved_config, write_pareto_png
 
     exp_dir = find_experiment(args.experiment)
+    if args.final:
+        _print_final(exp_dir, show_all=args.all)
+        return 0
     cfg = load_saved_config(exp_dir)
     trials = read_trials(exp_dir)
     _print_front(exp_dir, trials, show_all=args.all)

@@ -52,6 +52,7 @@ class DataSection(_Section):
     root: str | None = None
     image_size: int | None = Field(None, gt=0)  # None: the dataset's own (imagefolder: the images' size)
     limit: int | None = Field(None, gt=0)
+    val_limit: int | None = Field(None, gt=0)  # at most this many validation samples (seeded, stratified)
 
     @field_validator("name")
     @classmethod
@@ -125,7 +126,7 @@ class Baseline(_Section):
 class SpaceSection(_Section):
     """What the sampler chooses per trial."""
 
-    modes: list[Literal["prune", "adaptive"]] = ["prune"]
+    modes: list[Literal["prune", "adaptive", "scratch"]] = ["prune"]
     criteria: list[str] = ["l1", "taylor_fo"]
     ratio_min: float = Field(0.2, gt=0)
     ratio_max: float = Field(1.0, gt=0)
@@ -138,6 +139,12 @@ class SpaceSection(_Section):
     round_to: int = Field(1, ge=1)
     adaptive: AdaptiveSpace = AdaptiveSpace()
     baselines: list[Baseline] = []
+    scratch_epochs: int = Field(10, ge=1)  # mode scratch: train the sampled widths from random init this long
+    recalib_batches: int = Field(20, ge=0)  # BN recalibration batches after each cut (0 = off)
+    distill: list[bool] = [False]  # choices: distil the base model while finetuning / training
+    distill_alpha: tuple[float, float] = (0.5, 0.5)  # range of the teacher term's weight
+    distill_temperature: tuple[float, float] = (4.0, 4.0)  # range of the softmax temperature
+    max_drop_pts: float | None = Field(None, ge=0)  # stop iterative pruning past this val drop (points)
 
     @field_validator("criteria")
     @classmethod
@@ -151,7 +158,7 @@ class SpaceSection(_Section):
     @model_validator(mode="after")
     def _consistent(self) -> SpaceSection:
         if not self.modes:
-            raise ValueError("search space is empty: modes lists no trial mode; choose from: prune, adaptive")
+            raise ValueError("search space is empty: modes lists no trial mode; choose from: prune, adaptive, scratch")
         if "prune" in self.modes and not self.criteria:
             raise ValueError("search space is empty: criteria lists no criterion")
         if self.ratio_min > self.ratio_max:
@@ -165,6 +172,7 @@ class SpaceSection(_Section):
             raise ValueError(f"finetune_epochs range {[lo, hi]} must satisfy 0 <= min <= max")
         if not (0 < self.finetune_lr[0] <= self.finetune_lr[1]):
             raise ValueError(f"finetune_lr range {list(self.finetune_lr)} must satisfy 0 < min <= max")
+        self._check_distill()
         if self.baselines and "prune" not in self.modes:
             raise ValueError("baselines are prune trials: add 'prune' to modes or remove the baselines")
         for b in self.baselines:
@@ -174,6 +182,15 @@ class SpaceSection(_Section):
                     f"baseline criterion {b.criterion!r} is not in criteria; choose one of: {', '.join(self.criteria)}"
                 )
         return self
+
+    def _check_distill(self) -> None:
+        if not self.distill:
+            raise ValueError("distill lists no value to choose from; use [false], [true] or [false, true]")
+        a, t = self.distill_alpha, self.distill_temperature
+        if not (0.0 <= a[0] <= a[1] <= 1.0):
+            raise ValueError(f"distill_alpha range {list(a)} must satisfy 0 <= min <= max <= 1")
+        if not (0.0 < t[0] <= t[1]):
+            raise ValueError(f"distill_temperature range {list(t)} must satisfy 0 < min <= max")
 
 
 class Objective(_Section):

@@ -11,6 +11,7 @@ Layout of ``cfg.exp_dir`` (``results/NAME``)::
     progress.json    what the running driver is doing (for ``prunetune status``)
     ray/session-NNN  Ray Tune's experiment state and trial checkpoints, one per session
     export/TRIAL     models written by ``prunetune export``
+    final.parquet    final_epochs.parquet   ``prunetune finalize`` (search.finalize)
     base-HASH.pt     cached base models (kept by ``--fresh``: the name is their recipe)
 
 Everything ``status`` and ``pareto`` need is here; this module imports neither Ray nor
@@ -50,6 +51,8 @@ JOURNAL_FILE = "optuna.journal"
 PARETO_PNG = "pareto.png"
 RAY_DIR = "ray"
 EXPORT_DIR = "export"
+FINAL_FILE = "final.parquet"  # prunetune finalize (search.finalize)
+FINAL_EPOCHS_FILE = "final_epochs.parquet"
 _SESSION_PREFIX = "session-"
 
 
@@ -61,6 +64,7 @@ def experiment_files(exp_dir: Path) -> list[Path]:
     base models ``base-*.pt`` are kept because their name is a hash of their recipe)."""
     names = [CONFIG_FILE, BASE_FILE, PROGRESS_FILE, JOURNAL_FILE, PARETO_PNG, RAY_DIR, EXPORT_DIR,
              ledger.TRIALS_FILE, ledger.EPOCHS_FILE, ledger.PARETO_FILE]
+    names += [FINAL_FILE, FINAL_EPOCHS_FILE]
     return [exp_dir / n for n in names]
 
 

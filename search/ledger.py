@@ -14,7 +14,8 @@ An experiment directory holds three files, all written by :class:`Ledger`:
 Units: accuracies are fractions in [0, 1]; ``macs`` are multiply-accumulates of one
 forward pass on one sample (FLOPs would be 2·MACs); ``params`` is a count;
 ``latency_ms`` milliseconds; ``wall_s`` seconds; ``macs_ratio`` is macs / base macs;
-timestamps are UTC.
+timestamps are UTC. ``train_macs``/``teacher_macs`` are total MACs over the trial's
+training (forward + backward counted as 3 forward passes; the teacher's forwards once).
 
 Every write goes through :func:`pruning.atomic.atomic_write` (a temporary file in the
 same directory, fsynced, then renamed over the old file with ``os.replace``), so a kill
@@ -104,6 +105,11 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("finished_at", _UTC_US),
         pa.field("checkpoint", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("val_acc_pruned", pa.float64()),  # fraction, right after the last cut (+ BN recalibration)
+        pa.field("stop_step", pa.int32()),  # last accepted pruning step (max_drop guard), prune mode
+        pa.field("stop_reason", pa.string()),  # completed | max_drop, prune mode
+        pa.field("train_macs", pa.int64()),  # MACs spent training: 3 x forward per sample, + teacher forwards
+        pa.field("teacher_macs", pa.int64()),  # of which the distillation teacher's forward passes
     ]
 )
 
@@ -123,7 +129,7 @@ EPOCHS_SCHEMA = pa.schema(
 #: The trials columns plus ``rank`` (1 = the Pareto front, 2 = the front of the rest, ...).
 PARETO_SCHEMA = TRIALS_SCHEMA.append(pa.field("rank", pa.int32(), nullable=False))
 
-_ACCURACY_FIELDS = frozenset({"base_val_acc", "val_acc", "test_acc"})
+_ACCURACY_FIELDS = frozenset({"base_val_acc", "val_acc", "test_acc", "val_acc_pruned"})
 _INT_BOUNDS = {
     pa.int32(): (-(2**31), 2**31 - 1),
     pa.int64(): (-(2**63), 2**63 - 1),
@@ -285,6 +291,11 @@ def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Map
         "finished_at": _timestamp(result.get("finished_at")) or dt.datetime.now(dt.timezone.utc),
         "checkpoint": checkpoint,
         "error": error,
+        "val_acc_pruned": _float_or_none(result.get("val_acc_pruned")),
+        "stop_step": _int_or_none(result.get("stop_step")),
+        "stop_reason": result.get("stop_reason") if isinstance(result.get("stop_reason"), str) else None,
+        "train_macs": _int_or_none(result.get("train_macs")),
+        "teacher_macs": _int_or_none(result.get("teacher_macs")),
     }
 
 

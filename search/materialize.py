@@ -31,12 +31,15 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
         key["root"] = d.root
         if d.image_size is None:  # images at their own size since issue 12 (they were 64x64 RGB before)
             key["image_size"] = "native"
+    if d.val_limit is not None:  # only when set: base models cached before val_limit existed keep their key
+        key["val_limit"] = d.val_limit
     return key
 
 
 @functools.lru_cache(maxsize=1)
-def _load(name: str, root: str | None, seed: int, image_size: int | None, limit: int | None) -> DataBundle:
-    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit)
+def _load(name: str, root: str | None, seed: int, image_size: int | None, limit: int | None,
+          val_limit: int | None = None) -> DataBundle:
+    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit, val_limit=val_limit)
 
 
 def experiment_data(cfg: ExperimentConfig) -> DataBundle:
@@ -44,7 +47,7 @@ def experiment_data(cfg: ExperimentConfig) -> DataBundle:
     d = cfg.data
     # One cache entry for a relative root and the absolute one the search passes on.
     root = str(Path(d.root).expanduser().resolve()) if d.root is not None else None
-    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit)
+    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit, d.val_limit)
 
 
 def untrained_model(cfg: ExperimentConfig, data: DataBundle, seed: int | None = None) -> nn.Module:

@@ -39,6 +39,13 @@ class TrialResult(TypedDict, total=False):
     (Tune checks that the searcher's metrics are present; ASHA multiplies them). A
     per-epoch result adds :data:`EPOCH_KEYS`; a final one :data:`TRIAL_KEYS` and the
     ISO-8601 UTC ``started_at``/``finished_at``. Units as in ``search.ledger``.
+
+    Final-result keys of pruning options (None when they do not apply): ``val_acc_pruned``
+    (val accuracy right after the last cut and its BN recalibration, before finetuning;
+    prune mode), ``stop_step``/``stop_reason`` (the max-drop guard: last accepted step,
+    ``"completed"`` or ``"max_drop"``; prune mode), ``train_macs`` (MACs spent training the
+    trial: 3 x the student's per-sample forward MACs x samples per epoch, plus
+    ``teacher_macs``, the distillation teacher's forward MACs; every mode).
     """
 
     final: bool
@@ -64,11 +71,17 @@ class TrialResult(TypedDict, total=False):
     base_val_acc: float
     started_at: str
     finished_at: str
+    val_acc_pruned: float
+    stop_step: int
+    stop_reason: str
+    train_macs: int
+    teacher_macs: int
 
 
 #: What a final result copies from ``run_trial``'s return value.
 TRIAL_KEYS = ("val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "widths", "group_names",
-              "epochs", "wall_s", "mode", "criterion", "base_val_acc")
+              "epochs", "wall_s", "mode", "criterion", "base_val_acc",
+              "val_acc_pruned", "stop_step", "stop_reason", "train_macs", "teacher_macs")
 #: What a per-epoch result copies from ``run_trial``'s reporter rows (the epochs ledger columns).
 EPOCH_KEYS = ("epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s")
 #: Present in every result (NaN when unknown).

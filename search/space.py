@@ -2,7 +2,7 @@
 
 A trial's ``params`` is a flat dict of JSON scalars:
 
-* ``mode``: ``"prune"`` or ``"adaptive"`` (a choice among ``search.modes``);
+* ``mode``: ``"prune"``, ``"adaptive"`` or ``"scratch"`` (a choice among ``search.modes``);
 * prune mode only: ``criterion`` (among ``search.criteria``), ``steps`` (among
   ``search.steps``) and the **ratio keys** - keep ratios in ``[ratio_min, ratio_max]``;
   a ratio above 1 is a width multiplier (the group is grown, ``search.grow``);
@@ -10,6 +10,10 @@ A trial's ``params`` is a flat dict of JSON scalars:
   ``eval_every_steps``, ``grow_method`` (the ranges of ``search.adaptive``);
 * both modes: ``finetune_epochs``, ``finetune_lr`` (log scale), and ``grow_method`` when
   ``search.grow`` is on (how prune-mode groups with a ratio > 1 are widened);
+* scratch mode only: the ratio keys (the widths, trained from random weights for
+  ``search.scratch_epochs``; no ``finetune_epochs``/``finetune_lr``);
+* prune and scratch modes, when ``search.distill`` offers ``true``: ``distill`` (bool)
+  and, when true, ``distill_alpha`` and ``distill_temperature``;
 * baselines only: ``baseline`` (``"uniform"`` | ``"global"``) and ``ratio`` (see
   ``baseline_params``).
 
@@ -46,7 +50,7 @@ from pruning.surgery import GroupGraph
 from search.config import ExperimentConfig
 from search.materialize import experiment_data, untrained_model
 
-MODES = ("prune", "adaptive")
+MODES = ("prune", "adaptive", "scratch")
 BASELINES = ("uniform", "global")
 ALL_KEY = "r_all"
 #: Adaptive-mode knobs, each sampled from the ``search.adaptive`` field of the same name.
@@ -170,6 +174,9 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
         params["steps"] = trial.suggest_categorical("steps", list(s.steps))
         for key in _unique(ratio_keys(cfg, groups)):
             params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
+    elif params["mode"] == "scratch":  # widths only: trained from random weights (search.scratch_epochs)
+        for key in _unique(ratio_keys(cfg, groups)):
+            params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
     else:
         a = s.adaptive
         for knob in ADAPTIVE_FLOAT_KNOBS:
@@ -179,13 +186,26 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
             params[knob] = trial.suggest_categorical(knob, list(getattr(a, knob)))
     if s.grow and "grow_method" not in params:
         params["grow_method"] = trial.suggest_categorical("grow_method", list(s.adaptive.grow_method))
-    params["finetune_epochs"] = trial.suggest_int("finetune_epochs", *s.finetune_epochs)
-    params["finetune_lr"] = trial.suggest_float("finetune_lr", *s.finetune_lr, log=True)
+    if params["mode"] != "scratch":  # scratch trains at train.lr for scratch_epochs
+        params["finetune_epochs"] = trial.suggest_int("finetune_epochs", *s.finetune_epochs)
+        params["finetune_lr"] = trial.suggest_float("finetune_lr", *s.finetune_lr, log=True)
+    if True in s.distill and params["mode"] != "adaptive":  # the adaptive loop takes no teacher
+        params.update(_suggest_distill(trial, cfg))
     fixed = _enqueued(trial)
     if params["mode"] == "prune" and fixed.get("baseline") in BASELINES:
         params["baseline"] = fixed["baseline"]
         params["ratio"] = float(fixed["ratio"])
     return params
+
+
+def _suggest_distill(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig) -> dict[str, Any]:
+    """``distill`` (among ``search.distill``) and, when on, ``distill_alpha``/``distill_temperature``."""
+    s = cfg.search
+    out: dict[str, Any] = {"distill": bool(trial.suggest_categorical("distill", list(s.distill)))}
+    if out["distill"]:
+        out["distill_alpha"] = trial.suggest_float("distill_alpha", *s.distill_alpha)
+        out["distill_temperature"] = trial.suggest_float("distill_temperature", *s.distill_temperature)
+    return out
 
 
 def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, Any]]:
@@ -209,6 +229,11 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
             params["grow_method"] = s.adaptive.grow_method[0]
         params["finetune_epochs"] = s.finetune_epochs[1]
         params["finetune_lr"] = math.sqrt(s.finetune_lr[0] * s.finetune_lr[1])
+        if True in s.distill:  # a point of the space; without distillation when that is a choice
+            params["distill"] = s.distill[0] if len(s.distill) == 1 else False
+            if params["distill"]:
+                params["distill_alpha"] = sum(s.distill_alpha) / 2
+                params["distill_temperature"] = sum(s.distill_temperature) / 2
         params["baseline"] = b.ranking
         params["ratio"] = b.ratio
         out.append(params)

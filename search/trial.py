@@ -4,8 +4,9 @@ The base model is prepared once per experiment (``prepare_base``: trained, or lo
 from ``model.checkpoint`` or from the cache ``<exp_dir>/base-<hash>.pt``) and handed to
 every trial as a picklable ``BaseArtifacts`` (Ray: one ``ray.put`` by the tuner). A trial
 copies the base model and either prunes it (mode ``prune``: growth of groups whose ratio
-exceeds 1, then ``prune_iteratively`` with finetuning) or runs the online grow/prune loop
-(mode ``adaptive``). It knows nothing of Ray: the reporter is any callable.
+exceeds 1, then ``prune_iteratively`` with finetuning), runs the online grow/prune loop
+(mode ``adaptive``), or trains the sampled widths from random weights (mode ``scratch``).
+It knows nothing of Ray: the reporter is any callable.
 
 A trial that runs and fails (NaN loss, a group pruned to nothing, a target the pruning
 code rejects) raises ``TrialError``; the search records it and goes on.
@@ -29,10 +30,11 @@ from pruning.basemodel import get_base_model, recipe_hash
 from pruning.cost import count_macs
 from pruning.data import DataBundle
 from pruning.errors import TrialError, UsageError
-from pruning.iterative import PruneSpec, prune_iteratively
+from pruning.iterative import PruneResult, PruneSpec, prune_iteratively
 from pruning.measure import measure
+from pruning.selection import keep_by_ratios
 from pruning.surgery import GroupGraph, grow
-from pruning.train import EpochMetrics, TrainConfig, resolve_device
+from pruning.train import DistillConfig, EpochMetrics, TrainConfig, resolve_device, train
 from search.config import ExperimentConfig
 from search.materialize import data_key, experiment_data, untrained_model
 from search.space import ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, MODES, ratios_from_params
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 
 #: Timed forward passes per latency measurement (median); small: a trial measures once.
 LATENCY_RUNS = 5
+
+#: A training step costs about 3 forward passes (forward, backward for activations and for
+#: weights); ``train_macs`` counts per-sample MACs x samples x this factor (as pruning.adaptive).
+TRAIN_STEP_FORWARDS = 3
 
 Reporter = Callable[[dict[str, Any], nn.Module | None], None]
 """``reporter(epoch_row, model)`` after every finetune epoch (Ray: ``tune.report`` + checkpoint)."""
@@ -109,25 +115,33 @@ def prepare_base(cfg: ExperimentConfig, *, log_progress: Callable[[str], None] |
 
 
 class _EpochRows:
-    """Builds the reporter's per-epoch rows; MACs and widths are recomputed only when shapes change."""
+    """Builds the reporter's per-epoch rows; MACs and widths are recomputed only when shapes change.
+
+    Also sums the training compute: ``train_macs`` (student 3 x forward MACs x the epoch's
+    samples, plus the teacher's forwards) and ``teacher_macs``.
+    """
 
     def __init__(self, data: DataBundle, groups: list[str], reporter: Reporter | None) -> None:
         self.data, self.groups, self.reporter = data, groups, reporter
         self.count = 0
+        self.train_macs = 0
+        self.teacher_macs = 0
         self._shapes: tuple | None = None
         self._macs = 0
         self._widths: list[int] = []
 
     def __call__(self, m: EpochMetrics, model: nn.Module) -> None:
         self.count += 1
-        if self.reporter is None:
-            return
         shapes = tuple(tuple(p.shape) for p in model.parameters())
         if shapes != self._shapes:
             x = self.data.example_input().to(next(model.parameters()).device)
             self._macs = count_macs(model, self.data.input_shape)
             self._widths = _widths(model, x, self.groups)
             self._shapes = shapes
+        self.teacher_macs += int(m.teacher_macs)
+        self.train_macs += TRAIN_STEP_FORWARDS * self._macs * len(self.data.train) + int(m.teacher_macs)
+        if self.reporter is None:
+            return
         row = {
             "epoch": int(m.epoch), "train_loss": float(m.train_loss), "val_acc": float(m.val_acc),
             "macs": int(self._macs), "widths": list(self._widths), "lr": float(m.lr), "wall_s": float(m.wall_s),
@@ -145,7 +159,8 @@ def _grow_counts(ratios: Mapping[str, float], widths: Mapping[str, int], round_t
     add = {}
     for g, r in ratios.items():
         if r > 1.0:
-            target = math.ceil(r * widths[g] / round_to) * round_to if round_to > 1 else round(r * widths[g])
+            # 1e-9: a ratio rebuilt from widths (finalize --from-scratch) must not round up a whole step
+            target = math.ceil(r * widths[g] / round_to - 1e-9) * round_to if round_to > 1 else round(r * widths[g])
             if target > widths[g]:
                 add[g] = int(target - widths[g])
     return add
@@ -155,19 +170,36 @@ def _finetune_config(cfg: ExperimentConfig, params: Mapping[str, Any]) -> tuple[
     s = cfg.search
     epochs = int(params.get("finetune_epochs", s.finetune_epochs[1]))
     lr = float(params.get("finetune_lr", math.sqrt(s.finetune_lr[0] * s.finetune_lr[1])))
-    return replace(base_train_config(cfg), epochs=epochs, lr=lr), epochs
+    return replace(base_train_config(cfg), epochs=epochs, lr=lr, distill=_distill(cfg, params)), epochs
+
+
+def _distill(cfg: ExperimentConfig, params: Mapping[str, Any]) -> DistillConfig | None:
+    """The trial's distillation settings (params ``distill``, ``distill_alpha``, ``distill_temperature``)."""
+    if not params.get("distill"):
+        return None
+    s = cfg.search
+    alpha = float(params.get("distill_alpha", sum(s.distill_alpha) / 2))
+    temperature = float(params.get("distill_temperature", sum(s.distill_temperature) / 2))
+    return DistillConfig(alpha=alpha, temperature=temperature)
+
+
+def _teacher(train_cfg: TrainConfig, base: BaseArtifacts) -> nn.Module | None:
+    """A copy of the base model when the trial distils (the base stays untouched on the CPU)."""
+    return copy.deepcopy(base.model) if train_cfg.distill is not None else None
 
 
 def _run_prune(
     model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], base: BaseArtifacts,
     on_epoch: _EpochRows,
-) -> str:
-    """Grow groups with ratio > 1, prune the others, finetune; returns the criterion used."""
+) -> tuple[str, PruneResult]:
+    """Grow groups with ratio > 1, prune the others, finetune; returns the criterion used and what
+    ``prune_iteratively`` did (BN recalibration, distillation and the max-drop guard from ``search``)."""
     s = cfg.search
     criterion = str(params.get("criterion", s.criteria[0]))
     common: dict[str, Any] = dict(
         criterion=criterion, steps=int(params.get("steps", s.steps[0])), min_channels=s.min_channels,
         round_to=s.round_to, calib_batches=cfg.train.calib_batches, calib_batch_size=cfg.train.batch_size,
+        recalib_batches=s.recalib_batches, max_drop_pts=s.max_drop_pts,
     )  # fmt: skip
     if params.get("baseline") in BASELINES:
         spec = PruneSpec(ratio=float(params["ratio"]), ranking=str(params["baseline"]), **common)
@@ -183,8 +215,45 @@ def _run_prune(
             log.info("grew %s", {g: f"{record.before[g]}->{record.after[g]}" for g in add})
         spec = PruneSpec(ratios={g: r for g, r in ratios.items() if r < 1.0}, **common)
     finetune, epochs = _finetune_config(cfg, params)
-    prune_iteratively(model, data, spec, finetune, finetune_epochs=epochs, on_epoch=on_epoch)
-    return criterion
+    result = prune_iteratively(model, data, spec, finetune, finetune_epochs=epochs, on_epoch=on_epoch,
+                               teacher=_teacher(finetune, base))
+    return criterion, result
+
+
+def _run_scratch(
+    data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], base: BaseArtifacts, on_epoch: _EpochRows
+) -> nn.Module:
+    """Mode ``scratch`` (Liu et al. 2019): the sampled widths trained from random weights.
+
+    The base architecture is cut (first channels: no criterion, the weights are thrown
+    away) and widened to the sampled per-group widths - the same rounding as prune mode -
+    then every layer is re-initialised at its new size (``reset_parameters``, seeded by
+    ``experiment.seed``) and trained for ``scratch_epochs`` (params, else
+    ``search.scratch_epochs``) with the base recipe (``train.lr``, cosine), distilling the
+    base model when the params say so.
+    """
+    s = cfg.search
+    model = copy.deepcopy(base.model)
+    x = data.example_input()
+    ratios = ratios_from_params(params, base.group_names)
+    widths = dict(zip(base.group_names, base.widths))
+    shrink = {g: r for g, r in ratios.items() if r < 1.0}
+    if shrink:
+        zeros = {g: torch.zeros(widths[g]) for g in shrink}
+        keep = keep_by_ratios(zeros, shrink, min_channels=s.min_channels, round_to=s.round_to)
+        GroupGraph(model, x).prune({g: sorted(k) for g, k in keep.items()})
+    add = _grow_counts(ratios, widths, s.round_to)
+    if add:
+        grow(model, add, x, method="zero", seed=cfg.experiment.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.experiment.seed)
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+    epochs = int(params.get("scratch_epochs", s.scratch_epochs))
+    train_cfg = replace(base_train_config(cfg), epochs=epochs, distill=_distill(cfg, params))
+    train(model, data, train_cfg, on_epoch=on_epoch, teacher=_teacher(train_cfg, base))
+    return model
 
 
 def _run_adaptive(
@@ -210,6 +279,7 @@ def _run_adaptive(
     )  # fmt: skip
     search_cfg = finetune if not a.from_scratch else replace(finetune, lr=cfg.train.lr)
     result = run_adaptive(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch)
+    on_epoch.train_macs = int(result.train_macs)  # its own count: widths change within epochs
     log.info("adaptive loop: %s after %d epochs", result.stop_reason or "ran all epochs", result.epochs)
     return result.model
 
@@ -235,7 +305,9 @@ def run_trial(
     Returns ``val_acc``, ``test_acc`` (0..1), ``macs``, ``params``, ``latency_ms`` (CPU,
     1 thread, batch ``train.latency_batch``), ``macs_ratio`` (of the base), ``widths``,
     ``group_names``, ``epochs`` (run), ``wall_s`` (whole trial), ``mode``, ``criterion``
-    (``"profit"`` for adaptive), ``base_val_acc``. Raises ``TrialError`` when the trial
+    (``"profit"`` for adaptive, ``"none"`` for scratch), ``base_val_acc``, ``val_acc_pruned``,
+    ``stop_step``, ``stop_reason`` (prune mode, else None; see ``search.result``),
+    ``train_macs`` and ``teacher_macs`` (MACs). Raises ``TrialError`` when the trial
     fails, including any ``UsageError`` raised while running it.
     """
     t0 = time.perf_counter()
@@ -249,8 +321,12 @@ def run_trial(
         device = resolve_device(cfg.train.device)
         model = copy.deepcopy(base.model)
         rows = _EpochRows(data, base.group_names, reporter)
+        pruned: PruneResult | None = None
         if mode == "prune":
-            criterion = _run_prune(model, data, cfg, params, base, rows)
+            criterion, pruned = _run_prune(model, data, cfg, params, base, rows)
+        elif mode == "scratch":
+            model = _run_scratch(data, cfg, params, base, rows)
+            criterion = "none"
         else:
             model = _run_adaptive(model, data, cfg, params, rows)
             criterion = "profit"
@@ -274,4 +350,18 @@ def run_trial(
         "mode": str(mode),
         "criterion": criterion,
         "base_val_acc": float(base.metrics["val_acc"]),
+        **_prune_outcome(pruned),
+        "train_macs": int(rows.train_macs),
+        "teacher_macs": int(rows.teacher_macs),
     }
+
+
+def _prune_outcome(pruned: PruneResult | None) -> dict[str, Any]:
+    """``val_acc_pruned`` (right after the last accepted cut), ``stop_step``, ``stop_reason``; None
+    outside prune mode."""
+    if pruned is None:
+        return {"val_acc_pruned": None, "stop_step": None, "stop_reason": None}
+    accepted = [st for st in pruned.steps if st.accepted]
+    cut = accepted[-1].cut_val_acc if accepted else None
+    return {"val_acc_pruned": None if cut is None else float(cut), "stop_step": int(pruned.stop_step),
+            "stop_reason": str(pruned.stop_reason)}

@@ -19,7 +19,8 @@ from search.config import ExperimentConfig, config_from_dict
 from search.trial import BaseArtifacts, prepare_base, run_trial
 
 RESULT_KEYS = {"val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "widths", "group_names", "epochs",
-               "wall_s", "mode", "criterion", "base_val_acc"}  # fmt: skip
+               "wall_s", "mode", "criterion", "base_val_acc", "val_acc_pruned", "stop_step", "stop_reason",
+               "train_macs", "teacher_macs"}  # fmt: skip
 ROW_KEYS = {"epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s"}
 
 

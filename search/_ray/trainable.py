@@ -124,6 +124,8 @@ def _scheduler(cfg: ExperimentConfig) -> Any:
     epochs = s.finetune_epochs[1] + max(s.steps) - 1
     if "adaptive" in s.modes:
         epochs = max(epochs, s.adaptive.epochs + s.finetune_epochs[1])
+    if "scratch" in s.modes:
+        epochs = max(epochs, s.scratch_epochs)
     max_t = max(epochs, 1) + 1
     return ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration", max_t=max_t,
                          grace_period=min(cfg.scheduler.grace_period, max_t), reduction_factor=cfg.scheduler.reduction_factor)
