@@ -14,8 +14,15 @@ from collections.abc import Sequence
 
 from pruning.errors import UsageError
 
-_COMMAND_MODULES = ("search.cmd_prune", "search.cmd_grow", "search.cmd_experiment", "search.cmd_report",
-                    "search.cmd_finalize")
+#: Which module registers each sub-command. ``main`` imports only the module of the command
+#: it runs (``status`` and ``pareto`` then load no torch, Ray or Optuna); ``--help`` imports all.
+COMMANDS = {
+    "prune": "search.cmd_prune",
+    "grow": "search.cmd_grow",
+    **dict.fromkeys(("run", "resume", "status", "pareto", "export"), "search.cmd_experiment"),
+    "report": "search.cmd_report",
+    "finalize": "search.cmd_finalize",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,20 +30,23 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"prunetune: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every sub-command, or only the module that registers ``command``."""
     import importlib
 
     parser = _Parser(prog="prunetune", description="Find the best number of filters per layer of a CNN: prune or grow one model, or search per-layer widths with Optuna on Ray Tune (results in Parquet).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library progress (INFO) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for name in _COMMAND_MODULES:
+    modules = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )

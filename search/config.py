@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pruning.errors import UsageError
 from search.samplers import SamplerName
@@ -22,6 +22,12 @@ from search.samplers import SamplerName
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _saved(info: ValidationInfo) -> bool:
+    """Reading back a config a search saved: its registry names (model, dataset, criteria) were
+    checked when it started, and checking them again would import torch into ``status``."""
+    return bool(info.context and info.context.get("saved"))
 
 
 class ExperimentSection(_Section):
@@ -37,7 +43,9 @@ class ModelSection(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_model(cls, v: str) -> str:
+    def _known_model(cls, v: str, info: ValidationInfo) -> str:
+        if _saved(info):
+            return v
         from pruning.models import MODELS, model_names
 
         if v in MODELS or ":" in v:  # registered or a user factory: no need to import torchvision
@@ -56,7 +64,9 @@ class DataSection(_Section):
 
     @field_validator("name")
     @classmethod
-    def _known_dataset(cls, v: str) -> str:
+    def _known_dataset(cls, v: str, info: ValidationInfo) -> str:
+        if _saved(info):
+            return v
         from pruning.data import DATASETS
 
         DATASETS[v]
@@ -148,7 +158,9 @@ class SpaceSection(_Section):
 
     @field_validator("criteria")
     @classmethod
-    def _known_criteria(cls, v: list[str]) -> list[str]:
+    def _known_criteria(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if _saved(info):
+            return v
         from pruning.criteria import CRITERIA
 
         for name in v:
@@ -323,17 +335,20 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+def config_from_dict(raw: dict[str, Any], *, saved: bool = False) -> ExperimentConfig:
+    """Validate a config; ``saved``: one a search wrote, whose registry names are trusted."""
     try:
-        return ExperimentConfig.model_validate(raw)
+        return ExperimentConfig.model_validate(raw, context={"saved": saved})
     except ValidationError as e:
         raise UsageError(_format_error(e)) from None
     except UsageError as e:  # a registry lookup inside a validator
         raise UsageError(str(e)) from None
 
 
-def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read a YAML config (or start from the defaults when ``path`` is None) and apply ``--set`` overrides."""
+def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, saved: bool = False) -> ExperimentConfig:
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply ``--set`` overrides.
+
+    ``saved``: the file is one a search saved (see :func:`config_from_dict`)."""
     raw: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -345,4 +360,4 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
             raise UsageError(f"config file {str(p)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(raw, dict):
             raise UsageError(f"config file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
-    return config_from_dict(_merge(raw, parse_set(overrides)))
+    return config_from_dict(_merge(raw, parse_set(overrides)), saved=saved)

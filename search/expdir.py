@@ -132,8 +132,9 @@ def save_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
 
 
 def load_saved_config(exp_dir: Path) -> ExperimentConfig:
-    """The config an experiment was started (or last resumed) with."""
-    return load_config(exp_dir / CONFIG_FILE)
+    """The config an experiment was started (or last resumed) with (its registry names are
+    not looked up again: that would import torch into ``status`` and ``pareto``)."""
+    return load_config(exp_dir / CONFIG_FILE, saved=True)
 
 
 def study_name(cfg: ExperimentConfig) -> str:

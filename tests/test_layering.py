@@ -60,7 +60,7 @@ def _tiny_experiment(tmp_path: Path) -> Path:
     return cfg.exp_dir
 
 
-def test_status_and_pareto_load_no_ray(tmp_path: Path) -> None:
+def test_status_and_pareto_load_no_ray_optuna_or_torch(tmp_path: Path) -> None:
     exp = _tiny_experiment(tmp_path)
     # what each prints when it did its job: status the best trial, pareto the front's cheapest one
     for command, expected in (("status", "best val so far: 85.00% (trial t0"), ("pareto", "t1")):
@@ -68,7 +68,7 @@ def test_status_and_pareto_load_no_ray(tmp_path: Path) -> None:
             import sys
             from search.cli import main
             rc = main([{command!r}, {str(exp)!r}])
-            loaded = sorted({{m.split(".")[0] for m in sys.modules}} & {{"ray", "optuna"}})
+            loaded = sorted({{m.split(".")[0] for m in sys.modules}} & {{"ray", "optuna", "torch"}})
             print("LOADED", loaded)
             sys.exit(rc)
         """, cwd=tmp_path)
