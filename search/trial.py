@@ -108,11 +108,19 @@ def prepare_base(cfg: ExperimentConfig, *, log_progress: Callable[[str], None] |
 
 
 class _EpochRows:
-    """Builds the reporter's per-epoch rows; MACs and widths are recomputed only when shapes change."""
+    """Builds the reporter's per-epoch rows; MACs and widths are recomputed only when shapes change.
+
+    ``final_from``/``rung_epochs`` mark the epochs of the trial's final finetune (the only
+    ones comparable across trials, for the early-stopping scheduler): epoch ``e`` is its
+    ``e - final_from``-th when ``final_from`` is set and ``e > final_from``, else its
+    ``rung_epoch`` is None (intermediate iterative steps; the adaptive search phase).
+    """
 
     def __init__(self, data: DataBundle, groups: list[str], reporter: Reporter | None) -> None:
         self.data, self.groups, self.reporter = data, groups, reporter
         self.count = 0
+        self.final_from: int | None = None
+        self.rung_epochs: int | None = None
         self._shapes: tuple | None = None
         self._macs = 0
         self._widths: list[int] = []
@@ -131,7 +139,14 @@ class _EpochRows:
             "epoch": int(m.epoch), "train_loss": float(m.train_loss), "val_acc": float(m.val_acc),
             "macs": int(self._macs), "widths": list(self._widths), "lr": float(m.lr), "wall_s": float(m.wall_s),
         }  # fmt: skip
+        final = self.final_from is not None and m.epoch > self.final_from
+        row["rung_epoch"] = int(m.epoch - self.final_from) if final else None
+        row["rung_epochs"] = self.rung_epochs if final else None
         self.reporter(row, model)
+
+    def final_after(self, epochs_before: int, final_epochs: int) -> None:
+        """The epochs after the first ``epochs_before`` are the final finetune's ``final_epochs``."""
+        self.final_from, self.rung_epochs = int(epochs_before), int(final_epochs)
 
 
 def _widths(model: nn.Module, x: torch.Tensor, groups: list[str]) -> list[int]:
@@ -182,6 +197,7 @@ def _run_prune(
             log.info("grew %s", {g: f"{record.before[g]}->{record.after[g]}" for g in add})
         spec = PruneSpec(ratios={g: r for g, r in ratios.items() if r < 1.0}, **common)
     finetune, epochs = _finetune_config(cfg, params)
+    on_epoch.final_after((spec.steps - 1) * spec.step_epochs, epochs)  # each earlier step: step_epochs
     prune_iteratively(model, data, spec, finetune, finetune_epochs=epochs, on_epoch=on_epoch)
     return criterion
 
@@ -208,7 +224,8 @@ def _run_adaptive(
         finetune_lr=finetune.lr, calib_batches=cfg.train.calib_batches,
     )  # fmt: skip
     search_cfg = finetune if not a.from_scratch else replace(finetune, lr=cfg.train.lr)
-    result = run_adaptive(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch)
+    result = run_adaptive(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch,
+                          on_finetune=lambda search_epochs: on_epoch.final_after(search_epochs, epochs))
     log.info("adaptive loop: %s after %d epochs", result.stop_reason or "ran all epochs", result.epochs)
     return result.model
 
@@ -228,7 +245,9 @@ def run_trial(
     the ratio keys are required. ``reporter(row,
     model)`` is called after every finetune epoch with ``row`` = ``epoch`` (1-based,
     counted across iterative steps), ``train_loss``, ``val_acc``, ``macs``, ``widths``
-    (per group, base group order), ``lr``, ``wall_s`` (that epoch's seconds); a trial with
+    (per group, base group order), ``lr``, ``wall_s`` (that epoch's seconds),
+    ``rung_epoch`` (1-based index within the final step's finetune, None before it: see
+    ``_EpochRows``) and ``rung_epochs`` (that finetune's epochs); a trial with
     no epoch (``finetune_epochs=0``, one step) never calls it.
 
     Returns ``val_acc``, ``test_acc`` (0..1), ``macs``, ``params``, ``latency_ms`` (CPU,

@@ -19,7 +19,7 @@ from search.trial import BaseArtifacts, prepare_base, run_trial
 
 RESULT_KEYS = {"val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "widths", "group_names", "epochs",
                "wall_s", "mode", "criterion", "base_val_acc"}  # fmt: skip
-ROW_KEYS = {"epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s"}
+ROW_KEYS = {"epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s", "rung_epoch", "rung_epochs"}
 
 
 def make_cfg(results_dir: Path, **search: Any) -> ExperimentConfig:
@@ -106,6 +106,8 @@ def test_prune_trial_reports_every_epoch_and_returns_documented_metrics(
     # One step epoch between the two pruning steps, then two finetune epochs.
     assert result["epochs"] == 3 and len(rows) == 3
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # Only the final step's finetune epochs are comparable across trials (the scheduler's rungs).
+    assert [r["rung_epoch"] for r in rows] == [None, 1, 2] and [r["rung_epochs"] for r in rows] == [None, 2, 2]
     for row, model in zip(rows, models):
         assert set(row) == ROW_KEYS
         assert isinstance(model, torch.nn.Module)
@@ -183,6 +185,8 @@ def test_adaptive_trial_finds_its_own_widths(tmp_path: Path, base: BaseArtifacts
     assert set(result) == RESULT_KEYS and result["mode"] == "adaptive" and result["criterion"] == "profit"
     assert result["epochs"] == len(rows) == 3  # 2 search epochs (4 steps each, an evaluation every 2) + 1 finetune
     assert all(set(r) == ROW_KEYS for r in rows) and rows[-1]["widths"] == result["widths"]
+    # The search epochs are not comparable with other trials' epochs; the finetune epoch is.
+    assert [r["rung_epoch"] for r in rows] == [None, None, 1] and [r["rung_epochs"] for r in rows] == [None, None, 1]
     assert result["widths"] != base.widths  # the loop pruned or grew something
     assert result["macs_ratio"] == pytest.approx(result["macs"] / base.metrics["macs"])
 

@@ -19,7 +19,8 @@ from search.ledger import is_missing, read_trials
 from search.result import OBJECTIVE_KEYS, plain
 from search._ray.recorder import Recorder
 from search._ray.searcher import make_searcher
-from search._ray.trainable import _scheduler, make_trainable, trial_dirname
+from search._ray.schedulers import make_scheduler
+from search._ray.trainable import make_trainable, trial_dirname
 
 if TYPE_CHECKING:
     from search.tuner import SearchOptions
@@ -52,13 +53,24 @@ def _restore(session_dir: Path, trainable: Any, retry_errored: bool) -> Any:
         return None
 
 
+def make_search_scheduler(cfg: ExperimentConfig) -> Any:
+    """``scheduler.name: asha``: MO-ASHA on the objectives (Ray's ASHA for a single one),
+    rungs counted in finetune epochs of the final step (``rung_epoch``); else None (FIFO)."""
+    if cfg.scheduler.name != "asha":
+        return None
+    objs = cfg.objectives.objectives
+    return make_scheduler([o.metric for o in objs], [o.mode for o in objs],
+                          max_t=max(1, cfg.search.finetune_epochs[1]), grace_period=cfg.scheduler.grace_period,
+                          reduction_factor=cfg.scheduler.reduction_factor)
+
+
 def _new_tuner(cfg: ExperimentConfig, exp_dir: Path, trainable: Any, searcher: Any, callback: Any,
                verbose: bool) -> Any:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=_scheduler(cfg),
+            scheduler=make_search_scheduler(cfg),
             num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent,
             reuse_actors=True,
