@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import optuna
@@ -212,6 +213,35 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
         params["baseline"] = b.ranking
         params["ratio"] = b.ratio
         out.append(params)
+    return out
+
+
+def baseline_identity(params: Mapping[str, Any]) -> tuple[str, float, str] | None:
+    """``(ranking, ratio, criterion)`` of a baseline's params, None for any other trial.
+
+    What tells baselines apart (a ledger row's ``params_json`` carries all three): a
+    uniform and a global baseline with the same criterion and ratio are different trials.
+    """
+    if params.get("baseline") not in BASELINES:
+        return None
+    return str(params["baseline"]), float(params["ratio"]), str(params.get("criterion"))
+
+
+def missing_baselines(baselines: Sequence[Mapping[str, Any]], held: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``baselines`` (``baseline_params``) whose identity no params in ``held`` carry.
+
+    ``held`` are the params of trials that ran or will run (the ledger's, and those
+    proposed but not yet recorded). Counted as a multiset: a baseline listed twice
+    in the config runs twice.
+    """
+    left = Counter(baseline_identity(p) for p in held)
+    out = []
+    for b in baselines:
+        key = baseline_identity(b)
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            out.append(dict(b))
     return out
 
 

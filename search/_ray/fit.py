@@ -106,7 +106,7 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, ba
         resumed_from = "restore" if tuner is not None else None
     if tuner is None:
         resumed_from = None if mode == "fresh" else "warm-start"
-        searcher = make_searcher(cfg, exp_dir, groups, session_index=len(sessions), first_session=mode == "fresh")
+        searcher = make_searcher(cfg, exp_dir, groups, session_index=len(sessions))
         tuner = _new_tuner(cfg, exp_dir, trainable, searcher, recorder, options.verbose)
     started = time.time()
     t0 = time.perf_counter()
