@@ -226,3 +226,16 @@ def test_param_distributions_warm_start_a_study() -> None:
     study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.5))
     trial = study.ask()
     assert set(space.suggest(trial, cfg, groups)) == set(params)
+
+
+def test_missing_baselines_tells_uniform_from_global_by_identity() -> None:
+    cfg = make_cfg("tiny_vgg", baselines=[{"ranking": "uniform", "ratio": 0.5, "criterion": "l1"},
+                                          {"ranking": "global", "ratio": 0.5, "criterion": "l1"},
+                                          {"ranking": "global", "ratio": 0.5, "criterion": "l1"}])  # fmt: skip
+    uniform, glob, _ = points = space.baseline_params(cfg, space.group_names(cfg))
+    assert space.baseline_identity(uniform) == ("uniform", 0.5, "l1") != space.baseline_identity(glob)
+    sampled = {k: v for k, v in uniform.items() if k not in ("baseline", "ratio")}  # same values, no markers
+    assert space.baseline_identity(sampled) is None
+    assert space.missing_baselines(points, [sampled, uniform]) == [glob, glob]
+    assert space.missing_baselines(points, [glob, uniform]) == [glob]  # listed twice: runs twice
+    assert space.missing_baselines(points, [glob, glob, uniform]) == []

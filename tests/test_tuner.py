@@ -364,6 +364,7 @@ def test_uniform_and_global_baselines_each_run_once_across_a_driver_kill_and_a_w
             except Exception:  # noqa: BLE001 - the file appears atomically; anything else: retry
                 pass
             time.sleep(0.05)
+        time.sleep(0.4)  # the first baseline is told to Optuna too; the second runs for >= 1 s
         assert driver.poll() is None
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
