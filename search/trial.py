@@ -35,7 +35,14 @@ from pruning.surgery import GroupGraph, grow
 from pruning.train import EpochMetrics, TrainConfig, resolve_device
 from search.config import ExperimentConfig
 from search.materialize import data_key, experiment_data, untrained_model
-from search.space import ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, MODES, ratios_from_params
+from search.space import (
+    ADAPTIVE_CHOICE_KNOBS,
+    ADAPTIVE_FLOAT_KNOBS,
+    BASELINES,
+    BUDGET_KEY,
+    MODES,
+    ratios_from_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +209,25 @@ def _run_prune(
     return criterion
 
 
+def adaptive_budget(cfg: ExperimentConfig, params: Mapping[str, Any], base_macs: float) -> int | None:
+    """An adaptive trial's MACs budget: ``macs_budget_ratio`` x the base model's MACs (rounded
+    down), capped by ``objectives.macs_budget``; without the ratio (older params) the cap alone."""
+    cap = cfg.objectives.macs_budget
+    if params.get(BUDGET_KEY) is None:
+        return cap
+    budget = max(1, math.floor(float(params[BUDGET_KEY]) * base_macs))
+    return budget if cap is None else min(budget, cap)
+
+
 def _run_adaptive(
-    model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], on_epoch: _EpochRows
+    model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], on_epoch: _EpochRows,
+    base_macs: float,
 ) -> nn.Module:
     """The online grow/prune loop with the sampled knobs; returns the resulting model.
 
     Starts from the base model's copy, or from random weights with ``adaptive.from_scratch``
     (then the search phase trains at ``train.lr``, else at the finetune LR: the base is
-    already trained). Budget: ``objectives.macs_budget``.
+    already trained). Budget: ``adaptive_budget``; the final model never exceeds it.
     """
     from pruning.adaptive import AdaptiveConfig, run_adaptive
 
@@ -220,7 +238,7 @@ def _run_adaptive(
     knobs = {k: params.get(k, getattr(a, k)[0]) for k in (*ADAPTIVE_FLOAT_KNOBS, *ADAPTIVE_CHOICE_KNOBS)}
     adaptive_cfg = AdaptiveConfig(
         **knobs, max_width_mult=a.max_width_mult, min_channels=s.min_channels, round_to=s.round_to,
-        budget_macs=cfg.objectives.macs_budget, max_epochs=a.epochs, finetune_epochs=epochs,
+        budget_macs=adaptive_budget(cfg, params, base_macs), max_epochs=a.epochs, finetune_epochs=epochs,
         finetune_lr=finetune.lr, calib_batches=cfg.train.calib_batches,
     )  # fmt: skip
     search_cfg = finetune if not a.from_scratch else replace(finetune, lr=cfg.train.lr)
@@ -270,7 +288,7 @@ def run_trial(
         if mode == "prune":
             criterion = _run_prune(model, data, cfg, params, base, rows)
         else:
-            model = _run_adaptive(model, data, cfg, params, rows)
+            model = _run_adaptive(model, data, cfg, params, rows, base.metrics["macs"])
             criterion = "profit"
         model.to(device)
         m = measure(model, data, device=device, latency_batch=cfg.train.latency_batch, latency_runs=LATENCY_RUNS)

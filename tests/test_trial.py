@@ -195,3 +195,26 @@ def test_missing_optional_params_take_the_baseline_defaults(cfg: ExperimentConfi
     result = run_trial(cfg, {"r_all": 0.5}, base=base)
     assert result["mode"] == "prune" and result["criterion"] == cfg.search.criteria[0]
     assert result["epochs"] == cfg.search.finetune_epochs[1] and result["widths"] == [8, 16, 16]
+
+
+@pytest.mark.parametrize("eval_every", [2, 1000])  # the loop prunes to the budget itself / never evaluates
+def test_adaptive_trial_ends_within_its_sampled_macs_budget(tmp_path: Path, base: BaseArtifacts,
+                                                            eval_every: int) -> None:
+    import optuna
+
+    cfg = make_cfg(tmp_path, modes=["adaptive"], ratio_min=0.3, adaptive={"epochs": 1, "eval_every_steps": [eval_every],
+                                                                         "patience": [1], "max_width_mult": 2.0})
+    low, high = space.macs_budget_range(cfg, base.group_names)
+    params = space.suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), cfg,
+                           base.group_names)  # fmt: skip
+    assert low <= params[space.BUDGET_KEY] <= high <= 1.0
+    params[space.BUDGET_KEY] = low  # the hardest budget: the smallest prune trial's MACs
+    budget = trial.adaptive_budget(cfg, params, base.metrics["macs"])
+    assert budget == math.floor(low * base.metrics["macs"])
+    result = run_trial(cfg, params, base=base)
+    # Exact, no tolerance: every cut (the loop's and the final one) counts the pruned model's
+    # MACs as measure() does, and the budget is rounded down.
+    assert result["macs"] <= budget
+    assert result["macs"] >= 0.5 * budget  # cut to the budget, not far below it
+    capped = cfg.model_copy(update={"objectives": cfg.objectives.model_copy(update={"macs_budget": budget // 2})})
+    assert trial.adaptive_budget(capped, params, base.metrics["macs"]) == budget // 2
