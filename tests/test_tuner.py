@@ -140,6 +140,21 @@ def test_find_experiment_rejects_a_directory_without_config(tmp_path):
         find_experiment(tmp_path)
 
 
+def test_the_search_scheduler_is_mo_asha_for_several_objectives_and_asha_for_one(tmp_path):
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from search._ray.fit import make_search_scheduler
+    from search._ray.schedulers import RUNG_EPOCH, MOASHAScheduler
+
+    asha = ["scheduler.name=asha", "search.finetune_epochs=[2, 8]", "scheduler.reduction_factor=3"]
+    assert make_search_scheduler(_cfg(tmp_path)) is None
+    mo = make_search_scheduler(_cfg(tmp_path, *asha))
+    assert isinstance(mo, MOASHAScheduler) and mo.milestones == [1, 3]  # below max_t = 8 finetune epochs
+    one = make_search_scheduler(_cfg(tmp_path, *asha, "objectives.objectives=[{metric: macs, mode: min}]"))
+    assert isinstance(one, AsyncHyperBandScheduler) and not isinstance(one, MOASHAScheduler)
+    assert (one._metric, one._mode, one._time_attr) == ("macs", "min", RUNG_EPOCH)
+
+
 # --------------------------------------------------------------------------- with Ray
 
 

@@ -78,6 +78,8 @@ class LedgerSearch(OptunaSearch):
 
     # -- the count
     def _session_start(self) -> None:
+        for name, default in (("_baselines", []), ("_baseline_trials", {}), ("_pending", [])):
+            self.__dict__.setdefault(name, default)  # a searcher pickled before baselines moved here
         trials = ledger.read_trials(self._exp_dir)
         self._prior_ids = set(trials["trial_id"].astype(str))
         # Held: what the ledger recorded, and baselines proposed (to trials Ray restored and
