@@ -355,7 +355,6 @@ class _Loop:
         }
         return optimizer, record
 
-
     def _rebuild(self, optimizer: torch.optim.Optimizer, state: dict[str, dict]) -> torch.optim.Optimizer:
         """A new optimizer for the changed model, with the carried state; MACs recounted."""
         optimizer = make_optimizer(self.model, self.train_cfg, lr=optimizer.param_groups[0]["lr"])

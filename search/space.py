@@ -280,7 +280,8 @@ def baseline_identity(params: Mapping[str, Any]) -> tuple[str, float, str] | Non
     return str(params["baseline"]), float(params["ratio"]), str(params.get("criterion"))
 
 
-def missing_baselines(baselines: Sequence[Mapping[str, Any]], held: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def missing_baselines(baselines: Sequence[Mapping[str, Any]],
+                      held: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The ``baselines`` (``baseline_params``) whose identity no params in ``held`` carry.
 
     ``held`` are the params of trials that ran or will run (the ledger's, and those

@@ -35,14 +35,7 @@ from pruning.surgery import GroupGraph, grow
 from pruning.train import EpochMetrics, TrainConfig, resolve_device
 from search.config import ExperimentConfig
 from search.materialize import data_key, experiment_data, untrained_model
-from search.space import (
-    ADAPTIVE_CHOICE_KNOBS,
-    ADAPTIVE_FLOAT_KNOBS,
-    BASELINES,
-    BUDGET_KEY,
-    MODES,
-    ratios_from_params,
-)
+from search.space import ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, BUDGET_KEY, MODES, ratios_from_params
 
 log = logging.getLogger(__name__)
 
