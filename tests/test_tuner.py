@@ -153,6 +153,14 @@ def test_the_search_scheduler_is_mo_asha_for_several_objectives_and_asha_for_one
     one = make_search_scheduler(_cfg(tmp_path, *asha, "objectives.objectives=[{metric: macs, mode: min}]"))
     assert isinstance(one, AsyncHyperBandScheduler) and not isinstance(one, MOASHAScheduler)
     assert (one._metric, one._mode, one._time_attr) == ("macs", "min", RUNG_EPOCH)
+    # Latency and params are measured once per trial, not per epoch: MACs ranks for them at a rung.
+    three = "objectives.objectives=[{metric: val_acc, mode: max}, {metric: macs, mode: min}, " \
+            "{metric: latency_ms, mode: min}]"
+    flowers = make_search_scheduler(_cfg(tmp_path, *asha, three))
+    assert isinstance(flowers, MOASHAScheduler) and flowers._metrics == ["val_acc", "macs"]
+    params = make_search_scheduler(_cfg(tmp_path, *asha, "objectives.objectives=[{metric: val_acc, mode: max}, "
+                                                        "{metric: params, mode: min}]"))
+    assert params._metrics == ["val_acc", "macs"] and params._modes == ["max", "min"]
 
 
 # --------------------------------------------------------------------------- with Ray

@@ -53,13 +53,19 @@ def _restore(session_dir: Path, trainable: Any, retry_errored: bool) -> Any:
         return None
 
 
+#: Objectives a per-epoch result does not carry (measured once, at the end); at a rung, MACs
+#: stands in for them: like them it is a cost that grows with the widths.
+RUNG_PROXY = {"latency_ms": "macs", "params": "macs"}
+
+
 def make_search_scheduler(cfg: ExperimentConfig) -> Any:
     """``scheduler.name: asha``: MO-ASHA on the objectives (Ray's ASHA for a single one),
-    rungs counted in finetune epochs of the final step (``rung_epoch``); else None (FIFO)."""
+    rungs counted in finetune epochs of the final step (``rung_epoch``); else None (FIFO).
+    ``latency_ms``/``params`` are ranked by their proxy, MACs (``RUNG_PROXY``)."""
     if cfg.scheduler.name != "asha":
         return None
-    objs = cfg.objectives.objectives
-    return make_scheduler([o.metric for o in objs], [o.mode for o in objs],
+    rung = dict.fromkeys((RUNG_PROXY.get(o.metric, o.metric), o.mode) for o in cfg.objectives.objectives)
+    return make_scheduler([m for m, _ in rung], [mode for _, mode in rung],
                           max_t=max(1, cfg.search.finetune_epochs[1]), grace_period=cfg.scheduler.grace_period,
                           reduction_factor=cfg.scheduler.reduction_factor)
 
