@@ -30,7 +30,7 @@ _PROBE = """
 import sys
 from search.cli import main
 rc = main(sys.argv[1:])
-heavy = sorted({m.split(".")[0] for m in sys.modules} & {"ray", "optuna"})
+heavy = sorted({m.split(".")[0] for m in sys.modules} & {"ray", "optuna", "torch"})
 print("HEAVY", ",".join(heavy) or "-", file=sys.stderr)
 sys.exit(rc)
 """
@@ -102,7 +102,7 @@ def main() -> int:
             rows.append((command, b, a, *heavy.values()))
     print(f"`prunetune status|pareto` on one 24-trial experiment, wall seconds in a fresh interpreter "
           f"(median of {args.repeats}, alternating runs, same machine and venv):\n")
-    print(f"| command | before ({args.rev}) | after | after / before | Ray, Optuna loaded: before | after |")
+    print(f"| command | before ({args.rev}) | after | after / before | Ray, Optuna, torch loaded: before | after |")
     print("|---|---|---|---|---|---|")
     for command, b, a, hb, ha in rows:
         print(f"| `{command}` | {b:.2f} s | {a:.2f} s | {a / b:.2f} | {hb} | {ha} |")

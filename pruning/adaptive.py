@@ -26,7 +26,9 @@ is met (reached from above, or filled from below to within ``BUDGET_TOLERANCE``)
 after ``max_epochs``; the current epoch is completed and ``finetune_epochs`` follow.
 Over budget, pruning is more aggressive (no patience: the lowest-profit channels of a
 global ranking go until MACs drop by ``OVER_BUDGET_STEP`` or reach the budget) and
-nothing grows; under it, growth never crosses it.
+nothing grows; under it, growth never crosses it. A search that ends above the budget
+(``max_epochs`` ran out first) is cut to it at once, by the same global ranking, before
+finetuning: the final model never exceeds the budget.
 
 The search trains at the constant peak LR of the ``TrainConfig`` (widths are still
 moving; a decayed LR would freeze new filters); finetuning decays from that rate (or
@@ -394,14 +396,7 @@ class _Loop:
                 churn, pruned_grown = self._prune(graph, keep, state)
             if add:
                 self._grow(add, state)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer = make_optimizer(self.model, self.train_cfg, lr=lr)
-            for name, p in self.model.named_parameters():
-                s = state.get(name)
-                if s is not None and all(not torch.is_tensor(v) or v.ndim == 0 or v.shape == p.shape
-                                         for v in s.values()):
-                    optimizer.state[p] = s
-            self.macs = count_macs(self.model, self.input_shape)
+            optimizer = self._rebuild(optimizer, state)
         for g in self.quiet:
             self.quiet[g] = 0 if g in changed else self.quiet[g] + 1
         self.evaluations += 1
@@ -414,6 +409,31 @@ class _Loop:
         }
         return optimizer, record
 
+    def _rebuild(self, optimizer: torch.optim.Optimizer, state: dict[str, dict]) -> torch.optim.Optimizer:
+        """A new optimizer for the changed model, with the carried state; MACs recounted."""
+        optimizer = make_optimizer(self.model, self.train_cfg, lr=optimizer.param_groups[0]["lr"])
+        for name, p in self.model.named_parameters():
+            s = state.get(name)
+            if s is not None and all(not torch.is_tensor(v) or v.ndim == 0 or v.shape == p.shape
+                                     for v in s.values()):
+                optimizer.state[p] = s
+        self.macs = count_macs(self.model, self.input_shape)
+        return optimizer
+
+    def cut_to_budget(self, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+        """Prune to ``budget_macs`` at once (one global profit ranking, ``keep_for_macs``, which
+        counts the pruned model's MACs exactly): the search ended above the budget."""
+        graph = GroupGraph(self.model, self.example)
+        if not self.ema:  # no evaluation ran yet: estimate the profits once
+            self._smooth(self._profit(graph)[0])
+        keep = keep_for_macs(self.model, self.ema, self.cfg.budget_macs, self.input_shape, ranking="global",
+                             min_channels=self.cfg.min_channels, round_to=self.cfg.round_to)
+        keep = {g: k for g, k in keep.items() if len(k) < len(self.ema[g])}
+        names = {p: n for n, p in self.model.named_parameters()}
+        state = {names[p]: dict(s) for p, s in optimizer.state.items() if p in names}
+        self._prune(graph, keep, state)
+        return self._rebuild(optimizer, state)
+
 
 def run_adaptive(
     model: nn.Module,
@@ -422,12 +442,16 @@ def run_adaptive(
     cfg: AdaptiveConfig,
     *,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
+    on_finetune: Callable[[int], None] | None = None,
 ) -> AdaptiveResult:
     """Train ``model`` in place while pruning and growing its channel groups; then finetune.
 
     ``train_cfg`` gives the optimizer, batch size, peak LR, seed and device (its
     ``epochs`` is not used: ``cfg.max_epochs`` and ``cfg.finetune_epochs`` are).
-    ``on_epoch(metrics, model)`` is called after every epoch, search and finetune alike.
+    ``on_epoch(metrics, model)`` is called after every epoch, search and finetune alike;
+    ``on_finetune(search_epochs)`` once, when the search has stopped and finetuning starts.
+    A search that stopped above ``cfg.budget_macs`` (``max_epochs`` ran out first) is cut
+    to the budget before finetuning, so the final model never exceeds it.
     Raises ``UsageError`` when the budget is below the smallest reachable network.
     """
     t0 = time.perf_counter()
@@ -488,6 +512,12 @@ def run_adaptive(
     search_epochs = epoch
     stop_reason = stop_reason or f"max_epochs ({cfg.max_epochs}) reached"
     log.info("search stopped after %d epochs: %s", search_epochs, stop_reason)
+    if cfg.budget_macs is not None and loop.macs > cfg.budget_macs:
+        optimizer = loop.cut_to_budget(optimizer)
+        stop_reason += f"; cut to the MACs budget ({loop.macs} MACs)"
+        log.info("search ended above the MACs budget: cut to %d MACs before finetuning", loop.macs)
+    if on_finetune is not None:
+        on_finetune(search_epochs)
     ft_peak = cfg.finetune_lr if cfg.finetune_lr is not None else train_cfg.lr
     ft_steps = steps_per_epoch * cfg.finetune_epochs
     for k in range(cfg.finetune_epochs):

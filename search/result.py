@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
-__all__ = ["EPOCH_KEYS", "OBJECTIVE_KEYS", "TRIAL_KEYS", "TrialResult", "plain"]
+__all__ = ["EPOCH_KEYS", "OBJECTIVE_KEYS", "RUNG_KEYS", "TRIAL_KEYS", "TrialResult", "plain"]
 
 
 class TrialResult(TypedDict, total=False):
@@ -46,6 +46,16 @@ class TrialResult(TypedDict, total=False):
     ``"completed"`` or ``"max_drop"``; prune mode), ``train_macs`` (MACs spent training the
     trial: 3 x the student's per-sample forward MACs x samples per epoch, plus
     ``teacher_macs``, the distillation teacher's forward MACs; every mode).
+
+    Rung keys (per-epoch results only; read by the early-stopping scheduler,
+    ``search._ray.schedulers``, not written to the ledger):
+
+    - ``rung_epoch``: the epoch's index, from 1, within the finetune of the trial's
+      *final* pruning step; None for epochs that are not comparable across trials (the
+      finetune between iterative steps, the adaptive loop's search epochs). An adaptive
+      trial's final finetune counts like a prune trial's. The scheduler's ``time_attr``.
+    - ``rung_epochs``: the number of epochs of that final finetune (None with
+      ``rung_epoch``); the scheduler never stops a trial at its last epoch.
     """
 
     final: bool
@@ -76,6 +86,8 @@ class TrialResult(TypedDict, total=False):
     stop_reason: str
     train_macs: int
     teacher_macs: int
+    rung_epoch: int | None
+    rung_epochs: int | None
 
 
 #: What a final result copies from ``run_trial``'s return value.
@@ -84,6 +96,8 @@ TRIAL_KEYS = ("val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio
               "val_acc_pruned", "stop_step", "stop_reason", "train_macs", "teacher_macs")
 #: What a per-epoch result copies from ``run_trial``'s reporter rows (the epochs ledger columns).
 EPOCH_KEYS = ("epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s")
+#: What a per-epoch result copies from the reporter rows for the scheduler (None when not comparable).
+RUNG_KEYS = ("rung_epoch", "rung_epochs")
 #: Present in every result (NaN when unknown).
 OBJECTIVE_KEYS = ("val_acc", "macs", "params", "latency_ms")
 

@@ -7,7 +7,10 @@ A trial's ``params`` is a flat dict of JSON scalars:
   ``search.steps``) and the **ratio keys** - keep ratios in ``[ratio_min, ratio_max]``;
   a ratio above 1 is a width multiplier (the group is grown, ``search.grow``);
 * adaptive mode only: ``gamma``, ``prune_threshold``, ``patience``, ``grow_fraction``,
-  ``eval_every_steps``, ``grow_method`` (the ranges of ``search.adaptive``);
+  ``eval_every_steps``, ``grow_method`` (the ranges of ``search.adaptive``), and
+  ``macs_budget_ratio``, the trial's MACs budget as a fraction of the base model's MACs,
+  in the range prune trials reach (``macs_budget_range``), so that adaptive and prune
+  trials compete on the same part of the front;
 * both modes: ``finetune_epochs``, ``finetune_lr`` (log scale), and ``grow_method`` when
   ``search.grow`` is on (how prune-mode groups with a ratio > 1 are widened);
 * scratch mode only: the ratio keys (the widths, trained from random weights for
@@ -36,17 +39,21 @@ contiguous in model order is split into contiguous runs, one key each.
 
 from __future__ import annotations
 
+import copy
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import optuna
 import torch
 from torch import nn
 
+from pruning.cost import count_macs
 from pruning.errors import UsageError
-from pruning.surgery import GroupGraph
+from pruning.selection import keep_by_ratios
+from pruning.surgery import GroupGraph, grow
 from search.config import ExperimentConfig
 from search.materialize import experiment_data, untrained_model
 
@@ -56,6 +63,8 @@ ALL_KEY = "r_all"
 #: Adaptive-mode knobs, each sampled from the ``search.adaptive`` field of the same name.
 ADAPTIVE_FLOAT_KNOBS = ("gamma", "prune_threshold", "grow_fraction")
 ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
+#: Adaptive mode: the trial's MACs budget as a fraction of the base model's MACs (``macs_budget_range``).
+BUDGET_KEY = "macs_budget_ratio"
 
 
 def _model_for_groups(cfg: ExperimentConfig) -> tuple[nn.Module, torch.Tensor]:
@@ -184,6 +193,7 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
             params[knob] = trial.suggest_float(knob, lo, hi)
         for knob in ADAPTIVE_CHOICE_KNOBS:
             params[knob] = trial.suggest_categorical(knob, list(getattr(a, knob)))
+        params[BUDGET_KEY] = trial.suggest_float(BUDGET_KEY, *macs_budget_range(cfg, groups))
     if s.grow and "grow_method" not in params:
         params["grow_method"] = trial.suggest_categorical("grow_method", list(s.adaptive.grow_method))
     if params["mode"] != "scratch":  # scratch trains at train.lr for scratch_epochs
@@ -206,6 +216,50 @@ def _suggest_distill(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig) -> di
         out["distill_alpha"] = trial.suggest_float("distill_alpha", *s.distill_alpha)
         out["distill_temperature"] = trial.suggest_float("distill_temperature", *s.distill_temperature)
     return out
+
+
+_REACH_CACHE: dict[str, tuple[float, float, int]] = {}
+
+
+def macs_budget_range(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, float]:
+    """The adaptive budget's range, ``(low, high)`` fractions of the base model's MACs.
+
+    What prune trials can reach: the MACs with every group at ``ratio_min`` (the widths a
+    one-step prune keeps, ``min_channels``/``round_to`` applied) and with every group at
+    ``ratio_max`` (grown when above 1). MACs grow with every group's width, so no prune
+    trial's ratios give fewer or more. ``objectives.macs_budget`` caps ``high`` (and
+    ``low``). Computed once per process and config (untrained model or ``model.checkpoint``).
+    """
+    key = cfg.model_dump_json(include={"model", "data", "search"}) + repr(groups)
+    if key not in _REACH_CACHE:
+        _REACH_CACHE[key] = _reach(cfg, groups)
+    low, high, base_macs = _REACH_CACHE[key]
+    if cfg.objectives.macs_budget is not None:
+        high = min(high, cfg.objectives.macs_budget / base_macs)
+        low = min(low, high)
+    return low, high
+
+
+def _reach(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, float, int]:
+    """(MACs at ratio_min everywhere, at ratio_max everywhere) / base MACs, and base MACs."""
+    from search.trial import _grow_counts  # trial imports this module: a local import
+
+    s = cfg.search
+    model, x = _model_for_groups(cfg)
+    shape = tuple(experiment_data(cfg).input_shape)
+    base_macs = count_macs(model, shape)
+    out = []
+    for r in (s.ratio_min, s.ratio_max):
+        m = copy.deepcopy(model)
+        graph = GroupGraph(m, x)
+        widths = {g: n for g, n in graph.widths().items() if g in groups}
+        if r < 1.0:
+            scores = {g: torch.arange(n, 0, -1, dtype=torch.float32) for g, n in widths.items()}
+            graph.prune(keep_by_ratios(scores, r, min_channels=s.min_channels, round_to=s.round_to))
+        elif r > 1.0:
+            grow(m, _grow_counts(dict.fromkeys(widths, r), widths, s.round_to), x, method="zero")
+        out.append(count_macs(m, shape) / base_macs)
+    return out[0], out[1], base_macs
 
 
 def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, Any]]:
@@ -237,6 +291,36 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
         params["baseline"] = b.ranking
         params["ratio"] = b.ratio
         out.append(params)
+    return out
+
+
+def baseline_identity(params: Mapping[str, Any]) -> tuple[str, float, str] | None:
+    """``(ranking, ratio, criterion)`` of a baseline's params, None for any other trial.
+
+    What tells baselines apart (a ledger row's ``params_json`` carries all three): a
+    uniform and a global baseline with the same criterion and ratio are different trials.
+    """
+    if params.get("baseline") not in BASELINES:
+        return None
+    return str(params["baseline"]), float(params["ratio"]), str(params.get("criterion"))
+
+
+def missing_baselines(baselines: Sequence[Mapping[str, Any]],
+                      held: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The ``baselines`` (``baseline_params``) whose identity no params in ``held`` carry.
+
+    ``held`` are the params of trials that ran or will run (the ledger's, and those
+    proposed but not yet recorded). Counted as a multiset: a baseline listed twice
+    in the config runs twice.
+    """
+    left = Counter(baseline_identity(p) for p in held)
+    out = []
+    for b in baselines:
+        key = baseline_identity(b)
+        if left[key] > 0:
+            left[key] -= 1
+        else:
+            out.append(dict(b))
     return out
 
 

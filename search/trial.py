@@ -37,7 +37,7 @@ from pruning.surgery import GroupGraph, grow
 from pruning.train import DistillConfig, EpochMetrics, TrainConfig, resolve_device, train
 from search.config import ExperimentConfig
 from search.materialize import data_key, experiment_data, untrained_model
-from search.space import ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, MODES, ratios_from_params
+from search.space import ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, BUDGET_KEY, MODES, ratios_from_params
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +119,11 @@ class _EpochRows:
 
     Also sums the training compute: ``train_macs`` (student 3 x forward MACs x the epoch's
     samples, plus the teacher's forwards) and ``teacher_macs``.
+
+    ``final_from``/``rung_epochs`` mark the epochs of the trial's final finetune (the only
+    ones comparable across trials, for the early-stopping scheduler): epoch ``e`` is its
+    ``e - final_from``-th when ``final_from`` is set and ``e > final_from``, else its
+    ``rung_epoch`` is None (intermediate iterative steps; the adaptive search phase).
     """
 
     def __init__(self, data: DataBundle, groups: list[str], reporter: Reporter | None) -> None:
@@ -126,6 +131,8 @@ class _EpochRows:
         self.count = 0
         self.train_macs = 0
         self.teacher_macs = 0
+        self.final_from: int | None = None
+        self.rung_epochs: int | None = None
         self._shapes: tuple | None = None
         self._macs = 0
         self._widths: list[int] = []
@@ -146,7 +153,14 @@ class _EpochRows:
             "epoch": int(m.epoch), "train_loss": float(m.train_loss), "val_acc": float(m.val_acc),
             "macs": int(self._macs), "widths": list(self._widths), "lr": float(m.lr), "wall_s": float(m.wall_s),
         }  # fmt: skip
+        final = self.final_from is not None and m.epoch > self.final_from
+        row["rung_epoch"] = int(m.epoch - self.final_from) if final else None
+        row["rung_epochs"] = self.rung_epochs if final else None
         self.reporter(row, model)
+
+    def final_after(self, epochs_before: int, final_epochs: int) -> None:
+        """The epochs after the first ``epochs_before`` are the final finetune's ``final_epochs``."""
+        self.final_from, self.rung_epochs = int(epochs_before), int(final_epochs)
 
 
 def _widths(model: nn.Module, x: torch.Tensor, groups: list[str]) -> list[int]:
@@ -215,6 +229,7 @@ def _run_prune(
             log.info("grew %s", {g: f"{record.before[g]}->{record.after[g]}" for g in add})
         spec = PruneSpec(ratios={g: r for g, r in ratios.items() if r < 1.0}, **common)
     finetune, epochs = _finetune_config(cfg, params)
+    on_epoch.final_after((spec.steps - 1) * spec.step_epochs, epochs)  # each earlier step: step_epochs
     result = prune_iteratively(model, data, spec, finetune, finetune_epochs=epochs, on_epoch=on_epoch,
                                teacher=_teacher(finetune, base))
     return criterion, result
@@ -256,14 +271,25 @@ def _run_scratch(
     return model
 
 
+def adaptive_budget(cfg: ExperimentConfig, params: Mapping[str, Any], base_macs: float) -> int | None:
+    """An adaptive trial's MACs budget: ``macs_budget_ratio`` x the base model's MACs (rounded
+    down), capped by ``objectives.macs_budget``; without the ratio (older params) the cap alone."""
+    cap = cfg.objectives.macs_budget
+    if params.get(BUDGET_KEY) is None:
+        return cap
+    budget = max(1, math.floor(float(params[BUDGET_KEY]) * base_macs))
+    return budget if cap is None else min(budget, cap)
+
+
 def _run_adaptive(
-    model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], on_epoch: _EpochRows
+    model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], on_epoch: _EpochRows,
+    base_macs: float,
 ) -> nn.Module:
     """The online grow/prune loop with the sampled knobs; returns the resulting model.
 
     Starts from the base model's copy, or from random weights with ``adaptive.from_scratch``
     (then the search phase trains at ``train.lr``, else at the finetune LR: the base is
-    already trained). Budget: ``objectives.macs_budget``.
+    already trained). Budget: ``adaptive_budget``; the final model never exceeds it.
     """
     from pruning.adaptive import AdaptiveConfig, run_adaptive
 
@@ -274,11 +300,12 @@ def _run_adaptive(
     knobs = {k: params.get(k, getattr(a, k)[0]) for k in (*ADAPTIVE_FLOAT_KNOBS, *ADAPTIVE_CHOICE_KNOBS)}
     adaptive_cfg = AdaptiveConfig(
         **knobs, max_width_mult=a.max_width_mult, min_channels=s.min_channels, round_to=s.round_to,
-        budget_macs=cfg.objectives.macs_budget, max_epochs=a.epochs, finetune_epochs=epochs,
+        budget_macs=adaptive_budget(cfg, params, base_macs), max_epochs=a.epochs, finetune_epochs=epochs,
         finetune_lr=finetune.lr, calib_batches=cfg.train.calib_batches,
     )  # fmt: skip
     search_cfg = finetune if not a.from_scratch else replace(finetune, lr=cfg.train.lr)
-    result = run_adaptive(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch)
+    result = run_adaptive(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch,
+                          on_finetune=lambda search_epochs: on_epoch.final_after(search_epochs, epochs))
     on_epoch.train_macs = int(result.train_macs)  # its own count: widths change within epochs
     log.info("adaptive loop: %s after %d epochs", result.stop_reason or "ran all epochs", result.epochs)
     return result.model
@@ -299,7 +326,9 @@ def run_trial(
     the ratio keys are required. ``reporter(row,
     model)`` is called after every finetune epoch with ``row`` = ``epoch`` (1-based,
     counted across iterative steps), ``train_loss``, ``val_acc``, ``macs``, ``widths``
-    (per group, base group order), ``lr``, ``wall_s`` (that epoch's seconds); a trial with
+    (per group, base group order), ``lr``, ``wall_s`` (that epoch's seconds),
+    ``rung_epoch`` (1-based index within the final step's finetune, None before it: see
+    ``_EpochRows``) and ``rung_epochs`` (that finetune's epochs); a trial with
     no epoch (``finetune_epochs=0``, one step) never calls it.
 
     Returns ``val_acc``, ``test_acc`` (0..1), ``macs``, ``params``, ``latency_ms`` (CPU,
@@ -328,7 +357,7 @@ def run_trial(
             model = _run_scratch(data, cfg, params, base, rows)
             criterion = "none"
         else:
-            model = _run_adaptive(model, data, cfg, params, rows)
+            model = _run_adaptive(model, data, cfg, params, rows, base.metrics["macs"])
             criterion = "profit"
         model.to(device)
         m = measure(model, data, device=device, latency_batch=cfg.train.latency_batch, latency_runs=LATENCY_RUNS,

@@ -226,3 +226,53 @@ def test_param_distributions_warm_start_a_study() -> None:
     study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=0.5))
     trial = study.ask()
     assert set(space.suggest(trial, cfg, groups)) == set(params)
+
+
+def test_missing_baselines_tells_uniform_from_global_by_identity() -> None:
+    cfg = make_cfg("tiny_vgg", baselines=[{"ranking": "uniform", "ratio": 0.5, "criterion": "l1"},
+                                          {"ranking": "global", "ratio": 0.5, "criterion": "l1"},
+                                          {"ranking": "global", "ratio": 0.5, "criterion": "l1"}])  # fmt: skip
+    uniform, glob, _ = points = space.baseline_params(cfg, space.group_names(cfg))
+    assert space.baseline_identity(uniform) == ("uniform", 0.5, "l1") != space.baseline_identity(glob)
+    sampled = {k: v for k, v in uniform.items() if k not in ("baseline", "ratio")}  # same values, no markers
+    assert space.baseline_identity(sampled) is None
+    assert space.missing_baselines(points, [sampled, uniform]) == [glob, glob]
+    assert space.missing_baselines(points, [glob, uniform]) == [glob]  # listed twice: runs twice
+    assert space.missing_baselines(points, [glob, glob, uniform]) == []
+
+
+@pytest.mark.parametrize("ratio_min, ratio_max, cap", [(0.3, 1.0, None), (0.25, 2.0, None), (0.3, 1.0, 0.5)])
+def test_adaptive_budget_is_sampled_in_the_range_prune_trials_reach(ratio_min: float, ratio_max: float,
+                                                                    cap: float | None) -> None:
+    import copy
+
+    from pruning.cost import count_macs
+    from pruning.iterative import PruneSpec, prune_iteratively
+    from pruning.surgery import GroupGraph, grow
+    from pruning.train import TrainConfig
+
+    cfg = make_cfg("tiny_vgg", modes=["prune", "adaptive"], ratio_min=ratio_min, ratio_max=ratio_max,
+                   grow=ratio_max > 1)
+    data = experiment_data(cfg)
+    model = untrained_model(cfg, data)
+    base = count_macs(model, data.input_shape)
+    if cap is not None:
+        cfg = cfg.model_copy(update={"objectives": cfg.objectives.model_copy(update={"macs_budget": int(cap * base)})})
+
+    def prune_trial_macs(r: float) -> float:  # every group at keep ratio r, by the pruning code itself
+        m = copy.deepcopy(model)
+        if r < 1:
+            prune_iteratively(m, data, PruneSpec(ratio=r), TrainConfig(epochs=0, device="cpu"), finetune_epochs=0)
+        elif r > 1:
+            widths = GroupGraph(m, data.example_input()).widths()
+            grow(m, {g: round(r * n) - n for g, n in widths.items()}, data.example_input(), method="zero")
+        return count_macs(m, data.input_shape) / base
+
+    low, high = space.macs_budget_range(cfg, space.group_names(cfg))
+    assert low == pytest.approx(prune_trial_macs(ratio_min))
+    expected_high = prune_trial_macs(ratio_max) if cap is None else min(prune_trial_macs(ratio_max), cap)
+    assert high == pytest.approx(expected_high, rel=1e-6) and low < high
+    assert (high > 1) == (ratio_max > 1 and cap is None)
+    budgets = [p[space.BUDGET_KEY] for p in ask(cfg, 24) if p["mode"] == "adaptive"]
+    assert len(budgets) >= 4 and all(low <= b <= high for b in budgets)
+    assert not [p for p in ask(cfg, 8) if p["mode"] == "prune" and space.BUDGET_KEY in p]

@@ -21,7 +21,7 @@ from search.trial import BaseArtifacts, prepare_base, run_trial
 RESULT_KEYS = {"val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "widths", "group_names", "epochs",
                "wall_s", "mode", "criterion", "base_val_acc", "val_acc_pruned", "stop_step", "stop_reason",
                "train_macs", "teacher_macs"}  # fmt: skip
-ROW_KEYS = {"epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s"}
+ROW_KEYS = {"epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s", "rung_epoch", "rung_epochs"}
 
 
 def make_cfg(results_dir: Path, **search: Any) -> ExperimentConfig:
@@ -108,6 +108,8 @@ def test_prune_trial_reports_every_epoch_and_returns_documented_metrics(
     # One step epoch between the two pruning steps, then two finetune epochs.
     assert result["epochs"] == 3 and len(rows) == 3
     assert [r["epoch"] for r in rows] == [1, 2, 3]
+    # Only the final step's finetune epochs are comparable across trials (the scheduler's rungs).
+    assert [r["rung_epoch"] for r in rows] == [None, 1, 2] and [r["rung_epochs"] for r in rows] == [None, 2, 2]
     for row, model in zip(rows, models):
         assert set(row) == ROW_KEYS
         assert isinstance(model, torch.nn.Module)
@@ -191,6 +193,8 @@ def test_adaptive_trial_finds_its_own_widths(tmp_path: Path, base: BaseArtifacts
     assert set(result) == RESULT_KEYS and result["mode"] == "adaptive" and result["criterion"] == "profit"
     assert result["epochs"] == len(rows) == 3  # 2 search epochs (4 steps each, an evaluation every 2) + 1 finetune
     assert all(set(r) == ROW_KEYS for r in rows) and rows[-1]["widths"] == result["widths"]
+    # The search epochs are not comparable with other trials' epochs; the finetune epoch is.
+    assert [r["rung_epoch"] for r in rows] == [None, None, 1] and [r["rung_epochs"] for r in rows] == [None, None, 1]
     assert result["widths"] != base.widths  # the loop pruned or grew something
     assert result["macs_ratio"] == pytest.approx(result["macs"] / base.metrics["macs"])
 
@@ -217,3 +221,26 @@ def test_latency_backend_reaches_the_measurement(
     ort_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"latency_backend": "onnxruntime"})})
     result = run_trial(ort_cfg, {"r_all": 0.5, "finetune_epochs": 0}, base=base)
     assert backends == ["onnxruntime"] and result["latency_ms"] > 0
+
+
+@pytest.mark.parametrize("eval_every", [2, 1000])  # the loop prunes to the budget itself / never evaluates
+def test_adaptive_trial_ends_within_its_sampled_macs_budget(tmp_path: Path, base: BaseArtifacts,
+                                                            eval_every: int) -> None:
+    import optuna
+
+    cfg = make_cfg(tmp_path, modes=["adaptive"], ratio_min=0.3, adaptive={"epochs": 1, "eval_every_steps": [eval_every],
+                                                                         "patience": [1], "max_width_mult": 2.0})
+    low, high = space.macs_budget_range(cfg, base.group_names)
+    params = space.suggest(optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask(), cfg,
+                           base.group_names)  # fmt: skip
+    assert low <= params[space.BUDGET_KEY] <= high <= 1.0
+    params[space.BUDGET_KEY] = low  # the hardest budget: the smallest prune trial's MACs
+    budget = trial.adaptive_budget(cfg, params, base.metrics["macs"])
+    assert budget == math.floor(low * base.metrics["macs"])
+    result = run_trial(cfg, params, base=base)
+    # Exact, no tolerance: every cut (the loop's and the final one) counts the pruned model's
+    # MACs as measure() does, and the budget is rounded down.
+    assert result["macs"] <= budget
+    assert result["macs"] >= 0.5 * budget  # cut to the budget, not far below it
+    capped = cfg.model_copy(update={"objectives": cfg.objectives.model_copy(update={"macs_budget": budget // 2})})
+    assert trial.adaptive_budget(capped, params, base.metrics["macs"]) == budget // 2

@@ -140,52 +140,113 @@ def test_find_experiment_rejects_a_directory_without_config(tmp_path):
         find_experiment(tmp_path)
 
 
+def test_the_search_scheduler_is_mo_asha_for_several_objectives_and_asha_for_one(tmp_path):
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from search._ray.fit import make_search_scheduler
+    from search._ray.schedulers import RUNG_EPOCH, MOASHAScheduler
+
+    asha = ["scheduler.name=asha", "search.finetune_epochs=[2, 8]", "scheduler.reduction_factor=3"]
+    assert make_search_scheduler(_cfg(tmp_path)) is None
+    mo = make_search_scheduler(_cfg(tmp_path, *asha))
+    assert isinstance(mo, MOASHAScheduler) and mo.milestones == [1, 3]  # below max_t = 8 finetune epochs
+    one = make_search_scheduler(_cfg(tmp_path, *asha, "objectives.objectives=[{metric: macs, mode: min}]"))
+    assert isinstance(one, AsyncHyperBandScheduler) and not isinstance(one, MOASHAScheduler)
+    assert (one._metric, one._mode, one._time_attr) == ("macs", "min", RUNG_EPOCH)
+    # Latency and params are measured once per trial, not per epoch: MACs ranks for them at a rung.
+    three = "objectives.objectives=[{metric: val_acc, mode: max}, {metric: macs, mode: min}, " \
+            "{metric: latency_ms, mode: min}]"
+    flowers = make_search_scheduler(_cfg(tmp_path, *asha, three))
+    assert isinstance(flowers, MOASHAScheduler) and flowers._metrics == ["val_acc", "macs"]
+    params = make_search_scheduler(_cfg(tmp_path, *asha, "objectives.objectives=[{metric: val_acc, mode: max}, "
+                                                        "{metric: params, mode: min}]"))
+    assert params._metrics == ["val_acc", "macs"] and params._modes == ["max", "min"]
+
+
 # --------------------------------------------------------------------------- with Ray
 
 
 @pytest.mark.slow
-def test_failing_trial_is_recorded_as_error_and_asha_stops_weak_trials(tmp_path, local_ray):
+def test_failing_trial_is_recorded_as_error_and_baselines_stay_out_of_the_study(tmp_path, local_ray):
     from search.tuner import run_search
 
     cfg = _cfg(
-        tmp_path, "num_samples=5", "max_concurrent=1", "scheduler.name=asha", "scheduler.grace_period=1",
-        "objectives.macs_budget=200000",
-        "scheduler.reduction_factor=2",
+        tmp_path, "num_samples=5", "max_concurrent=1", "objectives.macs_budget=200000",
         "search.baselines=[{ranking: uniform, ratio: 0.9, criterion: l1}, {ranking: uniform, ratio: 0.3, criterion: l1}]",
     )
     summary = run_search(cfg, _options())
     trials = read_trials(summary.exp_dir)
     assert len(trials) == 5 and trials["trial_id"].is_unique
-    assert set(trials["status"]) <= set(STATUSES)
+    assert set(trials["status"]) == {"TERMINATED", "ERROR"}
     errors = trials[trials["status"] == "ERROR"]
     assert len(errors) == 1  # the 0.3 baseline raised; the search went on
     assert "TrialError: group features.0 pruned to nothing" in errors.iloc[0]["error"]
     assert json.loads(errors.iloc[0]["params_json"])["ratio"] == 0.3
     ok = trials[trials["status"] == "TERMINATED"]
-    assert json.loads(ok.iloc[0]["params_json"])["ratio"] == 0.9  # the first trial, nothing to compare with
-    # Sampled ratios average well below the 0.9 baseline's: ASHA stops them at the first rung.
-    stopped = trials[trials["status"] == "STOPPED"]
-    assert len(stopped) >= 1
-    assert (stopped["epochs"] < 3).all() and stopped["val_acc"].notna().all() and stopped["test_acc"].isna().all()
+    assert json.loads(ok.iloc[0]["params_json"])["ratio"] == 0.9  # baselines run first, in config order
     assert ok["checkpoint"].isna().all()  # the fake trial gives no model
     epochs = read_epochs(summary.exp_dir)
     assert set(epochs["trial_id"]) == set(trials.loc[trials["status"] != "ERROR", "trial_id"])
-    assert summary.done == 5 and summary.errored == 1 and summary.stopped == len(stopped)
+    assert summary.done == 5 and summary.errored == 1 and summary.stopped == 0
     for f in ("config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png", "optuna.journal"):
         assert (summary.exp_dir / f).is_file(), f
-    # Optuna saw the same story: FAIL for the error, PRUNED for the stopped, COMPLETE with MACs for the rest.
+    # Optuna saw the sampled trials (COMPLETE with MACs and the constraint), never the baselines:
+    # their params are not points of the sampler's space.
     import optuna
 
     states = {t.user_attrs["ray_trial_id"]: t for t in _study(summary.exp_dir, cfg).trials}
-    for row in trials.to_dict("records"):
+    sampled = [r for r in trials.to_dict("records") if "baseline" not in json.loads(r["params_json"])]
+    assert len(sampled) == 3 and set(states) == {r["trial_id"] for r in sampled}
+    for row in sampled:
         t = states[row["trial_id"]]
-        expected = {"ERROR": "FAIL", "STOPPED": "PRUNED", "TERMINATED": "COMPLETE"}[row["status"]]
-        assert t.state.name == expected
-        if expected == "COMPLETE":
-            assert t.values == pytest.approx([row["val_acc"], row["macs"]])
-            assert t.user_attrs["macs"] == row["macs"]
-            assert t.constraints == {"macs_budget": row["macs"] - 200_000}  # what TPE/NSGA-II read
+        assert t.state.name == "COMPLETE"
+        assert t.values == pytest.approx([row["val_acc"], row["macs"]])
+        assert t.user_attrs["macs"] == row["macs"]
+        assert t.constraints == {"macs_budget": row["macs"] - 200_000}  # what TPE/NSGA-II read
     assert not [t for t in states.values() if t.state == optuna.trial.TrialState.RUNNING]
+
+
+#: (val_acc, macs) of the synthetic MO-ASHA search, by baseline ratio, in running order: A is the
+#: accuracy optimum, B the MACs optimum (with 0.30 val it is the worst on accuracy), D1 and D2 are
+#: dominated by A (D2 also by D1).
+MO_POINTS = {0.9: (0.90, 100_000), 0.2: (0.30, 10_000), 0.5: (0.60, 120_000), 0.6: (0.50, 130_000)}
+
+
+def mo_trial(cfg, params, reporter=None, *, base=None):
+    """A synthetic trial: fixed (val_acc, macs) per baseline ratio, 3 finetune epochs, every one
+    in the final step (``rung_epoch`` 1..3), as ``run_trial`` reports them."""
+    val, macs = MO_POINTS[float(params["ratio"])]
+    epochs = int(params["finetune_epochs"])
+    for e in range(1, epochs + 1):
+        time.sleep(0.05)
+        reporter({"epoch": e, "train_loss": 1.0, "val_acc": val, "macs": macs, "widths": list(base.widths),
+                  "lr": 0.01, "wall_s": 0.05, "rung_epoch": e, "rung_epochs": epochs}, None)
+    return {"val_acc": val, "test_acc": val, "macs": macs, "params": 1, "latency_ms": 1.0,
+            "macs_ratio": macs / base.metrics["macs"], "widths": list(base.widths),
+            "group_names": list(base.group_names), "epochs": epochs, "wall_s": 0.15, "mode": "prune",
+            "criterion": "l1", "base_val_acc": base.metrics["val_acc"]}
+
+
+@pytest.mark.slow
+def test_mo_asha_keeps_both_ends_of_the_front_and_stops_dominated_trials(tmp_path, local_ray):
+    """Through the real search: rung 1 (grace 1, eta 2) keeps the best ceil(n/2) by
+    non-dominated rank. Single-objective ASHA on val_acc would stop B, the MACs optimum."""
+    from search.tuner import SearchOptions, run_search
+
+    baselines = ", ".join(f"{{ranking: uniform, ratio: {r}, criterion: l1}}" for r in MO_POINTS)
+    cfg = _cfg(tmp_path, "num_samples=4", "max_concurrent=1", "scheduler.name=asha", "scheduler.grace_period=1",
+               "scheduler.reduction_factor=2", f"search.baselines=[{baselines}]")
+    summary = run_search(cfg, SearchOptions(trial_fn=mo_trial))
+    trials = read_trials(summary.exp_dir)
+    status = {json.loads(r["params_json"])["ratio"]: r for r in trials.to_dict("records")}
+    assert set(status) == set(MO_POINTS)
+    assert status[0.9]["status"] == "TERMINATED" and status[0.2]["status"] == "TERMINATED"  # both ends survive
+    assert status[0.9]["epochs"] == status[0.2]["epochs"] == 3
+    for r in (0.5, 0.6):  # dominated at rung 1 (3 and 4 trials there, keeping 2): stopped after epoch 1
+        assert status[r]["status"] == "STOPPED" and status[r]["epochs"] == 1, status[r]
+    assert summary.stopped == 2
+    epochs = read_epochs(summary.exp_dir)
+    assert epochs.groupby("trial_id").size().sort_values().tolist() == [1, 1, 3, 3]
 
 
 @pytest.mark.slow
@@ -293,3 +354,54 @@ def test_driver_killed_after_ray_snapshot_resumes_by_restore_and_replays_what_th
     study = _study(cfg.exp_dir, cfg)
     states = [t.state.name for t in study.trials]
     assert "RUNNING" not in states and states.count("COMPLETE") == n  # lost proposals are FAIL, not left running
+
+
+@pytest.mark.slow
+def test_uniform_and_global_baselines_each_run_once_across_a_driver_kill_and_a_warm_start(tmp_path, local_ray):
+    """Two baselines that differ only in ranking are different trials: after the driver is
+    killed while the second runs and Ray's state is lost (a warm start from the ledger),
+    the second still runs, and neither runs twice."""
+    import signal
+    import subprocess
+    import uuid
+
+    from search import expdir
+    from search.tuner import resume_search
+    from test_cli_search import kill_ours
+
+    n = 4
+    overrides = [f"num_samples={n}", "max_concurrent=1", "resources.num_cpus=2", "search.finetune_epochs=[2, 2]",
+                 "search.baselines=[{ranking: uniform, ratio: 0.5, criterion: l1}, "
+                 "{ranking: global, ratio: 0.5, criterion: l1}]"]
+    cfg = _cfg(tmp_path, *overrides)
+    tag = uuid.uuid4().hex
+    code = DRIVER.format(tests=str(Path(__file__).parent), root=str(tmp_path), overrides=overrides)
+    driver = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "PRUNETUNE_TEST_TAG": tag})
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and driver.poll() is None:
+            try:
+                if len(read_trials(cfg.exp_dir)) >= 1:
+                    break
+            except Exception:  # noqa: BLE001 - the file appears atomically; anything else: retry
+                pass
+            time.sleep(0.05)
+        time.sleep(0.4)  # the first baseline is told to Optuna too; the second runs for >= 1 s
+        assert driver.poll() is None
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        kill_ours(tag, tmp_path)
+    before = [json.loads(p).get("baseline") for p in read_trials(cfg.exp_dir)["params_json"]]
+    assert before == ["uniform"]  # the global baseline was running (or about to) when the driver died
+    for session in expdir.sessions(cfg.exp_dir):  # Ray's state is a cache: lose it, resume from the ledger
+        (session / "tuner.pkl").unlink(missing_ok=True)
+    summary = resume_search(cfg.exp_dir, _options(epoch_s=0.5))
+    assert summary.resumed_from == "warm-start"
+    trials = read_trials(cfg.exp_dir)
+    assert len(trials) == n and trials["trial_id"].is_unique and (trials["status"] == "TERMINATED").all()
+    rankings = sorted(str(json.loads(p).get("baseline")) for p in trials["params_json"])
+    assert rankings == ["None", "None", "global", "uniform"]
+    states = [t.state.name for t in _study(cfg.exp_dir, cfg).trials]
+    assert states.count("COMPLETE") == n - 2 and "RUNNING" not in states  # the sampled trials only

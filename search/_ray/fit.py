@@ -19,7 +19,8 @@ from search.ledger import is_missing, read_trials
 from search.result import OBJECTIVE_KEYS, plain
 from search._ray.recorder import Recorder
 from search._ray.searcher import make_searcher
-from search._ray.trainable import _scheduler, make_trainable, trial_dirname
+from search._ray.schedulers import make_scheduler
+from search._ray.trainable import make_trainable, trial_dirname
 
 if TYPE_CHECKING:
     from search.tuner import SearchOptions
@@ -52,13 +53,30 @@ def _restore(session_dir: Path, trainable: Any, retry_errored: bool) -> Any:
         return None
 
 
+#: Objectives a per-epoch result does not carry (measured once, at the end); at a rung, MACs
+#: stands in for them: like them it is a cost that grows with the widths.
+RUNG_PROXY = {"latency_ms": "macs", "params": "macs"}
+
+
+def make_search_scheduler(cfg: ExperimentConfig) -> Any:
+    """``scheduler.name: asha``: MO-ASHA on the objectives (Ray's ASHA for a single one),
+    rungs counted in finetune epochs of the final step (``rung_epoch``); else None (FIFO).
+    ``latency_ms``/``params`` are ranked by their proxy, MACs (``RUNG_PROXY``)."""
+    if cfg.scheduler.name != "asha":
+        return None
+    rung = dict.fromkeys((RUNG_PROXY.get(o.metric, o.metric), o.mode) for o in cfg.objectives.objectives)
+    return make_scheduler([m for m, _ in rung], [mode for _, mode in rung],
+                          max_t=max(1, cfg.search.finetune_epochs[1]), grace_period=cfg.scheduler.grace_period,
+                          reduction_factor=cfg.scheduler.reduction_factor)
+
+
 def _new_tuner(cfg: ExperimentConfig, exp_dir: Path, trainable: Any, searcher: Any, callback: Any,
                verbose: bool) -> Any:
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=_scheduler(cfg),
+            scheduler=make_search_scheduler(cfg),
             num_samples=cfg.num_samples,
             max_concurrent_trials=cfg.max_concurrent,
             reuse_actors=True,
@@ -94,7 +112,7 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, ba
         resumed_from = "restore" if tuner is not None else None
     if tuner is None:
         resumed_from = None if mode == "fresh" else "warm-start"
-        searcher = make_searcher(cfg, exp_dir, groups, session_index=len(sessions), first_session=mode == "fresh")
+        searcher = make_searcher(cfg, exp_dir, groups, session_index=len(sessions))
         tuner = _new_tuner(cfg, exp_dir, trainable, searcher, recorder, options.verbose)
     started = time.time()
     t0 = time.perf_counter()

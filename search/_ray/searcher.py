@@ -56,23 +56,37 @@ class LedgerSearch(OptunaSearch):
       the constraint ``macs_budget`` = macs - budget (TPE and NSGA-II prefer feasible
       trials, <= 0);
     - at the start of each session, fails Optuna trials left RUNNING by a killed driver
-      and adds ledger trials the study does not hold (warm start from the ledger).
+      and adds ledger trials the study does not hold (warm start from the ledger);
+    - proposes the ``baselines`` first, those the ledger does not hold yet (found by their
+      identity, ``space.baseline_identity``). Baselines never enter the Optuna study:
+      their params (one ratio, or one global ranking) are not points of the sampler's
+      space, so the sampler's history holds only trials whose params describe what ran.
     """
 
     def __init__(self, *, exp_dir: str, num_samples: int, cfg: ExperimentConfig, groups: list[str],
-                 penalise_macs: bool, **kwargs: Any) -> None:
+                 penalise_macs: bool, baselines: Sequence[Mapping[str, Any]] = (), **kwargs: Any) -> None:
         self._exp_dir = exp_dir
         self._num_samples = num_samples
         self._cfg = cfg
         self._groups = groups
         self._penalise = penalise_macs
         self._prior_ids: set[str] | None = None  # ledger ids at session start; not checkpointed
+        self._baselines = [dict(b) for b in baselines]
+        self._baseline_trials: dict[str, dict] = {}  # Ray trial id -> the baseline proposed to it
+        self._pending: list[dict] = []  # baselines still to propose; recomputed at session start
         super().__init__(**kwargs)
 
     # -- the count
     def _session_start(self) -> None:
+        for name, default in (("_baselines", []), ("_baseline_trials", {}), ("_pending", [])):
+            self.__dict__.setdefault(name, default)  # a searcher pickled before baselines moved here
         trials = ledger.read_trials(self._exp_dir)
         self._prior_ids = set(trials["trial_id"].astype(str))
+        # Held: what the ledger recorded, and baselines proposed (to trials Ray restored and
+        # will run again under the same id) but not recorded yet.
+        held = [params_of(row) for row in trials.to_dict("records")]
+        held += [p for tid, p in self._baseline_trials.items() if tid not in self._prior_ids]
+        self._pending = space.missing_baselines(self._baselines, held)
         self._reconcile(trials)
         if self.__dict__.pop("_restored", False) and self._ot_study is not None:
             # Ray's snapshot rewound the sampler's random state: without a reseed it would
@@ -83,10 +97,15 @@ class LedgerSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict | None:
         if self._prior_ids is None:
             self._session_start()
+        if trial_id in self._baseline_trials:
+            return dict(self._baseline_trials[trial_id])
         if trial_id not in self._ot_trials:
-            started = self._prior_ids | set(self._ot_trials)
+            started = self._prior_ids | set(self._ot_trials) | set(self._baseline_trials)
             if len(started) >= self._num_samples:
                 return Searcher.FINISHED
+            if self._pending:  # outside Optuna: see the class docstring
+                self._baseline_trials[trial_id] = self._pending.pop(0)
+                return dict(self._baseline_trials[trial_id])
         params = super().suggest(trial_id)
         self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
         return params
@@ -154,6 +173,7 @@ class LedgerSearch(OptunaSearch):
     def save(self, checkpoint_path: str) -> None:
         state = self.__dict__.copy()
         state["_prior_ids"] = None
+        state["_pending"] = []
         state.pop("_restored", None)
         with open(checkpoint_path, "wb") as f:
             pickle.dump(state, f)
@@ -183,8 +203,8 @@ class LedgerSearch(OptunaSearch):
         added = 0
         for row in ledger_df.to_dict("records"):
             tid = str(row["trial_id"])
-            if tid in by_ray_id or tid in known:
-                continue
+            if tid in by_ray_id or tid in known or space.baseline_identity(params_of(row)) is not None:
+                continue  # baselines stay out of the study (class docstring)
             if self._add_from_ledger(row):
                 added += 1
         if stale or added:
@@ -232,36 +252,10 @@ def _metric_mode(cfg: ExperimentConfig) -> tuple[Any, Any]:
     return [o.metric for o in objs], [o.mode for o in objs]
 
 
-def _missing_baselines(points: Sequence[Mapping[str, Any]], storage: Any, name: str, exp_dir: Path) -> list[dict]:
-    """The baseline points that neither ran (ledger, study) nor wait in the study's queue."""
-    seen = [_flatten(params_of({"params_json": p})) for p in ledger.read_trials(exp_dir)["params_json"]]
-    try:
-        study = optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        study = None
-    if study is not None:
-        for t in study.get_trials(deepcopy=False):
-            if t.state == TrialState.WAITING:
-                seen.append(_flatten(t.system_attrs.get("fixed_params", {})))
-            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                seen.append(_flatten(t.params))
-
-    def done(point: Mapping[str, Any]) -> bool:
-        flat = _flatten(point)
-        return any(s and all(flat.get(k) == v for k, v in s.items()) for s in seen)
-
-    return [dict(p) for p in points if not done(p)]
-
-
-def make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], session_index: int,
-                  first_session: bool) -> LedgerSearch:
-    """The searcher of a new Ray session, its study in ``optuna.journal``, baselines enqueued."""
+def make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], session_index: int) -> LedgerSearch:
+    """The searcher of a new Ray session, its study in ``optuna.journal``; it proposes the
+    baselines the ledger lacks first (``LedgerSearch``)."""
     storage = JournalStorage(JournalFileBackend(str((exp_dir / JOURNAL_FILE).resolve())))
-    baselines = space.baseline_params(cfg, groups)
-    if first_session:
-        points = list(baselines)
-    else:  # enqueue the baselines that neither ran nor wait in the study
-        points = _missing_baselines(baselines, storage, study_name(cfg), exp_dir)
     metric, mode = _metric_mode(cfg)
     # Each session seeds its sampler differently: a random sampler seeded as in session 1
     # would propose session 1's points again.
@@ -272,6 +266,6 @@ def make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], sessi
             exp_dir=str(exp_dir), num_samples=cfg.num_samples, cfg=cfg, groups=groups,
             penalise_macs=cfg.sampler.name in PENALISES_MACS,
             space=functools.partial(space.suggest, cfg=cfg, groups=groups),
-            metric=metric, mode=mode, sampler=sampler, storage=storage, study_name=study_name(cfg),
-            points_to_evaluate=points or None,
+            baselines=space.baseline_params(cfg, groups), metric=metric, mode=mode, sampler=sampler,
+            storage=storage, study_name=study_name(cfg),
         )

@@ -1,5 +1,5 @@
-"""The Ray Tune trainable (``run_one``: a few lines around ``run_trial``), replay of
-ledger trials, and the optional ASHA scheduler.
+"""The Ray Tune trainable (``run_one``: a few lines around ``run_trial``) and replay of
+ledger trials (the early-stopping scheduler is in ``search._ray.schedulers``).
 
 ``run_one`` speaks the protocol of :class:`search.result.TrialResult`. Ray workers import
 this module to unpickle ``run_one``; it imports neither pandas nor pyarrow (they would
@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 
 from pruning.errors import TrialError
 from search import trial as trial_mod
 from search.config import ExperimentConfig
-from search.result import EPOCH_KEYS, OBJECTIVE_KEYS, TRIAL_KEYS, TrialResult, plain
+from search.result import EPOCH_KEYS, OBJECTIVE_KEYS, RUNG_KEYS, TRIAL_KEYS, TrialResult, plain
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
             replay: Mapping[str, Mapping[str, Any]]) -> None:
     """The Ray Tune trainable: a few lines around ``run_trial``.
 
-    Reports every epoch (for ASHA and the epochs ledger), then one final result with
+    Reports every epoch (for the scheduler and the epochs ledger), then one final result with
     ``final=True`` and the pruned model as a checkpoint (keys: :class:`TrialResult`). A
     trial that raises is reported as a final result with ``error`` (recorded as ERROR, no
     retry: the same params and seed would fail again); only a CUDA out-of-memory error is
@@ -86,7 +85,7 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
 
     def reporter(row: Mapping[str, Any], model: Any = None) -> None:
         last_model[0] = model
-        tune.report(_with_objectives({**{k: plain(row.get(k)) for k in EPOCH_KEYS}, "final": False}))
+        tune.report(_with_objectives({**{k: plain(row.get(k)) for k in (*EPOCH_KEYS, *RUNG_KEYS)}, "final": False}))
 
     try:
         result = dict(trial_fn(cfg, config, reporter, base=base))
@@ -114,18 +113,3 @@ def trial_dirname(trial: Any) -> str:
     """Trial directories named by trial id (Ray's default repeats every parameter)."""
     return f"trial_{trial.trial_id}"
 
-
-def _scheduler(cfg: ExperimentConfig) -> Any:
-    if cfg.scheduler.name != "asha":
-        return None
-    # The most epochs a trial reports (finetuning between iterative steps included, or the
-    # adaptive loop's), plus its final result.
-    s = cfg.search
-    epochs = s.finetune_epochs[1] + max(s.steps) - 1
-    if "adaptive" in s.modes:
-        epochs = max(epochs, s.adaptive.epochs + s.finetune_epochs[1])
-    if "scratch" in s.modes:
-        epochs = max(epochs, s.scratch_epochs)
-    max_t = max(epochs, 1) + 1
-    return ASHAScheduler(metric="val_acc", mode="max", time_attr="training_iteration", max_t=max_t,
-                         grace_period=min(cfg.scheduler.grace_period, max_t), reduction_factor=cfg.scheduler.reduction_factor)
