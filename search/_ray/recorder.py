@@ -21,6 +21,7 @@ from pruning.atomic import write_json
 from search.ledger import Ledger, epoch_row, pareto_front, trial_row
 from search.config import ExperimentConfig
 from search.expdir import PROGRESS_FILE
+from search.progress import SearchTally
 from search.report import human_count
 from search.result import TrialResult
 
@@ -92,6 +93,7 @@ class Recorder(tune.Callback):
         self._awaiting: dict[str, TrialResult] = {}  # final results whose model checkpoint is being saved
         self._recorded: set[str] = set()  # recorded in this session
         self._running: dict[str, str] = {}
+        self._tally = SearchTally(cfg.num_samples)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -100,6 +102,7 @@ class Recorder(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self._ledger = Ledger(self.exp_dir, self.cfg.experiment.name)
+        self._tally = SearchTally(self.cfg.num_samples, held=len(self._ledger.trials()))  # this session's pace
         self._write_progress()
 
     @property
@@ -185,6 +188,8 @@ class Recorder(tune.Callback):
         self.ledger.flush()
         trials = self.ledger.trials()
         progress_log.info("%s", progress_line(row, len(trials), self.cfg.num_samples, pareto_front(trials)))
+        running = sum(1 for tid in self._running if tid != trial.trial_id)  # it may not have ended in Ray yet
+        progress_log.info("%s", self._tally.line(len(trials), running, int((trials["status"] == "ERROR").sum())))
         self._write_progress()
 
     def _write_progress(self, finished: bool = False) -> None:
