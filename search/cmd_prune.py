@@ -116,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None:
         say(f"training base {args.model} for {args.epochs} epochs...")
     with EpochProgress("base training", args.epochs, quiet=args.quiet) as on_base_epoch:
-        base_model, _ = get_base_model(args.model, data, base_cfg, checkpoint=args.checkpoint, on_epoch=on_base_epoch)
+        base_model, _ = get_base_model(args.model, data, base_cfg, checkpoint=args.checkpoint,
+                                       on_epoch=on_base_epoch)
     base_model.to(device)
     base = measure(base_model, data, device=device)
     model = copy.deepcopy(base_model)

@@ -158,7 +158,7 @@ class EpochProgress:
 
             self._bar = tqdm(total=self.total, desc=self.label, unit="epoch", file=self.out, dynamic_ncols=True,
                              leave=True)
-        self._bar.n = min(int(m.epoch), self.total)
+        self._bar.update(min(int(m.epoch), self.total) - self._bar.n)  # epochs are numbered from 1, in order
         extra = self._text(m, model)
         self._bar.set_postfix_str(f"loss {float(m.train_loss):.3f} val {100 * float(m.val_acc):.1f}%"
                                   + (f" {extra}" if extra else ""), refresh=True)
