@@ -10,6 +10,7 @@ Ray's agent processes behind).
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -300,6 +301,10 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "trial 4/4" in out and "Pareto front:" in out and "wrote " in out
+    assert re.search(r"^base training: epoch 1/1  loss \S+  val \S+%  \S+ s/epoch  ETA 0s$", out, re.M), out
+    tallies = re.findall(r"^search: (\d)/4 done, (\d) running, 0 errored, ETA (?:\?|\d+s|\d+m\d\ds)$", out, re.M)
+    assert [int(done) for done, _ in tallies] == [1, 2, 3, 4], out  # one tally after each trial's line
+    assert all(int(running) <= 2 for _, running in tallies) and tallies[-1] == ("4", "0")
     assert out.count("data: digits — train 200 / val 360 / test 360, input 1×16×16, 10 classes") == 1
     assert "Configuration for experiment" not in out + proc.stderr  # Ray's banner is off by default
     exp = tmp_path / "results" / "tiny"

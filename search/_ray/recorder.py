@@ -188,7 +188,7 @@ class Recorder(tune.Callback):
         self.ledger.flush()
         trials = self.ledger.trials()
         progress_log.info("%s", progress_line(row, len(trials), self.cfg.num_samples, pareto_front(trials)))
-        running = sum(1 for tid in self._running if tid != trial.trial_id)  # it may not have ended in Ray yet
+        running = len(set(self._running) - self._recorded)  # recorded trials may not have ended in Ray yet
         progress_log.info("%s", self._tally.line(len(trials), running, int((trials["status"] == "ERROR").sum())))
         self._write_progress()
 
