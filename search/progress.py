@@ -5,7 +5,7 @@ The CLI attaches these; library code never prints. :class:`EpochProgress` is an
 it (base training, ``prune``'s finetune, ``grow``): with a terminal attached it draws a
 ``tqdm`` bar, otherwise (CI, logs, pipes) it prints plain lines such as::
 
-    base training: epoch 12/160  loss 0.412  val 91.3%  3.1 s/epoch  ETA 7m34s
+    base training: epoch 10/160  loss 0.412  val 91.3%  3.1 s/epoch  ETA 7m45s
 
 A long phase prints every :func:`epoch_stride` epochs (at most ~30 lines, the first and
 the last epoch always), and a line at least every ``max_silence_s`` when epochs are slow.
