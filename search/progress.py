@@ -153,15 +153,21 @@ class EpochProgress:
         print(line, file=self.out, flush=True)
 
     def _update_bar(self, m: Any, model: Any) -> None:
+        extra = self._text(m, model)
+        text = (f"loss {float(m.train_loss):.3f}  val {100 * float(m.val_acc):.1f}%  {float(m.wall_s):.1f} s/epoch  "
+                f"ETA {fmt_duration(self.eta_s(int(m.epoch)))}" + (f"  {extra}" if extra else ""))
+        n = min(int(m.epoch), self.total)
         if self._bar is None:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, desc=self.label, unit="epoch", file=self.out, dynamic_ncols=True,
-                             leave=True)
-        self._bar.update(min(int(m.epoch), self.total) - self._bar.n)  # epochs are numbered from 1, in order
-        extra = self._text(m, model)
-        self._bar.set_postfix_str(f"loss {float(m.train_loss):.3f} val {100 * float(m.val_acc):.1f}%"
-                                  + (f" {extra}" if extra else ""), refresh=True)
+            # Our own s/epoch and ETA, not tqdm's rate and elapsed time: the bar starts after the first epoch.
+            self._bar = tqdm(total=self.total, initial=n, postfix=text, desc=self.label, unit="epoch", file=self.out,
+                             dynamic_ncols=True, leave=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| "
+                                                                        "{n_fmt}/{total_fmt}{postfix}")
+        else:
+            self._bar.set_postfix_str(text, refresh=False)
+            self._bar.n = n
+            self._bar.refresh()
         if m.epoch >= self.total:  # done: end the bar's line before anything else prints
             self.close()
 

@@ -73,7 +73,7 @@ def test_a_terminal_gets_one_tqdm_bar_that_ends_its_line():
             progress(EpochMetrics(epoch=e, train_loss=0.25, val_acc=0.4, lr=0.1, wall_s=1.0))
     text = out.getvalue()
     assert "\r" in text and text.endswith("\n") and text.count("\n") == 1
-    assert "6/6" in text and "loss 0.250 val 40.0%" in text and "grow: epoch" not in text
+    assert "6/6" in text and "loss 0.250  val 40.0%  1.0 s/epoch  ETA 4s" in text and "grow: epoch" not in text
 
 
 def test_fmt_duration():
