@@ -185,9 +185,14 @@ class SearchTally:
     they count as done but not towards the rate. Plain data, picklable (Ray stores callbacks).
     """
 
-    def __init__(self, total: int, held: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.total, self.held, self.clock = int(total), int(held), clock
-        self.started = clock()
+    def __init__(self, total: int, held: int = 0, clock: Callable[[], float] = time.monotonic,
+                 heartbeat_s: float = 60.0) -> None:
+        self.total, self.held, self.clock, self.heartbeat_s = int(total), int(held), clock, heartbeat_s
+        self.started = self.last_line_at = clock()
+
+    def due(self) -> bool:
+        """True when no tally line was built for ``heartbeat_s`` (long trials: say the search is alive)."""
+        return self.clock() - self.last_line_at >= self.heartbeat_s
 
     def eta_s(self, done: int) -> float | None:
         """Seconds to ``total`` at this session's pace; None until a trial finished in it."""
@@ -197,4 +202,5 @@ class SearchTally:
         return (self.clock() - self.started) / new * max(0, self.total - done)
 
     def line(self, done: int, running: int, errored: int) -> str:
+        self.last_line_at = self.clock()
         return tally_line(done, self.total, running, errored, self.eta_s(done))

@@ -89,3 +89,13 @@ def test_search_tally_line_and_its_eta_from_this_sessions_pace():
     now[0] += 60.0  # two trials of this session took a minute: 30 s each, 10 left
     assert tally.line(6, 2, 1) == "search: 6/16 done, 2 running, 1 errored, ETA 5m00s"
     assert tally.line(16, 0, 1).endswith("ETA 0s")
+
+
+def test_search_tally_is_due_again_after_its_heartbeat():
+    now = [0.0]
+    tally = SearchTally(8, clock=lambda: now[0], heartbeat_s=60)
+    assert not tally.due()
+    now[0] = 61.0
+    assert tally.due()
+    tally.line(0, 2, 0)  # a line resets the heartbeat
+    assert not tally.due()

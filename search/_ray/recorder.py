@@ -129,6 +129,8 @@ class Recorder(tune.Callback):
         if result.get("epoch") is not None:
             row = epoch_row(tid, result)
             self._epochs.setdefault(tid, {})[row["epoch"]] = row  # a retried trial reports epoch 1 again
+            if self._tally.due():  # long trials: a tally line at least every minute
+                self._log_tally(self.ledger.trials())
         if result.get("done"):  # the scheduler (ASHA) stops the trial after this result
             self._record(trial, result, "STOPPED", None, None)
 
@@ -188,9 +190,13 @@ class Recorder(tune.Callback):
         self.ledger.flush()
         trials = self.ledger.trials()
         progress_log.info("%s", progress_line(row, len(trials), self.cfg.num_samples, pareto_front(trials)))
+        self._log_tally(trials)
+        self._write_progress()
+
+    def _log_tally(self, trials: Any) -> None:
+        """``search: 5/16 done, 2 running, 0 errored, ETA 3m10s`` to the progress log."""
         running = len(set(self._running) - self._recorded)  # recorded trials may not have ended in Ray yet
         progress_log.info("%s", self._tally.line(len(trials), running, int((trials["status"] == "ERROR").sum())))
-        self._write_progress()
 
     def _write_progress(self, finished: bool = False) -> None:
         state = {
