@@ -110,13 +110,14 @@ def _shown(path: Path) -> Path:
         return path
 
 
-def _print_summary(summary: Any) -> None:
+def _print_summary(summary: Any, quiet: bool = False) -> None:
     from search.ledger import read_trials
 
     exp_dir = _shown(summary.exp_dir)
     if str(exp_dir).startswith(".."):
         exp_dir = summary.exp_dir
-    print()
+    if not quiet:  # a blank line after the progress
+        print()
     how = {"restore": " (resumed: Ray state restored)", "warm-start": " (resumed: new session, warm-started)"}
     print(f"search {exp_dir.name}: {summary.done}/{summary.total} trials ({summary.errored} errored, "
           f"{summary.stopped} stopped early) in {summary.wall_s:.0f} s{how.get(summary.resumed_from or '', '')}")
@@ -166,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(line, flush=True)
     summary = run_search(cfg, _options(args, cfg.train.epochs), fresh=args.fresh)
-    _print_summary(summary)
+    _print_summary(summary, args.quiet)
     return 0
 
 
@@ -184,7 +185,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         print(f"resuming {exp_dir}", flush=True)
     base_epochs = (cfg or load_saved_config(exp_dir)).train.epochs
     summary = resume_search(exp_dir, _options(args, base_epochs), cfg=cfg, force=args.force)
-    _print_summary(summary)
+    _print_summary(summary, args.quiet)
     return 0
 
 

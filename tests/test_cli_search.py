@@ -280,6 +280,24 @@ def test_status_pareto_and_refusals_on_an_interrupted_experiment(tmp_path, cli):
     assert {p.name: p.stat().st_mtime_ns for p in exp.iterdir()} == before
 
 
+def test_resume_quiet_prints_only_the_summary(tmp_path):
+    import yaml as _yaml
+
+    exp = _synthetic_experiment(tmp_path)
+    cfg = _yaml.safe_load((exp / "config.yaml").read_text())
+    cfg["num_samples"] = 3  # the 3 trials it holds: nothing to run, no Ray
+    (exp / "config.yaml").write_text(_yaml.safe_dump(cfg))
+    loud = main_in_process("resume", str(exp))
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stdout.startswith(f"resuming {exp}\n") and "already holds 3/3 trials; nothing to resume" in loud.stdout
+    quiet = main_in_process("resume", str(exp), "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stdout.splitlines()
+    assert lines[0].startswith("search tiny: 3/3 trials (1 errored, 0 stopped early) in "), lines
+    assert "resuming" not in quiet.stdout and "nothing to resume" not in quiet.stdout
+    assert "Pareto front:" in quiet.stdout and lines[-1].startswith("wrote ")
+
+
 # --------------------------------------------------------------------------- end to end
 
 
