@@ -84,11 +84,12 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 def _progress_to_stdout(quiet: bool = False) -> None:
     """Progress lines of the search go to stdout, unadorned (the CLI owns stdout); none when ``quiet``."""
     log = logging.getLogger("search.progress")
-    if not any(getattr(h, "_prunetune", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._prunetune = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
+    for old in [h for h in log.handlers if getattr(h, "_prunetune", False)]:
+        log.removeHandler(old)  # bound to an earlier sys.stdout (in-process callers such as tests swap it)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._prunetune = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
