@@ -36,27 +36,35 @@ sys.exit(rc)
 """
 
 
-def make_experiment(root: Path) -> Path:
-    """A finished experiment as ``prunetune run`` leaves it (without Ray state)."""
-    from pruning.atomic import write_json
-    from search.config import load_config
-    from search.expdir import BASE_FILE, save_config
-    from search.ledger import Ledger
+# Run with the *before* tree on the path: its ledger and config are what both trees can read
+# (a newer tree reads older files; an older tree refuses newer columns and keys).
+_MAKE_EXPERIMENT = """
+import json, sys
+from pathlib import Path
+from search.ledger import Ledger
 
-    cfg = load_config(None, ["experiment.name=bench", f"experiment.results_dir={root}", "model.name=tiny_vgg",
-                             "num_samples=24"])
-    save_config(cfg, cfg.exp_dir)
-    write_json(cfg.exp_dir / BASE_FILE, {"val_acc": 0.95, "test_acc": 0.94, "macs": 1_000_000, "params": 10_000,
-                                         "latency_ms": 1.0, "widths": [16, 32, 32], "group_names": ["a", "b", "c"]})
-    led = Ledger(cfg.exp_dir, "bench")
-    for i in range(24):
-        r = 0.2 + 0.8 * i / 23
-        led.add_trial({"trial_id": f"t{i:03d}", "status": "TERMINATED", "val_acc": 0.6 + 0.3 * r ** 0.5,
-                       "macs": int(1_000_000 * r * r), "params": int(10_000 * r), "macs_ratio": r * r,
-                       "widths": [int(16 * r) + 1, int(32 * r) + 1, int(32 * r) + 1], "group_names": ["a", "b", "c"],
-                       "params_json": '{"ratio": %f}' % r})
-    led.flush()
-    return cfg.exp_dir
+exp = Path(sys.argv[1]) / "bench"
+exp.mkdir(parents=True)
+(exp / "config.yaml").write_text(
+    f"experiment: {{name: bench, results_dir: '{exp.parent}'}}\\nmodel: {{name: tiny_vgg}}\\nnum_samples: 24\\n")
+(exp / "base.json").write_text(json.dumps({"val_acc": 0.95, "test_acc": 0.94, "macs": 1_000_000, "params": 10_000,
+                                           "latency_ms": 1.0, "widths": [16, 32, 32], "group_names": ["a", "b", "c"]}))
+led = Ledger(exp, "bench")
+for i in range(24):
+    r = 0.2 + 0.8 * i / 23
+    led.add_trial({"trial_id": f"t{i:03d}", "status": "TERMINATED", "val_acc": 0.6 + 0.3 * r ** 0.5,
+                   "macs": int(1_000_000 * r * r), "params": int(10_000 * r), "macs_ratio": r * r,
+                   "widths": [int(16 * r) + 1, int(32 * r) + 1, int(32 * r) + 1], "group_names": ["a", "b", "c"],
+                   "params_json": '{"ratio": %f}' % r})
+led.flush()
+"""
+
+
+def make_experiment(root: Path, tree: Path) -> Path:
+    """A finished experiment as ``prunetune run`` leaves it (without Ray state), written by ``tree``."""
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    subprocess.run([sys.executable, "-c", _MAKE_EXPERIMENT, str(root)], env=env, check=True)
+    return root / "bench"
 
 
 def extract(rev: str, dest: Path) -> Path:
@@ -86,8 +94,8 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="cli-startup-") as tmp:
         tmp_path = Path(tmp)
-        exp = make_experiment(tmp_path / "results")
         before = extract(args.rev, tmp_path)
+        exp = make_experiment(tmp_path / "results", before)
         trees = {f"before ({args.rev})": before, "after (this tree)": ROOT}
         rows = []
         for command in ("status", "pareto"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from pruning.models import create_model
-from pruning.train import TrainConfig, load_checkpoint, save_checkpoint, train
+from pruning.train import EpochMetrics, TrainConfig, load_checkpoint, save_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +36,13 @@ def get_base_model(
     cache_dir: str | Path | None = None,
     checkpoint: str | Path | None = None,
     width_mult: float = 1.0,
+    on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, Path | None]:
     """Load ``checkpoint``, or the cached base model for this recipe, or train it (and cache it).
 
     Returns the model (in train mode, on CPU) and the path of the checkpoint it came from or
-    was saved to (``None`` when nothing was cached).
+    was saved to (``None`` when nothing was cached). ``on_epoch(metrics, model)`` is called
+    after every training epoch (progress; never called for a loaded model).
     """
     if checkpoint is not None:
         return load_checkpoint(checkpoint)["model"], Path(checkpoint)
@@ -55,7 +58,7 @@ def get_base_model(
     model = create_model(model_name, num_classes=data.num_classes, in_channels=in_channels, width_mult=width_mult,
                          seed=cfg.seed)
     log.info("base model: training %s for %d epochs", model_name, cfg.epochs)
-    train(model, data, cfg)
+    train(model, data, cfg, on_epoch=on_epoch)
     model.cpu()
     if cached is not None:
         save_checkpoint(cached, model, recipe=model_name)

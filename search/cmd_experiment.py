@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pruning.errors import UsageError
+from search.progress import EpochProgress, add_quiet
 
 _DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -32,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_cluster(p)
     p.add_argument("--fresh", action="store_true",
                    help="start over if results/NAME already holds an experiment (keeps the cached base model)")
+    add_quiet(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("resume", help="continue an interrupted search to exactly num_samples trials",
@@ -43,6 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_cluster(p)
     p.add_argument("--force", action="store_true", help="accept a config that changes what a trial means")
     p.add_argument("--retry-errored", action="store_true", help="run trials that ended with an error again")
+    add_quiet(p)
     p.set_defaults(func=cmd_resume)
 
     p = sub.add_parser("status", help="progress of a search: trials done/running/errored, best so far")
@@ -79,23 +82,26 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- output
 
 
-def _progress_to_stdout() -> None:
-    """Progress lines of the search go to stdout, unadorned (the CLI owns stdout)."""
+def _progress_to_stdout(quiet: bool = False) -> None:
+    """Progress lines of the search go to stdout, unadorned (the CLI owns stdout); none when ``quiet``."""
     log = logging.getLogger("search.progress")
-    if not any(getattr(h, "_prunetune", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._prunetune = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    for old in [h for h in log.handlers if getattr(h, "_prunetune", False)]:
+        log.removeHandler(old)  # bound to an earlier sys.stdout (in-process callers such as tests swap it)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._prunetune = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
 
 
-def _options(args: argparse.Namespace) -> Any:
+def _options(args: argparse.Namespace, base_epochs: int) -> Any:
     from search.tuner import SearchOptions
 
     verbose = bool(getattr(args, "ray_verbose", False))
-    return SearchOptions(address=args.address, verbose=verbose, retry_errored=getattr(args, "retry_errored", False))
+    progress = EpochProgress("base training", base_epochs, quiet=args.quiet)  # silent if the base is cached
+    return SearchOptions(address=args.address, verbose=verbose, retry_errored=getattr(args, "retry_errored", False),
+                         on_base_epoch=progress)
 
 
 def _shown(path: Path) -> Path:
@@ -106,13 +112,14 @@ def _shown(path: Path) -> Path:
         return path
 
 
-def _print_summary(summary: Any) -> None:
+def _print_summary(summary: Any, quiet: bool = False) -> None:
     from search.ledger import read_trials
 
     exp_dir = _shown(summary.exp_dir)
     if str(exp_dir).startswith(".."):
         exp_dir = summary.exp_dir
-    print()
+    if not quiet:  # a blank line after the progress
+        print()
     how = {"restore": " (resumed: Ray state restored)", "warm-start": " (resumed: new session, warm-started)"}
     print(f"search {exp_dir.name}: {summary.done}/{summary.total} trials ({summary.errored} errored, "
           f"{summary.stopped} stopped early) in {summary.wall_s:.0f} s{how.get(summary.resumed_from or '', '')}")
@@ -170,30 +177,35 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
     prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
-    _progress_to_stdout()
-    print(f"search {cfg.experiment.name}: {cfg.num_samples} trials of {cfg.model.name} on {cfg.data.name}, "
-          f"sampler {cfg.sampler.name}, {cfg.max_concurrent} at a time -> {cfg.exp_dir}", flush=True)
+    _progress_to_stdout(args.quiet)
+    if not args.quiet:
+        print(f"search {cfg.experiment.name}: {cfg.num_samples} trials of {cfg.model.name} on {cfg.data.name}, "
+              f"sampler {cfg.sampler.name}, {cfg.max_concurrent} at a time -> {cfg.exp_dir}", flush=True)
     # The driver loads the dataset for the base model anyway (memoised per process): loading
     # it here costs nothing extra and rejects bad image folders before Ray starts or a file is written.
-    print(dataset_line(experiment_data(cfg), cfg.data.root), flush=True)
-    summary = run_search(cfg, _options(args), fresh=args.fresh)
-    _print_summary(summary)
+    line = dataset_line(experiment_data(cfg), cfg.data.root)
+    if not args.quiet:
+        print(line, flush=True)
+    summary = run_search(cfg, _options(args, cfg.train.epochs), fresh=args.fresh)
+    _print_summary(summary, args.quiet)
     return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from search.config import load_config
-    from search.expdir import CONFIG_FILE, find_experiment
+    from search.expdir import CONFIG_FILE, find_experiment, load_saved_config
     from search.tuner import resume_search
 
     exp_dir = find_experiment(args.experiment)
     cfg = None
     if args.config is not None or args.overrides:
         cfg = load_config(args.config if args.config is not None else exp_dir / CONFIG_FILE, args.overrides)
-    _progress_to_stdout()
-    print(f"resuming {exp_dir}", flush=True)
-    summary = resume_search(exp_dir, _options(args), cfg=cfg, force=args.force)
-    _print_summary(summary)
+    _progress_to_stdout(args.quiet)
+    if not args.quiet:
+        print(f"resuming {exp_dir}", flush=True)
+    base_epochs = (cfg or load_saved_config(exp_dir)).train.epochs
+    summary = resume_search(exp_dir, _options(args, base_epochs), cfg=cfg, force=args.force)
+    _print_summary(summary, args.quiet)
     return 0
 
 

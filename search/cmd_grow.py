@@ -27,6 +27,7 @@ from pruning.models import create_model
 from pruning.surgery import GROW_METHODS, widths
 from pruning.train import TrainConfig, load_checkpoint, resolve_device
 from search.cmd_prune import parse_macs
+from search.progress import EpochProgress, add_quiet, say_unless
 
 _DEFAULTS = AdaptiveConfig()
 
@@ -79,6 +80,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use at most this many training samples")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", help="output directory (default results/grow-<model>-<data>)")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -125,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_data(args.data, root=args.root, seed=args.seed, image_size=args.image_size, limit=args.limit)
     shape = tuple(data.input_shape)
-    print(dataset_line(data, args.root))
+    say = say_unless(args.quiet)
+    say(dataset_line(data, args.root))
 
     def make(width_mult: float) -> nn.Module:
         torch.manual_seed(args.seed)  # the same seed gives the same random start
@@ -143,25 +146,27 @@ def run(args: argparse.Namespace) -> int:
     if args.from_scratch or args.checkpoint:
         model = start
     else:
-        print(f"training base {args.model} for {args.base_epochs} epochs...", flush=True)
+        say(f"training base {args.model} for {args.base_epochs} epochs...")
         base_cfg = TrainConfig(epochs=args.base_epochs, lr=0.05, batch_size=args.batch_size, seed=args.seed,
                                device=args.device)
-        model, _ = get_base_model(args.model, data, base_cfg)
+        with EpochProgress("base training", args.base_epochs, quiet=args.quiet) as on_base_epoch:
+            model, _ = get_base_model(args.model, data, base_cfg, on_epoch=on_base_epoch)
         base_train_macs = TRAIN_STEP_FORWARDS * count_macs(model, shape) * len(data.train) * args.base_epochs
     device = resolve_device(args.device)
     model.to(device)
     example = data.example_input().to(device)
     start_widths = widths(model, example)
     start_macs = count_macs(model, shape)
-    print(f"start ({'random weights' if args.from_scratch else 'trained'}): MACs {start_macs / 1e6:.3f}M"
-          + (f", budget {budget / 1e6:.3f}M" if budget else ""))
-    print("start widths: " + ", ".join(f"{g} {n}" for g, n in start_widths.items()))
+    say(f"start ({'random weights' if args.from_scratch else 'trained'}): MACs {start_macs / 1e6:.3f}M"
+        + (f", budget {budget / 1e6:.3f}M" if budget else ""))
+    say("start widths: " + ", ".join(f"{g} {n}" for g, n in start_widths.items()))
 
-    def progress(m, net) -> None:
-        print(f"  epoch {m.epoch}: loss {m.train_loss:.4f} val_acc {100 * m.val_acc:.2f}% "
-              f"MACs {count_macs(net, shape) / 1e6:.3f}M widths {list(widths(net, example).values())}", flush=True)
+    def shape_now(m, net) -> str:
+        return f"MACs {count_macs(net, shape) / 1e6:.3f}M widths {list(widths(net, example).values())}"
 
-    result = run_adaptive(model, data, train_cfg, cfg, on_epoch=progress)
+    # The search may stop before --epochs: the total (and so the ETA) is an upper bound.
+    with EpochProgress("grow", args.epochs + args.finetune_epochs, quiet=args.quiet, extra=shape_now) as progress:
+        result = run_adaptive(model, data, train_cfg, cfg, on_epoch=progress)
     final = measure(model, data, device=device)
     end_widths = result.widths
     print(f"search stopped after {result.search_epochs} epochs ({result.stop_reason}); "

@@ -21,6 +21,7 @@ from pruning.measure import Measurement, measure
 from pruning.models import create_model
 from pruning.surgery import widths
 from pruning.train import TrainConfig, resolve_device
+from search.progress import EpochProgress, add_quiet, say_unless
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="use at most this many training samples")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", help="output directory (default results/prune-<model>-<data>-<criterion>)")
+    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -117,10 +119,13 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = load_data(args.data, root=args.root, seed=args.seed, image_size=args.image_size, limit=args.limit)
     device = resolve_device(args.device)
-    print(dataset_line(data, args.root))
+    say = say_unless(args.quiet)
+    say(dataset_line(data, args.root))
     if args.checkpoint is None:
-        print(f"training base {args.model} for {args.epochs} epochs...", flush=True)
-    base_model, _ = get_base_model(args.model, data, base_cfg, checkpoint=args.checkpoint)
+        say(f"training base {args.model} for {args.epochs} epochs...")
+    with EpochProgress("base training", args.epochs, quiet=args.quiet) as on_base_epoch:
+        base_model, _ = get_base_model(args.model, data, base_cfg, checkpoint=args.checkpoint,
+                                       on_epoch=on_base_epoch)
     base_model.to(device)
     base = measure(base_model, data, device=device)
     model = copy.deepcopy(base_model)
@@ -128,21 +133,18 @@ def run(args: argparse.Namespace) -> int:
     spec = PruneSpec(ratio=args.ratio, ratios=ratios, target_macs=target_macs, **spec_kwargs)
     example = data.example_input().to(device)
     base_widths = widths(model, example)
-    print(f"pruning with {args.criterion} ({spec.steps} step(s)), then finetuning {args.finetune_epochs} epochs...",
-          flush=True)
+    say(f"pruning with {args.criterion} ({spec.steps} step(s)), then finetuning {args.finetune_epochs} epochs...")
     ft_cfg = TrainConfig(epochs=args.finetune_epochs, lr=args.finetune_lr, batch_size=args.batch_size,
                          seed=args.seed, device=args.device)
-
-    def progress(m, _model) -> None:
-        print(f"  finetune epoch {m.epoch}: loss {m.train_loss:.4f} val_acc {100 * m.val_acc:.2f}%", flush=True)
-
-    result = prune_iteratively(model, data, spec, ft_cfg, on_epoch=progress)
+    ft_total = (spec.steps - 1) * spec.step_epochs + args.finetune_epochs  # fewer if --max-drop stops early
+    with EpochProgress("finetune", ft_total, quiet=args.quiet) as on_ft_epoch:
+        result = prune_iteratively(model, data, spec, ft_cfg, on_epoch=on_ft_epoch)
     if result.stop_reason != "completed":
         print(f"stopped after step {result.stop_step} of {spec.steps}: step {result.stop_step + 1} lost more than "
               f"{args.max_drop} points of val accuracy")
     pruned = measure(model, data, device=device)
     new_widths = widths(model, example)
-    print()
+    say("")  # a blank line after the progress; none when --quiet prints only the summary
     print_comparison(base, pruned)
     ort_ms = {"base": onnxruntime_latency_ms(base_model, data.input_shape),
               "pruned": onnxruntime_latency_ms(model, data.input_shape)}

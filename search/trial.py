@@ -78,12 +78,14 @@ def base_cache_path(cfg: ExperimentConfig) -> Path:
     return cfg.exp_dir / f"base-{key}.pt"
 
 
-def prepare_base(cfg: ExperimentConfig, *, log_progress: Callable[[str], None] | None = None) -> BaseArtifacts:
+def prepare_base(cfg: ExperimentConfig, *, log_progress: Callable[[str], None] | None = None,
+                 on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None) -> BaseArtifacts:
     """Train or load the base model, measure it, and list its groups.
 
     Loads ``cfg.model.checkpoint`` if set, else the cached ``base_cache_path(cfg)`` if it
     exists, else trains for ``cfg.train.epochs`` and writes that cache. ``log_progress``
-    receives one line per stage (the CLI prints them; default: the logger).
+    receives one line per stage (the CLI prints them; default: the logger); ``on_epoch``
+    is called after every base training epoch (the CLI's per-epoch progress).
     """
     say = log_progress or (lambda msg: log.info("%s", msg))
     say(f"loading dataset {cfg.data.name}")
@@ -98,7 +100,7 @@ def prepare_base(cfg: ExperimentConfig, *, log_progress: Callable[[str], None] |
         say(f"base model: training {cfg.model.name} for {train_cfg.epochs} epochs")
     model, path = get_base_model(
         cfg.model.name, data, train_cfg, data_key=data_key(cfg), cache_dir=cfg.exp_dir,
-        checkpoint=cfg.model.checkpoint, width_mult=cfg.model.width_mult,
+        checkpoint=cfg.model.checkpoint, width_mult=cfg.model.width_mult, on_epoch=on_epoch,
     )  # fmt: skip
     model.cpu()
     device = resolve_device(cfg.train.device)

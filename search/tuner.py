@@ -59,6 +59,8 @@ class SearchOptions:
     ``search.trial.run_trial``/``prepare_base`` (tests and benchmarks inject fixed-cost
     trials; they must be importable or picklable by value on the workers).
     ``retry_errored``: on resume, run trials again that ended with an error.
+    ``on_base_epoch(metrics, model)``: called after every epoch of base training in the
+    driver (the CLI's progress; passed to ``prepare_fn`` as ``on_epoch`` only when set).
     """
 
     address: str | None = None
@@ -66,6 +68,7 @@ class SearchOptions:
     trial_fn: TrialFn | None = None
     prepare_fn: PrepareFn | None = None
     retry_errored: bool = False
+    on_base_epoch: Callable[..., None] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +103,8 @@ def _session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode:
         expdir.save_config(cfg, exp_dir)
         t_prep = time.perf_counter()
         prepare = options.prepare_fn or trial.prepare_base
-        base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg))
+        extra = {"on_epoch": options.on_base_epoch} if options.on_base_epoch is not None else {}
+        base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg), **extra)
         expdir.write_base(exp_dir, base)
         groups = list(getattr(base, "group_names", None) or space.group_names(cfg))
         logger.info("base model ready in %.1f s", time.perf_counter() - t_prep)

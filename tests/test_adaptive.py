@@ -226,5 +226,7 @@ def test_cli_continues_from_an_exported_model(tmp_path: Path, capsys: pytest.Cap
                      "--limit", "64", "--epochs", "1", "--finetune-epochs", "0", "--eval-every", "1",
                      "--device", "cpu", "--out", str(out)])
     assert code == 0
-    assert "start widths: features.0 8, features.4 16, features.8 16" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "start widths: features.0 8, features.4 16, features.8 16" in printed
+    assert "grow: epoch 1/1  loss " in printed and " s/epoch  ETA 0s  MACs " in printed  # with MACs and widths
     assert (out / "model.pt").is_file() and (out / "history.json").is_file()

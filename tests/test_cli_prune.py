@@ -93,3 +93,26 @@ def test_max_drop_keeps_the_last_step_within_the_allowed_drop(tmp_path, capsys):
     assert metrics["steps"][0]["accepted"] is False and metrics["steps"][0]["val_acc"] < metrics["base"]["val_acc"]
     assert metrics["pruned"]["macs"] == metrics["base"]["macs"]
     assert metrics["pruned"]["val_acc"] == metrics["base"]["val_acc"]
+
+
+def test_progress_lines_per_epoch_and_quiet_prints_only_the_summary(tmp_path, capsys):
+    import re
+
+    args = ["prune", "--model", "tiny_vgg", "--data", "digits", "--limit", "200", "--ratio", "0.5", "--steps", "2",
+            "--step-epochs", "1", "--finetune-epochs", "2"]
+    assert main([*args, "--epochs", "3", "--out", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    line = re.compile(r"^(base training|finetune): epoch (\d+)/(\d+)  loss \d+\.\d{3}  val \d+\.\d%  "
+                      r"\d+\.\d s/epoch  ETA (\d+s|\d+m\d\ds)$")
+    progress = [m.groups()[:3] for m in map(line.match, out.splitlines()) if m]
+    # every epoch of both phases (short phases), numbered against the phase's total
+    assert progress == [("base training", "1", "3"), ("base training", "2", "3"), ("base training", "3", "3"),
+                        ("finetune", "1", "3"), ("finetune", "2", "3"), ("finetune", "3", "3")]
+    assert out.index("base training: epoch 3/3") < out.index("pruning with") < out.index("finetune: epoch 1/3")
+    assert out.index("finetune: epoch 3/3") < out.index("MACs reduction")
+
+    assert main([*args, "--epochs", "1", "--out", str(tmp_path / "b"), "--quiet"]) == 0
+    quiet = capsys.readouterr().out.splitlines()
+    assert quiet[0].startswith("model ") and quiet[1].startswith("base ") and quiet[2].startswith("pruned ")
+    assert quiet[3].startswith("MACs reduction") and quiet[4].startswith("widths: ") and quiet[5].startswith("wrote ")
+    assert len(quiet) == 6  # no dataset line, no epoch lines, no stage messages

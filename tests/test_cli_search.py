@@ -10,6 +10,7 @@ Ray's agent processes behind).
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -280,6 +281,24 @@ def test_status_pareto_and_refusals_on_an_interrupted_experiment(tmp_path, cli):
     assert {p.name: p.stat().st_mtime_ns for p in exp.iterdir()} == before
 
 
+def test_resume_quiet_prints_only_the_summary(tmp_path):
+    import yaml as _yaml
+
+    exp = _synthetic_experiment(tmp_path)
+    cfg = _yaml.safe_load((exp / "config.yaml").read_text())
+    cfg["num_samples"] = 3  # the 3 trials it holds: nothing to run, no Ray
+    (exp / "config.yaml").write_text(_yaml.safe_dump(cfg))
+    loud = main_in_process("resume", str(exp))
+    assert loud.returncode == 0, loud.stderr
+    assert loud.stdout.startswith(f"resuming {exp}\n") and "already holds 3/3 trials; nothing to resume" in loud.stdout
+    quiet = main_in_process("resume", str(exp), "--quiet")
+    assert quiet.returncode == 0, quiet.stderr
+    lines = quiet.stdout.splitlines()
+    assert lines[0].startswith("search tiny: 3/3 trials (1 errored, 0 stopped early) in "), lines
+    assert "resuming" not in quiet.stdout and "nothing to resume" not in quiet.stdout
+    assert "Pareto front:" in quiet.stdout and lines[-1].startswith("wrote ")
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -301,6 +320,12 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "trial 4/4" in out and "Pareto front:" in out and "wrote " in out
+    assert re.search(r"^base training: epoch 1/1  loss \S+  val \S+%  \S+ s/epoch  ETA 0s$", out, re.M), out
+    lines = out.splitlines()
+    tally = re.compile(r"^search: (\d)/4 done, ([012]) running, 0 errored, ETA (?:\?|\d+s|\d+m\d\ds)$")
+    after_trials = [tally.match(lines[i + 1]) for i, ln in enumerate(lines) if ln.startswith("trial ")]
+    assert [m and m.group(1) for m in after_trials] == ["1", "2", "3", "4"], out  # a tally after each trial's line
+    assert after_trials[-1].group(2) == "0"
     assert out.count("data: digits — train 200 / val 360 / test 360, input 1×16×16, 10 classes") == 1
     assert "Configuration for experiment" not in out + proc.stderr  # Ray's banner is off by default
     exp = tmp_path / "results" / "tiny"

@@ -21,6 +21,7 @@ from pruning.atomic import write_json
 from search.ledger import Ledger, epoch_row, pareto_front, trial_row
 from search.config import ExperimentConfig
 from search.expdir import PROGRESS_FILE
+from search.progress import SearchTally
 from search.report import human_count
 from search.result import TrialResult
 
@@ -92,6 +93,7 @@ class Recorder(tune.Callback):
         self._awaiting: dict[str, TrialResult] = {}  # final results whose model checkpoint is being saved
         self._recorded: set[str] = set()  # recorded in this session
         self._running: dict[str, str] = {}
+        self._tally = SearchTally(cfg.num_samples)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -100,6 +102,7 @@ class Recorder(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self._ledger = Ledger(self.exp_dir, self.cfg.experiment.name)
+        self._tally = SearchTally(self.cfg.num_samples, held=len(self._ledger.trials()))  # this session's pace
         self._write_progress()
 
     @property
@@ -126,6 +129,8 @@ class Recorder(tune.Callback):
         if result.get("epoch") is not None:
             row = epoch_row(tid, result)
             self._epochs.setdefault(tid, {})[row["epoch"]] = row  # a retried trial reports epoch 1 again
+            if self._tally.due():  # long trials: a tally line at least every minute
+                self._log_tally(self.ledger.trials())
         if result.get("done"):  # the scheduler (ASHA) stops the trial after this result
             self._record(trial, result, "STOPPED", None, None)
 
@@ -185,7 +190,13 @@ class Recorder(tune.Callback):
         self.ledger.flush()
         trials = self.ledger.trials()
         progress_log.info("%s", progress_line(row, len(trials), self.cfg.num_samples, pareto_front(trials)))
+        self._log_tally(trials)
         self._write_progress()
+
+    def _log_tally(self, trials: Any) -> None:
+        """``search: 5/16 done, 2 running, 0 errored, ETA 3m10s`` to the progress log."""
+        running = len(set(self._running) - self._recorded)  # recorded trials may not have ended in Ray yet
+        progress_log.info("%s", self._tally.line(len(trials), running, int((trials["status"] == "ERROR").sum())))
 
     def _write_progress(self, finished: bool = False) -> None:
         state = {
