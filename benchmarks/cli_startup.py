@@ -63,7 +63,7 @@ led.flush()
 def make_experiment(root: Path, tree: Path) -> Path:
     """A finished experiment as ``prunetune run`` leaves it (without Ray state), written by ``tree``."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    subprocess.run([sys.executable, "-c", _MAKE_EXPERIMENT, str(root)], env=env, check=True)
+    subprocess.run([sys.executable, "-c", _MAKE_EXPERIMENT, str(root)], env=env, cwd=tree, check=True)
     return root / "bench"
 
 
