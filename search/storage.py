@@ -231,6 +231,13 @@ class Store:
         """Where ``name`` lives, for messages and for tools: a local path or ``s3://bucket/...``."""
         return f"{self._display}/{_check_name(name)}" if name else self._display
 
+    def name_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The name below the root of a path on this store's filesystem (as Ray reports a
+        checkpoint: ``bucket/prefix/...``), or None when it is not below the root."""
+        text = os.fspath(path).rstrip("/")
+        root = self.root.rstrip("/")
+        return text[len(root) + 1:] if text.startswith(root + "/") else None
+
     def local_path(self, name: str = "") -> Path | None:
         """The local path of ``name`` (or of the root), or None on object storage."""
         if not self.is_local:
