@@ -102,11 +102,14 @@ def experiment_files(exp: Store | str | os.PathLike[str]) -> list[str]:
     return [n for n in EXPERIMENT_FILES if n in top]
 
 
-def find_experiment(name_or_path: str | os.PathLike[str]) -> Store:
-    """``results/NAME``, ``NAME`` (under ./results) or ``s3://bucket/prefix/NAME`` -> its Store.
-
-    Raises UsageError when it holds no ``config.yaml``.
+def find_experiment(name_or_path: Store | str | os.PathLike[str]) -> Store:
+    """``results/NAME``, ``NAME`` (under ./results) or ``s3://bucket/prefix/NAME`` (or its
+    Store) -> its Store. Raises UsageError when it holds no ``config.yaml``.
     """
+    if isinstance(name_or_path, Store):
+        if _reachable(name_or_path, CONFIG_FILE):
+            return name_or_path
+        name_or_path = name_or_path.uri()
     text = os.fspath(name_or_path)
     if "://" in text:
         exp = Store.from_uri(text)

@@ -1,0 +1,96 @@
+"""A search whose results_dir is ``s3://`` (a real S3 server: moto on 127.0.0.1): the driver
+is SIGKILLed part-way, resumed on a "new machine" (an empty local cache), and ends with
+exactly num_samples trials read back from the bucket; status, pareto and export work on
+the ``s3://`` experiment. Real Ray, real trials (tiny VGG, a slice of digits).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from test_cli_search import Cli, kill_ours, write_config
+
+
+@pytest.fixture
+def s3_cli(tmp_path, s3_server):
+    c = Cli(tmp_path)
+    c.env.update(s3_server.env)
+    yield c
+    c.close()
+
+
+def _with_cache(cli: Cli, cache: Path) -> None:
+    cli.env["PRUNETUNE_CACHE_DIR"] = str(cache)
+
+
+@pytest.mark.slow
+def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s3_cli, s3_uri):
+    from search.ledger import read_epochs, read_trials
+    from search.storage import Store
+
+    n = 4
+    exp_uri = f"{s3_uri}/tiny"
+    config = write_config(tmp_path, num_samples=n, **{"experiment.results_dir": s3_uri,
+                                                      "search.finetune_epochs": [2, 2]})
+    _with_cache(s3_cli, tmp_path / "cache-a")
+    driver = s3_cli.start("run", str(config), log=tmp_path / "run.log")
+    deadline = time.time() + 240
+    recorded = 0
+    while time.time() < deadline and driver.poll() is None:
+        try:
+            recorded = len(read_trials(exp_uri))
+        except OSError:
+            recorded = 0
+        if recorded >= 1:
+            break
+        time.sleep(0.2)
+    assert driver.poll() is None, (tmp_path / "run.log").read_text()
+    driver.send_signal(signal.SIGKILL)
+    driver.wait(timeout=30)
+    kill_ours(s3_cli.tag, s3_cli.cwd)  # the Ray processes the killed driver left behind
+    before = read_trials(exp_uri)  # a whole file: the manifest names one complete version
+    assert 1 <= len(before) < n, (tmp_path / "run.log").read_text()
+    exp = Store.from_uri(exp_uri)
+    names = exp.list()
+    assert {"config.yaml", "base.json", "trials.parquet", "optuna.journal"} <= set(names), names
+    assert any(n.startswith("base-") and n.endswith(".pt") for n in names), names  # the base model, for others
+    assert not (tmp_path / "results").exists()  # nothing of the experiment on the local disk
+
+    # Resume on "another machine": an empty local cache, so the base model and the journal
+    # come from the bucket.
+    _with_cache(s3_cli, tmp_path / "cache-b")
+    proc = s3_cli("resume", exp_uri, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "base model: using cached" in proc.stdout  # fetched from the bucket, not trained again
+    trials = read_trials(exp_uri)
+    assert len(trials) == n, trials[["trial_id", "status"]]
+    assert trials["trial_id"].is_unique and trials["params_json"].is_unique
+    assert set(trials["status"]) == {"TERMINATED"}
+    assert set(before["trial_id"]) <= set(trials["trial_id"])  # nothing lost
+    kept = trials.set_index("trial_id").loc[list(before["trial_id"])]
+    assert (kept["finished_at"].values == before.set_index("trial_id")["finished_at"].values).all()  # nor re-run
+    epochs = read_epochs(exp_uri)
+    assert set(epochs["trial_id"]) == set(trials["trial_id"]) and not epochs.duplicated(["trial_id", "epoch"]).any()
+    assert f"{n}/{n} trials" in proc.stdout and exp_uri in proc.stdout
+    assert all(str(c).startswith(f"{exp_uri}/ray/") for c in trials["checkpoint"]), list(trials["checkpoint"])
+
+    status = s3_cli("status", exp_uri)
+    assert status.returncode == 0, status.stderr
+    assert f"{n}/{n} trials recorded" in status.stdout and "search finished" in status.stdout
+    exp.delete("pareto.png")
+    table = s3_cli("pareto", exp_uri)
+    assert table.returncode == 0, table.stderr
+    assert f"wrote {exp_uri}/pareto.png" in table.stdout
+    assert exp.read_bytes("pareto.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+    best = trials.sort_values("val_acc").iloc[-1]
+    out = s3_cli("export", exp_uri, "--trial", best["trial_id"])
+    assert out.returncode == 0, out.stdout + out.stderr
+    widths = json.loads(exp.read_bytes(f"export/{best['trial_id']}/widths.json"))
+    assert list(widths.values()) == list(best["widths"])
+    assert not (tmp_path / "results").exists()
