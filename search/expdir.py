@@ -147,7 +147,7 @@ def prepare_experiment_dir(cfg: ExperimentConfig, fresh: bool) -> Store:
         if local.exists() and not local.is_dir():
             raise UsageError(f"results path {str(local)!r} exists and is not a directory")
     else:
-        _reachable(exp, CONFIG_FILE)
+        exp.check_reachable()
     if experiment_files(exp) and not fresh:
         raise UsageError(f"{shown(exp)!r} already holds an experiment; continue it with "
                          f"`prunetune resume {shown(exp)}` or start over with --fresh")

@@ -244,6 +244,21 @@ class Store:
             return None
         return Path(self._path(_check_name(name))) if name else Path(self.root)
 
+    def check_reachable(self) -> None:
+        """UsageError unless the bucket of an object store exists and can be listed (a local
+        store: nothing to check). Called before a search writes anything."""
+        if self.is_local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(bucket)
+        except OSError as exc:
+            raise UsageError(f"cannot reach {self._display}: {' '.join(str(exc).split())[:300]}") from None
+        if info.type != pafs.FileType.Directory:
+            scheme = self._display.split("://", 1)[0]
+            raise UsageError(f"bucket {bucket!r} of {self._display} does not exist (or is not visible with these "
+                             f"credentials); create it first, e.g. `aws s3 mb {scheme}://{bucket}`")
+
     def ray_storage(self, name: str = "ray") -> tuple[str, pafs.FileSystem | None]:
         """``(storage_path, storage_filesystem)`` for Ray's ``RunConfig`` and ``Tuner.restore``.
 

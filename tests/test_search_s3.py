@@ -94,3 +94,29 @@ def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s
     widths = json.loads(exp.read_bytes(f"export/{best['trial_id']}/widths.json"))
     assert list(widths.values()) == list(best["widths"])
     assert not (tmp_path / "results").exists()
+
+
+def test_results_dir_must_be_a_path_or_an_object_store_uri() -> None:
+    from pruning.errors import UsageError
+    from search.config import load_config
+
+    with pytest.raises(UsageError, match=r"unsupported scheme 'ftp'.*s3://"):
+        load_config(None, ["experiment.results_dir=ftp://host/x"])
+    cfg = load_config(None, ["experiment.results_dir=s3://bucket/runs/", "experiment.name=e"])
+    assert cfg.experiment.results_dir == "s3://bucket/runs"
+    assert "s3:" not in str(cfg.exp_dir) and cfg.exp_dir.name == "e"  # a local cache dir, not a mangled URI
+
+
+def test_run_into_a_missing_bucket_is_one_line_and_writes_nothing(tmp_path, s3_server, monkeypatch) -> None:
+    from search.storage import Store
+    from test_cli_search import assert_usage_error, main_in_process
+
+    monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path / "cache"))
+    config = write_config(tmp_path, **{"experiment.results_dir": "s3://no-such-bucket/runs"})
+    assert_usage_error(main_in_process("run", str(config)), "bucket 'no-such-bucket'", "does not exist")
+    assert not (tmp_path / "cache").exists()
+    # An experiment URI that holds no experiment: the same one line as for a local dir.
+    empty = s3_server.uri("nothing-here")
+    for cmd in ("status", "pareto", "resume"):
+        assert_usage_error(main_in_process(cmd, empty), "not an experiment directory")
+    assert Store.from_uri(empty).list() == []
