@@ -77,6 +77,7 @@ def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s
     epochs = read_epochs(exp_uri)
     assert set(epochs["trial_id"]) == set(trials["trial_id"]) and not epochs.duplicated(["trial_id", "epoch"]).any()
     assert f"{n}/{n} trials" in proc.stdout and exp_uri in proc.stdout
+    assert "(resumed: Ray state restored)" in proc.stdout  # Tuner.restore from the bucket, not the fallback
     assert all(str(c).startswith(f"{exp_uri}/ray/") for c in trials["checkpoint"]), list(trials["checkpoint"])
 
     status = s3_cli("status", exp_uri)
@@ -93,6 +94,9 @@ def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s
     assert out.returncode == 0, out.stdout + out.stderr
     widths = json.loads(exp.read_bytes(f"export/{best['trial_id']}/widths.json"))
     assert list(widths.values()) == list(best["widths"])
+    report = s3_cli("report", exp_uri)
+    assert report.returncode == 0 and f"wrote {exp_uri}/report.html" in report.stdout, report.stderr
+    assert exp.read_bytes("report.html").lstrip().lower().startswith(b"<!doctype html")
     assert not (tmp_path / "results").exists()
 
 
