@@ -155,7 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search.config import _merge, config_from_dict, load_config, parse_set
+    from search.config import load_config, with_overrides
     from search.expdir import find_experiment, load_saved_config, shown
     from search.tuner import resume_search
 
@@ -164,8 +164,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     if args.config is not None:
         cfg = load_config(args.config, args.overrides)
     elif args.overrides:  # the saved config (local or on object storage) with --set applied
-        saved = load_saved_config(exp_dir).model_dump(mode="json")
-        cfg = config_from_dict(_merge(saved, parse_set(args.overrides)))
+        cfg = with_overrides(load_saved_config(exp_dir), args.overrides)
     _progress_to_stdout()
     print(f"resuming {shown(exp_dir)}", flush=True)
     summary = resume_search(exp_dir, _options(args), cfg=cfg, force=args.force)

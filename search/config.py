@@ -340,3 +340,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Exper
         if not isinstance(raw, dict):
             raise UsageError(f"config file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
     return config_from_dict(_merge(raw, parse_set(overrides)))
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
+    """``cfg`` with ``--set`` overrides applied and validated again (resume of a saved config)."""
+    if not overrides:
+        return cfg
+    return config_from_dict(_merge(cfg.model_dump(mode="json"), parse_set(overrides)))
