@@ -124,3 +124,41 @@ def test_run_into_a_missing_bucket_is_one_line_and_writes_nothing(tmp_path, s3_s
     for cmd in ("status", "pareto", "resume"):
         assert_usage_error(main_in_process(cmd, empty), "not an experiment directory")
     assert Store.from_uri(empty).list() == []
+
+
+def test_status_and_pareto_of_an_s3_experiment_load_no_ray(tmp_path, s3_server, s3_uri) -> None:
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from search.config import load_config
+    from search.expdir import save_config, store, write_base
+    from search.ledger import Ledger
+
+    cfg = load_config(None, ["experiment.name=tiny", f"experiment.results_dir={s3_uri}", "num_samples=3"])
+    exp = store(cfg)
+    save_config(cfg, exp)
+    write_base(exp, type("Base", (), {"metrics": {"val_acc": 0.9, "macs": 1000}, "widths": [8, 8],
+                                      "group_names": ["a", "b"]})())
+    led = Ledger(exp, "tiny")
+    for i, (acc, macs) in enumerate([(0.85, 500), (0.80, 300), (0.70, 400)]):
+        led.add_trial({"trial_id": f"t{i}", "status": "TERMINATED", "val_acc": acc, "macs": macs, "params": 50,
+                       "macs_ratio": macs / 1000, "widths": [4, 4], "group_names": ["a", "b"]})
+    led.flush()
+    env = {**os.environ, **s3_server.env, "PRUNETUNE_CACHE_DIR": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    for command, expected in (("status", "3/3 trials recorded"), ("pareto", f"wrote {exp.uri('pareto.png')}")):
+        code = textwrap.dedent(f"""
+            import sys
+            from search.cli import main
+            rc = main([{command!r}, {exp.uri()!r}])
+            print("LOADED", sorted({{m.split(".")[0] for m in sys.modules}} & {{"ray", "optuna"}}))
+            sys.exit(rc)
+        """)
+        proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "LOADED []" in proc.stdout and expected in proc.stdout, proc.stdout
+    assert exp.read_bytes("pareto.png")[:4] == b"\x89PNG"
+    assert not (tmp_path / "cache").exists()  # status and pareto need no local copy
