@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import socket
@@ -104,31 +103,24 @@ def _options(args: argparse.Namespace, base_epochs: int) -> Any:
                          on_base_epoch=progress)
 
 
-def _shown(path: Path) -> Path:
-    """``path`` relative to the working directory when it lies below it (shorter output)."""
-    try:
-        return Path(os.path.relpath(path))
-    except ValueError:
-        return path
-
-
 def _print_summary(summary: Any, quiet: bool = False) -> None:
+    from search.expdir import open_store, shown
     from search.ledger import read_trials
 
-    exp_dir = _shown(summary.exp_dir)
-    if str(exp_dir).startswith(".."):
-        exp_dir = summary.exp_dir
+    exp = open_store(summary.exp_dir)
+    exp_dir = shown(exp)
     if not quiet:  # a blank line after the progress
         print()
     how = {"restore": " (resumed: Ray state restored)", "warm-start": " (resumed: new session, warm-started)"}
-    print(f"search {exp_dir.name}: {summary.done}/{summary.total} trials ({summary.errored} errored, "
+    name = exp_dir.rstrip("/").rsplit("/", 1)[-1]
+    print(f"search {name}: {summary.done}/{summary.total} trials ({summary.errored} errored, "
           f"{summary.stopped} stopped early) in {summary.wall_s:.0f} s{how.get(summary.resumed_from or '', '')}")
-    _print_front(exp_dir, read_trials(exp_dir), show_all=False)
+    _print_front(exp, read_trials(exp), show_all=False)
     names = ["config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png"]
-    print(f"wrote {exp_dir}/{{{','.join(n for n in names if (exp_dir / n).exists())}}}")
+    print(f"wrote {exp_dir}/{{{','.join(n for n in names if exp.exists(n))}}}")
 
 
-def _print_front(exp_dir: Path, trials: Any, show_all: bool) -> None:
+def _print_front(exp_dir: Any, trials: Any, show_all: bool) -> None:
     from search.ledger import pareto_front
     from search.report import pareto_table
     from search.expdir import read_base
@@ -171,16 +163,16 @@ def _default_config() -> str | None:
 def cmd_run(args: argparse.Namespace) -> int:
     from pruning.data import dataset_line
     from search.config import load_config
-    from search.expdir import prepare_experiment_dir
+    from search.expdir import prepare_experiment_dir, shown
     from search.materialize import experiment_data
     from search.tuner import run_search
 
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
-    prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
+    exp = prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
     _progress_to_stdout(args.quiet)
     if not args.quiet:
         print(f"search {cfg.experiment.name}: {cfg.num_samples} trials of {cfg.model.name} on {cfg.data.name}, "
-              f"sampler {cfg.sampler.name}, {cfg.max_concurrent} at a time -> {cfg.exp_dir}", flush=True)
+              f"sampler {cfg.sampler.name}, {cfg.max_concurrent} at a time -> {shown(exp)}", flush=True)
     # The driver loads the dataset for the base model anyway (memoised per process): loading
     # it here costs nothing extra and rejects bad image folders before Ray starts or a file is written.
     line = dataset_line(experiment_data(cfg), cfg.data.root)
@@ -192,30 +184,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from search.config import load_config
-    from search.expdir import CONFIG_FILE, find_experiment, load_saved_config
+    from search.config import load_config, with_overrides
+    from search.expdir import find_experiment, load_saved_config, shown
     from search.tuner import resume_search
 
     exp_dir = find_experiment(args.experiment)
     cfg = None
-    if args.config is not None or args.overrides:
-        cfg = load_config(args.config if args.config is not None else exp_dir / CONFIG_FILE, args.overrides)
+    if args.config is not None:
+        cfg = load_config(args.config, args.overrides)
+    elif args.overrides:  # the saved config (local or on object storage) with --set applied
+        cfg = with_overrides(load_saved_config(exp_dir), args.overrides)
     _progress_to_stdout(args.quiet)
     if not args.quiet:
-        print(f"resuming {exp_dir}", flush=True)
+        print(f"resuming {shown(exp_dir)}", flush=True)
     base_epochs = (cfg or load_saved_config(exp_dir)).train.epochs
     summary = resume_search(exp_dir, _options(args, base_epochs), cfg=cfg, force=args.force)
     _print_summary(summary, args.quiet)
     return 0
 
 
-def _driver_state(exp_dir: Path) -> tuple[bool, dict[str, Any]]:
-    from search.expdir import PROGRESS_FILE
+def _driver_state(exp_dir: Any) -> tuple[bool, dict[str, Any]]:
+    from search.expdir import read_progress
 
-    p = exp_dir / PROGRESS_FILE
     try:
-        state = json.loads(p.read_text())
+        state = read_progress(exp_dir)
     except (OSError, ValueError):
+        state = None
+    if not isinstance(state, dict):
         return False, {}
     if state.get("finished"):
         return False, state
@@ -238,7 +233,7 @@ def _driver_state(exp_dir: Path) -> tuple[bool, dict[str, Any]]:
 def cmd_status(args: argparse.Namespace) -> int:
     from search.ledger import pareto_front, read_trials
     from search.report import human_count
-    from search.expdir import find_experiment, load_saved_config, read_base
+    from search.expdir import find_experiment, load_saved_config, read_base, shown
 
     exp_dir = find_experiment(args.experiment)
     cfg = load_saved_config(exp_dir)
@@ -247,12 +242,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     done, stopped, errored = (int(counts.get(s, 0)) for s in ("TERMINATED", "STOPPED", "ERROR"))
     alive, state = _driver_state(exp_dir)
     running = state.get("running", []) if alive else []
-    print(f"experiment {cfg.experiment.name} ({exp_dir}): {len(trials)}/{cfg.num_samples} trials recorded")
+    print(f"experiment {cfg.experiment.name} ({shown(exp_dir)}): {len(trials)}/{cfg.num_samples} trials recorded")
     print(f"  done {done}, stopped early {stopped}, errored {errored}, running {len(running)}")
     if alive:
         print(f"  search running (driver pid {state.get('pid')} on {state.get('host')}, updated {state.get('updated_at')})")
     elif len(trials) < cfg.num_samples:
-        print(f"  search not running; continue it with `prunetune resume {exp_dir}`")
+        print(f"  search not running; continue it with `prunetune resume {shown(exp_dir)}`")
     else:
         print("  search finished")
     base = read_base(exp_dir)
@@ -264,7 +259,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  best val so far: {100 * best['val_acc']:.2f}% (trial {best['trial_id']}, MACs "
               f"{human_count(best['macs'])}, {100 * (best['macs_ratio'] or 0):.1f}% of base)")
         front = pareto_front(trials)
-        print(f"  Pareto front: {len(front)} trials (`prunetune pareto {exp_dir}`)")
+        print(f"  Pareto front: {len(front)} trials (`prunetune pareto {shown(exp_dir)}`)")
     last_errors = trials[trials["status"] == "ERROR"].tail(3)
     for row in last_errors.to_dict("records"):
         print(f"  error in {row['trial_id']}: {row['error']}")
@@ -309,7 +304,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if row["status"] != "TERMINATED":
         raise UsageError(f"trial {row['trial_id']} has status {row['status']}; only completed (TERMINATED) "
                          f"trials have a final model")
-    out = Path(args.out) if args.out else exp_dir / "export" / str(row["trial_id"])
+    out = Path(args.out) if args.out else None  # None: export/TRIAL in the experiment
     paths = export_trial(cfg, exp_dir, row, out)
     print(f"trial {row['trial_id']}: val {100 * row['val_acc']:.2f}%, MACs {int(row['macs']):,}")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.html_report import ReportInputs, write_html_report
+    from search.html_report import ReportInputs, build_html, write_html_report
     from search.ledger import read_epochs, read_trials
 
     # The experiment-directory helpers live in search.tuner for now (moving to search.expdir).
@@ -39,6 +39,13 @@ def cmd_report(args: argparse.Namespace) -> int:
                  f"{', '.join(cfg.search.modes)}, criteria {', '.join(cfg.search.criteria)}",
         macs_budget=cfg.objectives.macs_budget,
     )  # fmt: skip
-    out = write_html_report(inputs, Path(args.out) if args.out else exp_dir / REPORT_FILE)
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB; open it in a browser, no network needed)")
+    local = Path(args.out) if args.out else exp_dir.local_path(REPORT_FILE)
+    if local is not None:
+        out = write_html_report(inputs, local)
+        where, size = str(out), out.stat().st_size
+    else:  # an experiment on object storage: the page goes there too
+        page = build_html(inputs).encode()
+        exp_dir.write_bytes_atomic(REPORT_FILE, page)
+        where, size = exp_dir.uri(REPORT_FILE), len(page)
+    print(f"wrote {where} ({size / 1e6:.1f} MB; open it in a browser, no network needed)")
     return 0

@@ -33,7 +33,14 @@ def _saved(info: ValidationInfo) -> bool:
 class ExperimentSection(_Section):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = 0
-    results_dir: str = "results"  # the experiment lives in <results_dir>/<name>/ (a shared path on a cluster)
+    results_dir: str = "results"  # the experiment lives in <results_dir>/<name>/: a (shared) path, s3:// or gs://
+
+    @field_validator("results_dir")
+    @classmethod
+    def _results_location(cls, v: str) -> str:
+        from search.storage import parse_results_dir  # pyarrow: not for every importer of the config
+
+        return parse_results_dir(v)
 
 
 class ModelSection(_Section):
@@ -264,6 +271,13 @@ class ExperimentConfig(_Section):
 
     @property
     def exp_dir(self) -> Path:
+        """The experiment's local directory. For an object-store ``results_dir`` (``s3://``,
+        ``gs://``), a local cache of what must be a file (the base model); its files
+        live in ``search.expdir.store(cfg)``."""
+        if "://" in self.experiment.results_dir:
+            from search.cachedir import remote_experiment_cache
+
+            return remote_experiment_cache(f"{self.experiment.results_dir}/{self.experiment.name}")
         return Path(self.experiment.results_dir) / self.experiment.name
 
     def to_yaml(self) -> str:
@@ -361,3 +375,10 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = (), *, saved
         if not isinstance(raw, dict):
             raise UsageError(f"config file {str(p)!r} must hold a mapping of sections, got {type(raw).__name__}")
     return config_from_dict(_merge(raw, parse_set(overrides)), saved=saved)
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: Sequence[str]) -> ExperimentConfig:
+    """``cfg`` with ``--set`` overrides applied and validated again (resume of a saved config)."""
+    if not overrides:
+        return cfg
+    return config_from_dict(_merge(cfg.model_dump(mode="json"), parse_set(overrides)))

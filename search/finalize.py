@@ -35,10 +35,11 @@ import pandas as pd
 import pyarrow as pa
 
 from pruning.errors import UsageError
-from pruning.export import check_writable
+from pruning.atomic import check_writable
 from search import expdir, ledger
 from search.config import ExperimentConfig
 from search.ledger import TRIALS_SCHEMA, Ledger, params_of, pareto_front, read_trials
+from search.storage import Store, as_store
 
 __all__ = ["FINAL_EPOCHS_FILE", "FINAL_FILE", "FINAL_SCHEMA", "FinalLedger", "FinalizeSummary", "SOURCE_KEY",
            "check_finalize", "choose_sources", "final_params", "finalize", "read_final"]
@@ -66,9 +67,9 @@ class FinalizeSummary:
 # --------------------------------------------------------------------------- the final ledger
 
 
-def read_final(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
+def read_final(exp_dir: Store | str | os.PathLike[str]) -> pd.DataFrame:
     """``final.parquet`` as a DataFrame with the columns of :data:`FINAL_SCHEMA` (empty if absent)."""
-    return ledger._to_frame(ledger._read_table(ledger._local_dir(exp_dir) / FINAL_FILE, FINAL_SCHEMA))
+    return ledger._to_frame(ledger._read_table(as_store(exp_dir), FINAL_FILE, FINAL_SCHEMA))
 
 
 class FinalLedger(Ledger):
@@ -78,16 +79,17 @@ class FinalLedger(Ledger):
     a source recorded again replaces its row. ``flush`` writes no Pareto file.
     """
 
-    def __init__(self, exp_dir: str | os.PathLike[str], experiment: str) -> None:
+    def __init__(self, exp_dir: Store | str | os.PathLike[str], experiment: str) -> None:
         if not experiment:
             raise ValueError("experiment name must be a non-empty string")
-        self.exp_dir = ledger._local_dir(exp_dir)
+        self.store = as_store(exp_dir)
+        self.exp_dir = self.store.local_path()
         self.experiment = experiment
         self._trials: dict[str, dict[str, Any]] = {}
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
-        for row in ledger._read_table(self.exp_dir / FINAL_FILE, FINAL_SCHEMA).to_pylist():
+        for row in ledger._read_table(self.store, FINAL_FILE, FINAL_SCHEMA).to_pylist():
             self._trials[row[SOURCE_KEY] or row["trial_id"]] = row
-        for row in ledger._read_table(self.exp_dir / FINAL_EPOCHS_FILE, ledger.EPOCHS_SCHEMA).to_pylist():
+        for row in ledger._read_table(self.store, FINAL_EPOCHS_FILE, ledger.EPOCHS_SCHEMA).to_pylist():
             self._epochs[(row["trial_id"], row["epoch"])] = row
 
     def add_trial(self, row: Mapping[str, Any]) -> None:
@@ -102,10 +104,9 @@ class FinalLedger(Ledger):
 
     def flush(self) -> None:
         """Write final_epochs.parquet, then final.parquet (each atomically)."""
-        self.exp_dir.mkdir(parents=True, exist_ok=True)
         epochs = ledger._to_table(self.epochs(), ledger.EPOCHS_SCHEMA)
-        ledger._write_table_atomic(epochs, self.exp_dir / FINAL_EPOCHS_FILE)
-        ledger._write_table_atomic(ledger._to_table(self.trials(), FINAL_SCHEMA), self.exp_dir / FINAL_FILE)
+        ledger._write_table_atomic(self.store, FINAL_EPOCHS_FILE, epochs)
+        ledger._write_table_atomic(self.store, FINAL_FILE, ledger._to_table(self.trials(), FINAL_SCHEMA))
 
     def __contains__(self, trial_id: object) -> bool:
         return any(r["trial_id"] == trial_id for r in self._trials.values())
@@ -147,7 +148,11 @@ def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int) ->
         raise UsageError(f"--top must be an integer >= 1, got {top}")
     if epochs < 1:
         raise UsageError(f"--epochs must be an integer >= 1, got {epochs}")
-    exp_dir = expdir.find_experiment(experiment)
+    exp = expdir.find_experiment(experiment)
+    exp_dir = exp.local_path()
+    if exp_dir is None:
+        raise UsageError(f"finalize runs on a local or NFS experiment; {exp.uri()} is on object storage "
+                         f"(copy it to a local directory first)")
     chosen = choose_sources(read_trials(exp_dir), top)
     if chosen.empty:
         raise UsageError(f"{str(exp_dir)!r} has no finished (TERMINATED) trial to finalize; "

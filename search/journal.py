@@ -32,6 +32,7 @@ from typing import Any
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 
+from search.cachedir import cache_root
 from search.storage import Store, ensure_private_dir
 
 __all__ = ["JOURNAL_FILE", "SyncedJournalBackend", "flush_journal", "journal_cache_dir", "open_journal"]
@@ -44,11 +45,7 @@ JOURNAL_FILE = "optuna.journal"
 def journal_cache_dir() -> Path:
     """Where journals of remote experiments are cached: ``$PRUNETUNE_CACHE_DIR/journals``,
     else ``$XDG_CACHE_HOME/prunetune/journals``, else ``~/.cache/prunetune/journals``."""
-    root = os.environ.get("PRUNETUNE_CACHE_DIR")
-    if not root:
-        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-        root = os.path.join(xdg, "prunetune")
-    return Path(root) / "journals"
+    return cache_root() / "journals"
 
 
 def _touch_private(path: Path) -> None:

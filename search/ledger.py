@@ -17,13 +17,12 @@ forward pass on one sample (FLOPs would be 2·MACs); ``params`` is a count;
 timestamps are UTC. ``train_macs``/``teacher_macs`` are total MACs over the trial's
 training (forward + backward counted as 3 forward passes; the teacher's forwards once).
 
-Every write goes through :func:`pruning.atomic.atomic_write` (a temporary file in the
-same directory, fsynced, then renamed over the old file with ``os.replace``), so a kill
-at any moment leaves the previous valid file. The ledger has a single writer (the driver); it takes no lock.
-
-All file access goes through :func:`_read_table` and :func:`_write_table_atomic`, so a
-pyarrow filesystem (``s3://``, ``gs://``) can be plugged in there later; today only local
-paths are supported.
+The experiment lives in a :class:`search.storage.Store`: a local (or NFS) directory or an
+``s3://``/``gs://`` prefix. Every write is :meth:`Store.write_bytes_atomic` (locally a
+temporary file in the same directory, fsynced, then renamed over the old file with
+``os.replace``; on object storage a new version object and then a manifest naming it), so
+a kill at any moment leaves the previous valid file. The ledger has a single writer (the
+driver); it takes no lock.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import math
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +42,7 @@ import pyarrow.parquet as pq
 
 from pruning.atomic import atomic_write
 from pruning.errors import UsageError
+from search.storage import Store, as_store
 from search.pareto import non_dominated_ranks, pareto_front
 from search.result import EPOCH_KEYS, plain
 
@@ -341,43 +340,43 @@ def _to_table(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
 # --------------------------------------------------------------------------- file I/O
 
 
-def _local_dir(exp_dir: str | os.PathLike[str]) -> Path:
-    text = os.fspath(exp_dir)
-    if "://" in text:
-        raise UsageError(f"storage {text!r}: only local directories are supported by the ledger for now")
-    return Path(text)
+def _write_parquet(table: pa.Table, sink: Any) -> None:
+    """Serialise ``table`` as Parquet into ``sink`` (the one Parquet writer; tests patch it to inject failures)."""
+    pq.write_table(table, sink)
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Write ``table`` to ``path`` (the one Parquet writer; tests patch it to inject failures)."""
-    pq.write_table(table, path)
+def _write_table_atomic(store: Store, name: str, table: pa.Table) -> None:
+    """Replace ``name`` in ``store`` with ``table``, atomically (:meth:`Store.write_bytes_atomic`:
+    a renamed temp file on a local disk, a new version object plus its manifest on S3/GCS)."""
+    sink = pa.BufferOutputStream()
+    _write_parquet(table, sink)
+    store.write_bytes_atomic(name, sink.getvalue().to_pybytes())
 
 
-def _write_table_atomic(table: pa.Table, path: Path) -> None:
-    atomic_write(path, lambda tmp: _write_parquet(table, tmp))
-
-
-def _read_table(path: Path, schema: pa.Schema) -> pa.Table:
-    """The table at ``path`` conformed to ``schema``; an empty table if the file is absent."""
-    if not path.exists():
+def _read_table(store: Store, name: str, schema: pa.Schema) -> pa.Table:
+    """The table ``name`` of ``store`` conformed to ``schema``; an empty table if it is absent."""
+    try:
+        table = store.read_parquet(name)
+    except FileNotFoundError:
         return schema.empty_table()
-    return _conform(pq.read_table(path), schema, str(path))
+    return _conform(table, schema, store.uri(name))
 
 
-def read_trials(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The trials of an experiment dir as a DataFrame with the columns of :data:`TRIALS_SCHEMA`
-    (empty, with those columns and dtypes, if nothing was written yet)."""
-    return _to_frame(_read_table(_local_dir(exp_dir) / TRIALS_FILE, TRIALS_SCHEMA))
+def read_trials(exp_dir: Store | str | os.PathLike[str]) -> pd.DataFrame:
+    """The trials of an experiment (a dir, an ``s3://``/``gs://`` URI or a Store) as a DataFrame
+    with the columns of :data:`TRIALS_SCHEMA` (empty, with those columns and dtypes, if
+    nothing was written yet)."""
+    return _to_frame(_read_table(as_store(exp_dir), TRIALS_FILE, TRIALS_SCHEMA))
 
 
-def read_epochs(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The per-epoch rows of an experiment dir, columns of :data:`EPOCHS_SCHEMA`."""
-    return _to_frame(_read_table(_local_dir(exp_dir) / EPOCHS_FILE, EPOCHS_SCHEMA))
+def read_epochs(exp_dir: Store | str | os.PathLike[str]) -> pd.DataFrame:
+    """The per-epoch rows of an experiment, columns of :data:`EPOCHS_SCHEMA`."""
+    return _to_frame(_read_table(as_store(exp_dir), EPOCHS_FILE, EPOCHS_SCHEMA))
 
 
-def read_pareto(exp_dir: str | os.PathLike[str]) -> pd.DataFrame:
-    """The stored Pareto front of an experiment dir, columns of :data:`PARETO_SCHEMA`."""
-    return _to_frame(_read_table(_local_dir(exp_dir) / PARETO_FILE, PARETO_SCHEMA))
+def read_pareto(exp_dir: Store | str | os.PathLike[str]) -> pd.DataFrame:
+    """The stored Pareto front of an experiment, columns of :data:`PARETO_SCHEMA`."""
+    return _to_frame(_read_table(as_store(exp_dir), PARETO_FILE, PARETO_SCHEMA))
 
 
 # --------------------------------------------------------------------------- the ledger
@@ -392,24 +391,25 @@ class Ledger:
     :meth:`flush`.
     """
 
-    def __init__(self, exp_dir: str | os.PathLike[str], experiment: str) -> None:
+    def __init__(self, exp_dir: Store | str | os.PathLike[str], experiment: str) -> None:
         if not experiment:
             raise ValueError("experiment name must be a non-empty string")
-        self.exp_dir = _local_dir(exp_dir)
+        self.store = as_store(exp_dir)
+        self.exp_dir = self.store.local_path()  # None on object storage
         self.experiment = experiment
         self._trials: dict[str, dict[str, Any]] = {}
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
-        trials = _read_table(self.exp_dir / TRIALS_FILE, TRIALS_SCHEMA)
+        trials = _read_table(self.store, TRIALS_FILE, TRIALS_SCHEMA)
         others = sorted(set(trials.column("experiment").to_pylist()) - {experiment})
         if others:
-            raise UsageError(f"{self.exp_dir / TRIALS_FILE} belongs to experiment(s) {others}, not {experiment!r}")
+            raise UsageError(f"{self.store.uri(TRIALS_FILE)} belongs to experiment(s) {others}, not {experiment!r}")
         for row in trials.to_pylist():
             self._trials[row["trial_id"]] = row
-        for row in _read_table(self.exp_dir / EPOCHS_FILE, EPOCHS_SCHEMA).to_pylist():
+        for row in _read_table(self.store, EPOCHS_FILE, EPOCHS_SCHEMA).to_pylist():
             self._epochs[(row["trial_id"], row["epoch"])] = row
         if self._trials or self._epochs:
             logger.info(
-                "ledger %s: loaded %d trials, %d epoch rows", self.exp_dir, len(self._trials), len(self._epochs)
+                "ledger %s: loaded %d trials, %d epoch rows", self.store, len(self._trials), len(self._epochs)
             )
 
     def add_trial(self, row: Mapping[str, Any]) -> None:
@@ -455,13 +455,12 @@ class Ledger:
         pareto.parquet is derived from the trials and written last, so a kill between
         files leaves at worst a stale front that the next flush recomputes.
         """
-        self.exp_dir.mkdir(parents=True, exist_ok=True)
         trials = self.trials()
-        _write_table_atomic(_to_table(self.epochs(), EPOCHS_SCHEMA), self.exp_dir / EPOCHS_FILE)
-        _write_table_atomic(_to_table(trials, TRIALS_SCHEMA), self.exp_dir / TRIALS_FILE)
+        _write_table_atomic(self.store, EPOCHS_FILE, _to_table(self.epochs(), EPOCHS_SCHEMA))
+        _write_table_atomic(self.store, TRIALS_FILE, _to_table(trials, TRIALS_SCHEMA))
         front = pareto_front(trials)
-        _write_table_atomic(_to_table(front, PARETO_SCHEMA), self.exp_dir / PARETO_FILE)
-        logger.debug("ledger %s: flushed %d trials, %d on the front", self.exp_dir, len(trials), len(front))
+        _write_table_atomic(self.store, PARETO_FILE, _to_table(front, PARETO_SCHEMA))
+        logger.debug("ledger %s: flushed %d trials, %d on the front", self.store, len(trials), len(front))
 
     def __len__(self) -> int:
         return len(self._trials)
@@ -470,4 +469,4 @@ class Ledger:
         return trial_id in self._trials
 
     def __repr__(self) -> str:
-        return f"Ledger({str(self.exp_dir)!r}, experiment={self.experiment!r}, trials={len(self)})"
+        return f"Ledger({str(self.store)!r}, experiment={self.experiment!r}, trials={len(self)})"

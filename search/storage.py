@@ -68,7 +68,7 @@ import pyarrow.parquet as pq
 
 from pruning.errors import UsageError
 
-__all__ = ["REMOTE_SCHEMES", "Store", "ensure_private_dir", "parse_results_dir"]
+__all__ = ["REMOTE_SCHEMES", "Store", "as_store", "ensure_private_dir", "parse_results_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,11 @@ def parse_results_dir(value: str | os.PathLike[str]) -> str:
     if not bucket:
         raise UsageError(f"results_dir {text!r} names no bucket; write {scheme}://BUCKET/PREFIX")
     return f"{scheme.lower()}://{rest.rstrip('/')}"
+
+
+def as_store(where: Store | str | os.PathLike[str]) -> Store:
+    """``where`` as a :class:`Store`: a Store as it is, else :meth:`Store.from_uri`."""
+    return where if isinstance(where, Store) else Store.from_uri(where)
 
 
 def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
@@ -226,11 +231,33 @@ class Store:
         """Where ``name`` lives, for messages and for tools: a local path or ``s3://bucket/...``."""
         return f"{self._display}/{_check_name(name)}" if name else self._display
 
+    def name_of(self, path: str | os.PathLike[str]) -> str | None:
+        """The name below the root of a path on this store's filesystem (as Ray reports a
+        checkpoint: ``bucket/prefix/...``), or None when it is not below the root."""
+        text = os.fspath(path).rstrip("/")
+        root = self.root.rstrip("/")
+        return text[len(root) + 1:] if text.startswith(root + "/") else None
+
     def local_path(self, name: str = "") -> Path | None:
         """The local path of ``name`` (or of the root), or None on object storage."""
         if not self.is_local:
             return None
         return Path(self._path(_check_name(name))) if name else Path(self.root)
+
+    def check_reachable(self) -> None:
+        """UsageError unless the bucket of an object store exists and can be listed (a local
+        store: nothing to check). Called before a search writes anything."""
+        if self.is_local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(bucket)
+        except OSError as exc:
+            raise UsageError(f"cannot reach {self._display}: {' '.join(str(exc).split())[:300]}") from None
+        if info.type != pafs.FileType.Directory:
+            scheme = self._display.split("://", 1)[0]
+            raise UsageError(f"bucket {bucket!r} of {self._display} does not exist (or is not visible with these "
+                             f"credentials); create it first, e.g. `aws s3 mb {scheme}://{bucket}`")
 
     def ray_storage(self, name: str = "ray") -> tuple[str, pafs.FileSystem | None]:
         """``(storage_path, storage_filesystem)`` for Ray's ``RunConfig`` and ``Tuner.restore``.
@@ -378,6 +405,15 @@ class Store:
             names.add(rel.removesuffix(_MANIFEST) if not self.is_local else rel)
         return sorted(names)
 
+    def list_dirs(self, prefix: str = "") -> list[str]:
+        """Sorted names of the directories directly below ``prefix`` (object stores: the
+        common prefixes), relative to ``prefix``; version directories are hidden."""
+        base = self._path(_check_name(prefix)) if prefix else self.root
+        selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
+        names = {info.path.rstrip("/").rsplit("/", 1)[-1] for info in self.fs.get_file_info(selector)
+                 if info.type == pafs.FileType.Directory}
+        return sorted(n for n in names if not n.endswith(_VERSIONS))
+
     # -- Parquet
     def read_parquet(self, name: str) -> pa.Table:
         """The Parquet table ``name`` (read whole, from one version)."""
@@ -432,6 +468,14 @@ class Store:
             written.append(rel)
         return written
 
+    def upload_file(self, local_path: str | os.PathLike[str], name: str) -> None:
+        """Copy one local file to ``name`` as a plain object (see :meth:`upload_dir`)."""
+        data = Path(local_path).read_bytes()
+        if self.is_local:
+            _write_local_atomic(Path(self._path(_check_name(name))), data)
+        else:
+            self._put(self._path(_check_name(name)), data)
+
     def download_dir(self, name: str, local_dir: str | os.PathLike[str]) -> list[Path]:
         """Copy the files below ``name`` to ``local_dir`` (current versions); returns the paths."""
         out = []
@@ -449,3 +493,6 @@ class Store:
 
     def __repr__(self) -> str:
         return f"Store({self._display!r})"
+
+    def __str__(self) -> str:
+        return self._display

@@ -39,6 +39,7 @@ from pruning.atomic import check_writable
 from search import expdir, space, trial
 from search.config import ExperimentConfig
 from search.ledger import Ledger, read_trials
+from search.storage import Store
 
 __all__ = ["SearchOptions", "SearchSummary", "resume_search", "run_search"]
 
@@ -73,7 +74,7 @@ class SearchOptions:
 
 @dataclasses.dataclass(frozen=True)
 class SearchSummary:
-    exp_dir: Path
+    exp_dir: Path | str  # the local dir, or the s3:// / gs:// URI of an experiment on object storage
     total: int  # num_samples
     done: int  # trials in the ledger
     errored: int
@@ -93,7 +94,20 @@ def _ray_layer() -> tuple[ModuleType, ModuleType]:
     return session, fit
 
 
-def _session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode: str,
+def prepare_base(cfg: ExperimentConfig, exp: Store, options: SearchOptions) -> Any:
+    """The base model (``options.prepare_fn`` or ``trial.prepare_base``). For an experiment on object
+    storage the cached ``base-HASH.pt`` is fetched from it first and uploaded after it was
+    trained: training and ``torch.load`` need a local file (``cfg.exp_dir``, a local cache)."""
+    cached = trial.base_cache_path(cfg)
+    expdir.fetch_cached(exp, cached)
+    prepare = options.prepare_fn or trial.prepare_base
+    extra = {"on_epoch": options.on_base_epoch} if options.on_base_epoch is not None else {}  # stubs lack it
+    base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg), **extra)
+    expdir.keep_cached(exp, cached)
+    return base
+
+
+def _session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, mode: str,
              fresh: bool = False) -> tuple[float, float, str | None]:
     """Start Ray, prepare the base model, run one Tuner session, stop Ray."""
     session, fit = _ray_layer()
@@ -102,21 +116,19 @@ def _session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, mode:
             expdir.wipe(exp_dir)
         expdir.save_config(cfg, exp_dir)
         t_prep = time.perf_counter()
-        prepare = options.prepare_fn or trial.prepare_base
-        extra = {"on_epoch": options.on_base_epoch} if options.on_base_epoch is not None else {}
-        base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg), **extra)
+        base = prepare_base(cfg, exp_dir, options)
         expdir.write_base(exp_dir, base)
         groups = list(getattr(base, "group_names", None) or space.group_names(cfg))
         logger.info("base model ready in %.1f s", time.perf_counter() - t_prep)
         return fit.fit_session(cfg, exp_dir, options, base, groups, mode)
 
 
-def _finish(cfg: ExperimentConfig, exp_dir: Path, t0: float, fit: tuple[float, float, str | None]) -> SearchSummary:
+def _finish(cfg: ExperimentConfig, exp_dir: Store, t0: float, fit: tuple[float, float, str | None]) -> SearchSummary:
     Ledger(exp_dir, cfg.experiment.name).flush()  # pareto.parquet even when no trial ran now
     expdir.write_pareto_png(exp_dir, cfg)
     done, errored, stopped, front = expdir.ledger_counts(exp_dir)
     started, fit_s, resumed_from = fit
-    return SearchSummary(exp_dir=exp_dir, total=cfg.num_samples, done=done, errored=errored, stopped=stopped,
+    return SearchSummary(exp_dir=exp_dir.local_path() or exp_dir.uri(), total=cfg.num_samples, done=done, errored=errored, stopped=stopped,
                          front=front, wall_s=time.perf_counter() - t0, fit_s=fit_s, fit_started_at=started,
                          resumed_from=resumed_from)
 
@@ -140,7 +152,7 @@ def _comparable(cfg: ExperimentConfig) -> dict[str, Any]:
     return d
 
 
-def _resume_config(exp_dir: Path, cfg: ExperimentConfig | None, force: bool) -> tuple[ExperimentConfig, bool]:
+def _resume_config(exp_dir: Store, cfg: ExperimentConfig | None, force: bool) -> tuple[ExperimentConfig, bool]:
     """The config to continue with (absolute, results_dir = ``exp_dir``'s parent) and
     whether it is the saved one; UsageError for a changed search without ``force``."""
     saved = expdir.load_saved_config(exp_dir)
@@ -150,10 +162,10 @@ def _resume_config(exp_dir: Path, cfg: ExperimentConfig | None, force: bool) -> 
         raise UsageError(f"experiment name {cfg.experiment.name!r} differs from the saved {saved.experiment.name!r}")
     changed = cfg.search_hash() != saved.search_hash()
     if changed and not force:
-        raise UsageError(f"the config differs from the one {str(exp_dir)!r} was started with (search hash "
+        raise UsageError(f"the config differs from the one {expdir.shown(exp_dir)!r} was started with (search hash "
                          f"{saved.search_hash()} -> {cfg.search_hash()}); pass --force to continue with it anyway")
     cfg = cfg.model_copy(update={"experiment": cfg.experiment.model_copy(
-        update={"results_dir": str(exp_dir.resolve().parent)})})
+        update={"results_dir": expdir.results_dir_of(exp_dir)})})
     cfg = expdir.absolute(cfg)
     return cfg, not changed and _comparable(cfg) == _comparable(expdir.absolute(saved))
 
@@ -170,10 +182,11 @@ def resume_search(exp_dir: str | os.PathLike[str], options: SearchOptions = Sear
     t0 = time.perf_counter()
     exp_dir = expdir.find_experiment(exp_dir)
     cfg, same = _resume_config(exp_dir, cfg, force)
-    check_writable(exp_dir, "results directory")
+    if exp_dir.local_path() is not None:
+        check_writable(exp_dir.local_path(), "results directory")
     held = len(read_trials(exp_dir))
     if held >= cfg.num_samples:
-        progress_log.info("%s already holds %d/%d trials; nothing to resume", exp_dir, held, cfg.num_samples)
+        progress_log.info("%s already holds %d/%d trials; nothing to resume", expdir.shown(exp_dir), held, cfg.num_samples)
         return _finish(cfg, exp_dir, t0, (0.0, 0.0, None))
     fit = _session(cfg, exp_dir, options, "resume" if same else "force")
     return _finish(cfg, exp_dir, t0, fit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -210,17 +211,21 @@ def test_failed_write_keeps_previous_file_and_removes_temp(tmp_path: Path, monke
     before = {name: (tmp_path / name).read_bytes() for name in (TRIALS_FILE, EPOCHS_FILE, PARETO_FILE)}
 
     created: list[Path] = []
+    real_fdopen = os.fdopen
 
-    def dying_writer(table: pa.Table, path: Path) -> None:
-        # Half a file, then the process "dies".
-        path.write_bytes(b"PAR1 half a parquet file")
-        created.append(path)
+    def dying_fdopen(fd: int, mode: str = "r", *args: object) -> object:
+        # The temp file is open; write half a file to it, then the disk is full.
+        created.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        f = real_fdopen(fd, mode, *args)
+        f.write(b"PAR1 half a parquet file")
+        f.close()
         raise OSError("disk full")
 
-    monkeypatch.setattr(ledger_mod, "_write_parquet", dying_writer)
+    monkeypatch.setattr(os, "fdopen", dying_fdopen)
     led.add_trial(good_row("b"))
     with pytest.raises(OSError, match="disk full"):
         led.flush()
+    monkeypatch.undo()
 
     assert created and created[0].parent == tmp_path  # the temp file was in the same directory
     assert not created[0].exists() and tmp_files(tmp_path) == []
@@ -289,9 +294,22 @@ def test_ledger_refuses_another_experiments_dir(tmp_path: Path) -> None:
         Ledger(tmp_path, "other")
 
 
-def test_ledger_refuses_remote_uri_for_now() -> None:
-    with pytest.raises(UsageError, match="local"):
-        Ledger("s3://bucket/exp", "exp")
+def test_ledger_on_object_storage_round_trips_and_reloads(s3_uri: str) -> None:
+    led = Ledger(s3_uri, "exp")
+    led.add_trial(good_row("a"))
+    led.add_epochs([dict(trial_id="a", epoch=1, val_acc=0.5)])
+    led.flush()
+    led.add_trial(good_row("b", val_acc=0.99))
+    led.flush()
+    assert sorted(read_trials(s3_uri)["trial_id"]) == ["a", "b"]
+    again = Ledger(s3_uri, "exp")
+    pd.testing.assert_frame_equal(again.trials(), led.trials())
+    pd.testing.assert_frame_equal(again.epochs(), led.epochs())
+    from search.storage import Store
+
+    assert Store.from_uri(s3_uri).list() == sorted([TRIALS_FILE, EPOCHS_FILE, PARETO_FILE])
+    with pytest.raises(UsageError, match="exp"):
+        Ledger(s3_uri, "other")
 
 
 def test_old_file_missing_a_nullable_column_loads(tmp_path: Path) -> None:

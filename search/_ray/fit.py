@@ -18,9 +18,10 @@ from search.config import ExperimentConfig
 from search.ledger import is_missing, read_trials
 from search.result import OBJECTIVE_KEYS, plain
 from search._ray.recorder import Recorder
-from search._ray.searcher import make_searcher
+from search._ray.searcher import flush_searchers, make_searcher
 from search._ray.schedulers import make_scheduler
 from search._ray.trainable import make_trainable, trial_dirname
+from search.storage import Store
 
 if TYPE_CHECKING:
     from search.tuner import SearchOptions
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-def replay_results(exp_dir: Path, retry_errored: bool) -> dict[str, dict[str, Any]]:
+def replay_results(exp_dir: Store | Path, retry_errored: bool) -> dict[str, dict[str, Any]]:
     """Ledger trials a restored Ray may try to run again, as the final results ``run_one``
     reports instead of running them (``replayed``); errored ones are left out, and so
     run again, when ``retry_errored``."""
@@ -44,10 +45,11 @@ def replay_results(exp_dir: Path, retry_errored: bool) -> dict[str, dict[str, An
     return out
 
 
-def _restore(session_dir: Path, trainable: Any, retry_errored: bool) -> Any:
+def _restore(exp: Store, session: str, trainable: Any, retry_errored: bool) -> Any:
+    path, fs = exp.ray_storage(f"{expdir.RAY_DIR}/{session}")
     try:
-        return tune.Tuner.restore(str(session_dir.resolve()), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=retry_errored)
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=retry_errored,
+                                  storage_filesystem=fs)
     except Exception as exc:  # noqa: BLE001 - Ray's state is a cache; fall back to a warm start
         logger.warning("could not restore Ray's experiment state (%s); warm-starting a new session", exc)
         return None
@@ -70,8 +72,11 @@ def make_search_scheduler(cfg: ExperimentConfig) -> Any:
                           reduction_factor=cfg.scheduler.reduction_factor)
 
 
-def _new_tuner(cfg: ExperimentConfig, exp_dir: Path, trainable: Any, searcher: Any, callback: Any,
+def _new_tuner(cfg: ExperimentConfig, exp_dir: Store, trainable: Any, searcher: Any, callback: Any,
                verbose: bool) -> Any:
+    # Local: an absolute path. Object storage: the path in the bucket and its filesystem;
+    # Ray's driver and workers then write state and checkpoints there directly.
+    storage_path, storage_fs = exp_dir.ray_storage(expdir.RAY_DIR)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -85,7 +90,8 @@ def _new_tuner(cfg: ExperimentConfig, exp_dir: Path, trainable: Any, searcher: A
         ),
         run_config=tune.RunConfig(
             name=expdir.next_session_name(exp_dir),
-            storage_path=str((exp_dir / expdir.RAY_DIR).resolve()),
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             callbacks=[callback],
             verbose=2 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
@@ -95,7 +101,7 @@ def _new_tuner(cfg: ExperimentConfig, exp_dir: Path, trainable: Any, searcher: A
     )
 
 
-def fit_session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, base: Any, groups: list[str],
+def fit_session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, base: Any, groups: list[str],
                 mode: str) -> tuple[float, float, str | None]:
     """Run one session; ``mode`` is "fresh", "resume" or "force" (changed config).
 
@@ -107,8 +113,8 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, ba
     sessions = expdir.sessions(exp_dir)
     trainable = make_trainable(cfg, base, options.trial_fn, replay_results(exp_dir, options.retry_errored))
     tuner, resumed_from = None, None
-    if mode == "resume" and sessions and expdir.restorable(sessions[-1]):
-        tuner = _restore(sessions[-1], trainable, options.retry_errored)
+    if mode == "resume" and sessions and expdir.restorable(exp_dir, sessions[-1]):
+        tuner = _restore(exp_dir, sessions[-1], trainable, options.retry_errored)
         resumed_from = "restore" if tuner is not None else None
     if tuner is None:
         resumed_from = None if mode == "fresh" else "warm-start"
@@ -116,5 +122,8 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, ba
         tuner = _new_tuner(cfg, exp_dir, trainable, searcher, recorder, options.verbose)
     started = time.time()
     t0 = time.perf_counter()
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        flush_searchers()  # what a synced journal (object storage) has not uploaded yet
     return started, time.perf_counter() - t0, resumed_from

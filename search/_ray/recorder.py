@@ -17,13 +17,13 @@ from typing import Any
 
 from ray import tune
 
-from pruning.atomic import write_json
+from search.expdir import write_progress
 from search.ledger import Ledger, epoch_row, pareto_front, trial_row
 from search.config import ExperimentConfig
-from search.expdir import PROGRESS_FILE
 from search.progress import SearchTally
 from search.report import human_count
 from search.result import TrialResult
+from search.storage import Store, as_store
 
 logger = logging.getLogger(__name__)
 #: Progress lines ("trial 5/16 <id>: val ... | front: ...") go to this logger; the CLI prints it to stdout.
@@ -82,8 +82,8 @@ class Recorder(tune.Callback):
     trial in the ledger, not only in the Optuna journal.
     """
 
-    def __init__(self, exp_dir: Path, cfg: ExperimentConfig, meta: Mapping[str, Any]) -> None:
-        self.exp_dir = Path(exp_dir)
+    def __init__(self, exp_dir: Store | Path, cfg: ExperimentConfig, meta: Mapping[str, Any]) -> None:
+        self.exp_dir = as_store(exp_dir)
         self.cfg = cfg
         self.meta = dict(meta)
         self._ledger: Ledger | None = None
@@ -137,7 +137,7 @@ class Recorder(tune.Callback):
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         result = self._awaiting.pop(trial.trial_id, None)
         if result is not None:
-            self._record_final(trial, result, getattr(checkpoint, "path", None))
+            self._record_final(trial, result, self._checkpoint_uri(checkpoint))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._awaiting.pop(trial.trial_id, None)  # Ray runs it again: its next outcome counts
@@ -167,6 +167,13 @@ class Recorder(tune.Callback):
         self._write_progress(finished=True)
 
     # -- internals
+    def _checkpoint_uri(self, checkpoint: Any) -> str | None:
+        """Where a checkpoint lives, for the ledger: a local path, or on object storage its
+        ``s3://`` URI (Ray names it by the path inside the bucket)."""
+        path = getattr(checkpoint, "path", None)
+        name = self.exp_dir.name_of(path) if path is not None else None
+        return self.exp_dir.uri(name) if name else path
+
     def _record_final(self, trial: Any, result: Mapping[str, Any], checkpoint: str | None) -> None:
         if result.get("error"):
             self._record(trial, result, "ERROR", str(result["error"]), None)
@@ -208,6 +215,6 @@ class Recorder(tune.Callback):
             "running": sorted(self._running),
         }
         try:
-            write_json(self.exp_dir / PROGRESS_FILE, state)
+            write_progress(self.exp_dir, state)
         except OSError as exc:  # progress is informative only
             logger.debug("could not write progress.json: %s", exc)

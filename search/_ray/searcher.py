@@ -10,13 +10,12 @@ import functools
 import logging
 import pickle
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
@@ -24,6 +23,8 @@ from ray.tune.search.optuna import OptunaSearch
 from search import ledger, space
 from search.config import ExperimentConfig
 from search.expdir import JOURNAL_FILE, study_name
+from search.journal import flush_journal, open_journal
+from search.storage import Store, as_store
 from search.ledger import is_missing, params_of
 from search.samplers import PENALISES_MACS, make_sampler
 
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 MACS_CONSTRAINT = "macs_budget"  # Optuna constraint name: macs - budget, feasible when <= 0
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+#: The searchers of this driver, built or restored by Ray: their journals are flushed when a session ends.
+_LIVE: weakref.WeakSet[LedgerSearch] = weakref.WeakSet()
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -63,7 +67,7 @@ class LedgerSearch(OptunaSearch):
       space, so the sampler's history holds only trials whose params describe what ran.
     """
 
-    def __init__(self, *, exp_dir: str, num_samples: int, cfg: ExperimentConfig, groups: list[str],
+    def __init__(self, *, exp_dir: Store | str, num_samples: int, cfg: ExperimentConfig, groups: list[str],
                  penalise_macs: bool, baselines: Sequence[Mapping[str, Any]] = (), **kwargs: Any) -> None:
         self._exp_dir = exp_dir
         self._num_samples = num_samples
@@ -75,6 +79,7 @@ class LedgerSearch(OptunaSearch):
         self._baseline_trials: dict[str, dict] = {}  # Ray trial id -> the baseline proposed to it
         self._pending: list[dict] = []  # baselines still to propose; recomputed at session start
         super().__init__(**kwargs)
+        _LIVE.add(self)
 
     # -- the count
     def _session_start(self) -> None:
@@ -171,6 +176,8 @@ class LedgerSearch(OptunaSearch):
 
     # -- checkpointing (Ray pickles the searcher every ~10 s)
     def save(self, checkpoint_path: str) -> None:
+        # The restored searcher reads its trials from the journal: upload it first (object storage).
+        flush_journal(self._storage)
         state = self.__dict__.copy()
         state["_prior_ids"] = None
         state["_pending"] = []
@@ -182,6 +189,7 @@ class LedgerSearch(OptunaSearch):
         super().restore(checkpoint_path)
         self._prior_ids = None
         self._restored = True
+        _LIVE.add(self)
 
     # -- reconciliation with the ledger
     def _reconcile(self, ledger_df: Any) -> None:
@@ -252,10 +260,21 @@ def _metric_mode(cfg: ExperimentConfig) -> tuple[Any, Any]:
     return [o.metric for o in objs], [o.mode for o in objs]
 
 
-def make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], session_index: int) -> LedgerSearch:
-    """The searcher of a new Ray session, its study in ``optuna.journal``; it proposes the
+def flush_searchers() -> None:
+    """Upload what the journals of this driver's searchers have not uploaded yet (session end)."""
+    for searcher in list(_LIVE):
+        try:
+            flush_journal(searcher._storage)
+        except OSError as exc:  # the ledger is the source of truth; the next session reconciles
+            logger.warning("optuna journal: final upload failed: %s", exc)
+
+
+def make_searcher(cfg: ExperimentConfig, exp_dir: Store | Path, groups: list[str], session_index: int) -> LedgerSearch:
+    """The searcher of a new Ray session, its study in ``optuna.journal`` of the experiment's
+    store (on object storage: a local cache uploaded after each change); it proposes the
     baselines the ledger lacks first (``LedgerSearch``)."""
-    storage = JournalStorage(JournalFileBackend(str((exp_dir / JOURNAL_FILE).resolve())))
+    exp_dir = as_store(exp_dir)
+    storage = open_journal(exp_dir, JOURNAL_FILE)
     metric, mode = _metric_mode(cfg)
     # Each session seeds its sampler differently: a random sampler seeded as in session 1
     # would propose session 1's points again.
@@ -263,7 +282,7 @@ def make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], sessi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return LedgerSearch(
-            exp_dir=str(exp_dir), num_samples=cfg.num_samples, cfg=cfg, groups=groups,
+            exp_dir=exp_dir, num_samples=cfg.num_samples, cfg=cfg, groups=groups,
             penalise_macs=cfg.sampler.name in PENALISES_MACS,
             space=functools.partial(space.suggest, cfg=cfg, groups=groups),
             baselines=space.baseline_params(cfg, groups), metric=metric, mode=mode, sampler=sampler,
