@@ -114,5 +114,6 @@ def test_progress_lines_per_epoch_and_quiet_prints_only_the_summary(tmp_path, ca
     assert main([*args, "--epochs", "1", "--out", str(tmp_path / "b"), "--quiet"]) == 0
     quiet = capsys.readouterr().out.splitlines()
     assert quiet[0].startswith("model ") and quiet[1].startswith("base ") and quiet[2].startswith("pruned ")
-    assert quiet[3].startswith("MACs reduction") and quiet[4].startswith("widths: ") and quiet[5].startswith("wrote ")
-    assert len(quiet) == 6  # no dataset line, no epoch lines, no stage messages
+    assert quiet[3].startswith("MACs reduction") and quiet[4].startswith("onnxruntime CPU latency")
+    assert quiet[5].startswith("widths: ") and quiet[6].startswith("wrote ")
+    assert len(quiet) == 7  # no dataset line, no epoch lines, no stage messages
