@@ -396,7 +396,7 @@ def test_uniform_and_global_baselines_each_run_once_across_a_driver_kill_and_a_w
     before = [json.loads(p).get("baseline") for p in read_trials(cfg.exp_dir)["params_json"]]
     assert before == ["uniform"]  # the global baseline was running (or about to) when the driver died
     for session in expdir.sessions(cfg.exp_dir):  # Ray's state is a cache: lose it, resume from the ledger
-        (session / "tuner.pkl").unlink(missing_ok=True)
+        (cfg.exp_dir / expdir.RAY_DIR / session / "tuner.pkl").unlink(missing_ok=True)
     summary = resume_search(cfg.exp_dir, _options(epoch_s=0.5))
     assert summary.resumed_from == "warm-start"
     trials = read_trials(cfg.exp_dir)
