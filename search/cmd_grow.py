@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 from dataclasses import asdict
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def _load_model(path: str) -> nn.Module:
     return model
 
 
-def run(args: argparse.Namespace) -> int:
-    # Validate everything cheap before any work or any file.
+def _checked_out_dir(args: argparse.Namespace) -> Path:
+    """Validate everything cheap before any work or any file; returns the output directory."""
     if args.width_mult != 1.0 and not args.from_scratch:
         raise UsageError(f"--width-mult {args.width_mult} needs --from-scratch (a trained model keeps its widths)")
     create_model(args.model, num_classes=2, width_mult=args.width_mult)  # bad name / width -> UsageError
@@ -123,7 +124,24 @@ def run(args: argparse.Namespace) -> int:
     resolve_device(args.device)
     out = Path(args.out or f"results/grow-{args.model.replace(':', '_')}-{args.data}")
     check_writable(out)
+    return out
 
+
+def _print_result(result: Any, final: Any, start_widths: dict[str, int], start_macs: int, base_train_macs: int,
+                  t0: float) -> None:
+    print(f"search stopped after {result.search_epochs} epochs ({result.stop_reason}); "
+          f"{result.epochs - result.search_epochs} finetune epochs")
+    print("widths: " + _widths_line(start_widths, result.widths))
+    print(f"val_acc {100 * final.val_acc:.2f}%  test_acc {100 * final.test_acc:.2f}%  "
+          f"MACs {start_macs / 1e6:.3f}M -> {final.macs / 1e6:.3f}M per sample  params {final.params / 1e3:.1f}k")
+    print(f"training compute {result.train_macs / 1e9:.2f} GMACs (per-sample MACs x samples x "
+          f"{TRAIN_STEP_FORWARDS} for forward+backward, profit passes included)"
+          + (f" + base training {base_train_macs / 1e9:.2f} GMACs" if base_train_macs else "")
+          + f"; wall {result.wall_s:.1f} s (loop), {time.perf_counter() - t0:.1f} s total")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = _checked_out_dir(args)
     t0 = time.perf_counter()
     data = load_data(args.data, root=args.root, seed=args.seed, image_size=args.image_size, limit=args.limit)
     shape = tuple(data.input_shape)
@@ -169,15 +187,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_adaptive(model, data, train_cfg, cfg, on_epoch=progress)
     final = measure(model, data, device=device)
     end_widths = result.widths
-    print(f"search stopped after {result.search_epochs} epochs ({result.stop_reason}); "
-          f"{result.epochs - result.search_epochs} finetune epochs")
-    print("widths: " + _widths_line(start_widths, end_widths))
-    print(f"val_acc {100 * final.val_acc:.2f}%  test_acc {100 * final.test_acc:.2f}%  "
-          f"MACs {start_macs / 1e6:.3f}M -> {final.macs / 1e6:.3f}M per sample  params {final.params / 1e3:.1f}k")
-    print(f"training compute {result.train_macs / 1e9:.2f} GMACs (per-sample MACs x samples x "
-          f"{TRAIN_STEP_FORWARDS} for forward+backward, profit passes included)"
-          + (f" + base training {base_train_macs / 1e9:.2f} GMACs" if base_train_macs else "")
-          + f"; wall {result.wall_s:.1f} s (loop), {time.perf_counter() - t0:.1f} s total")
+    _print_result(result, final, start_widths, start_macs, base_train_macs, t0)
 
     metrics = {
         "model": args.model, "data": args.data, "from_scratch": args.from_scratch, "width_mult": args.width_mult,

@@ -6,6 +6,7 @@ import argparse
 import copy
 import time
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -102,12 +103,12 @@ def onnxruntime_latency_ms(model: nn.Module, input_shape: tuple[int, ...]) -> fl
     return measure_latency_ms(copy.deepcopy(model).cpu(), input_shape, runs=10, backend="onnxruntime")
 
 
-def run(args: argparse.Namespace) -> int:
-    # Validate everything cheap before any work or any file.
+def _checked(args: argparse.Namespace) -> tuple[dict[str, float] | None, dict[str, Any], Path]:
+    """Validate everything cheap before any work or any file: the per-group ratios, the
+    ``PruneSpec`` keywords and the output directory."""
     create_model(args.model, num_classes=2)  # unknown model -> UsageError listing names
     DATASETS[args.data]
     ratios = parse_ratios(args.ratios) if args.ratios else None
-    base_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
     resolve_device(args.device)
     spec_kwargs = dict(criterion=args.criterion, ranking=args.ranking, steps=args.steps, step_epochs=args.step_epochs,
                        min_channels=args.min_channels, round_to=args.round_to, max_drop_pts=args.max_drop)
@@ -115,7 +116,19 @@ def run(args: argparse.Namespace) -> int:
         PruneSpec(ratio=args.ratio, ratios=ratios, **spec_kwargs)
     out = Path(args.out or f"results/prune-{args.model.replace(':', '_')}-{args.data}-{args.criterion}")
     check_writable(out)
+    return ratios, spec_kwargs, out
 
+
+def _print_onnxruntime_latency(base_model: nn.Module, model: nn.Module, shape: Any) -> dict[str, float]:
+    ort_ms = {"base": onnxruntime_latency_ms(base_model, shape), "pruned": onnxruntime_latency_ms(model, shape)}
+    print(f"onnxruntime CPU latency {ort_ms['base']:.2f} -> {ort_ms['pruned']:.2f} ms, "
+          f"speedup {ort_ms['base'] / ort_ms['pruned']:.2f}x (batch 64, 1 thread)")
+    return ort_ms
+
+
+def run(args: argparse.Namespace) -> int:
+    ratios, spec_kwargs, out = _checked(args)
+    base_cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
     t0 = time.perf_counter()
     data = load_data(args.data, root=args.root, seed=args.seed, image_size=args.image_size, limit=args.limit)
     device = resolve_device(args.device)
@@ -146,10 +159,7 @@ def run(args: argparse.Namespace) -> int:
     new_widths = widths(model, example)
     say("")  # a blank line after the progress; none when --quiet prints only the summary
     print_comparison(base, pruned)
-    ort_ms = {"base": onnxruntime_latency_ms(base_model, data.input_shape),
-              "pruned": onnxruntime_latency_ms(model, data.input_shape)}
-    print(f"onnxruntime CPU latency {ort_ms['base']:.2f} -> {ort_ms['pruned']:.2f} ms, "
-          f"speedup {ort_ms['base'] / ort_ms['pruned']:.2f}x (batch 64, 1 thread)")
+    ort_ms = _print_onnxruntime_latency(base_model, model, data.input_shape)
     print("widths: " + ", ".join(f"{g} {base_widths[g]}->{new_widths[g]}" for g in base_widths))
     metrics = {
         "model": args.model, "data": args.data, "criterion": args.criterion, "spec": {
