@@ -285,9 +285,9 @@ def test_status_pareto_and_refusals_on_an_interrupted_experiment(tmp_path, cli):
 TRIAL_COLUMNS = [
     "experiment", "trial_id", "status", "mode", "criterion", "params_json", "widths", "group_names", "base_val_acc",
     "val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "epochs", "wall_s", "seed", "git_sha",
-    "prunetune_version", "started_at", "finished_at", "checkpoint", "error",
+    "prunetune_version", "started_at", "finished_at", "checkpoint", "error", "retries", "node", "hostname",
 ]
-EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s"]
+EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s", "attempt"]
 
 
 @pytest.mark.slow
