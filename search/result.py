@@ -34,6 +34,10 @@ class TrialResult(TypedDict, total=False):
       model); the Recorder waits for ``on_checkpoint`` to record the trial with its path.
     - ``done``: set by Ray when the scheduler (ASHA) stops the trial after this result;
       the Recorder records it as STOPPED, the searcher tells Optuna PRUNED.
+    - ``should_checkpoint`` on a per-epoch result: it carries the trial's resume state
+      (``resources.checkpoint_every``); a retried trial continues from the last one.
+    - ``node``, ``hostname``: the Ray node id and hostname of the worker that produced the
+      result (every result; the ledger's ``node``/``hostname`` columns).
 
     Metrics: every result carries every :data:`OBJECTIVE_KEYS` key, NaN when unknown
     (Tune checks that the searcher's metrics are present; ASHA multiplies them). A
@@ -64,6 +68,8 @@ class TrialResult(TypedDict, total=False):
     base_val_acc: float
     started_at: str
     finished_at: str
+    node: str
+    hostname: str
 
 
 #: What a final result copies from ``run_trial``'s return value.
