@@ -35,6 +35,7 @@ from search import ledger
 from search.report import plot_pareto
 from search.config import ExperimentConfig, load_config
 from search.samplers import check_available
+from search.storage import ensure_private_dir
 
 __all__ = [
     "BASE_FILE", "CONFIG_FILE", "JOURNAL_FILE", "PARETO_PNG", "PROGRESS_FILE", "RAY_DIR",
@@ -121,8 +122,8 @@ def absolute(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def save_config(cfg: ExperimentConfig, exp_dir: Path) -> None:
-    """Write ``config.yaml`` (atomically; creates ``exp_dir``)."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    """Write ``config.yaml`` (atomically; creates ``exp_dir`` user-only, 0700, with its missing parents)."""
+    ensure_private_dir(exp_dir)
     text = cfg.to_yaml()
     atomic_write(exp_dir / CONFIG_FILE, lambda tmp: tmp.write_text(text))
 

@@ -25,6 +25,7 @@ from search import ledger, space
 from search.config import ExperimentConfig
 from search.expdir import JOURNAL_FILE, study_name
 from search.ledger import is_missing, params_of
+from search.journal import _touch_private
 from search.samplers import PENALISES_MACS, make_sampler
 
 logger = logging.getLogger(__name__)
@@ -256,6 +257,7 @@ def _missing_baselines(points: Sequence[Mapping[str, Any]], storage: Any, name: 
 def make_searcher(cfg: ExperimentConfig, exp_dir: Path, groups: list[str], session_index: int,
                   first_session: bool) -> LedgerSearch:
     """The searcher of a new Ray session, its study in ``optuna.journal``, baselines enqueued."""
+    _touch_private(exp_dir / JOURNAL_FILE)  # user-only (0600): Optuna would create it world-readable
     storage = JournalStorage(JournalFileBackend(str((exp_dir / JOURNAL_FILE).resolve())))
     baselines = space.baseline_params(cfg, groups)
     if first_session:
