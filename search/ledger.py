@@ -121,6 +121,7 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("lr", pa.float64()),
         pa.field("wall_s", pa.float64()),
         pa.field("attempt", pa.int32()),  # 0 = first run; n = the n-th retry (an epoch re-run replaces its row)
+        pa.field("node", pa.string()),  # Ray node id of the worker that ran the epoch
     ]
 )
 
@@ -245,6 +246,7 @@ def epoch_row(trial_id: str, result: Mapping[str, Any], attempt: int = 0) -> dic
     ``attempt``: 0 for the trial's first run, n for its n-th retry."""
     row = {k: result.get(k) for k in EPOCH_KEYS}
     row["attempt"] = int(attempt)
+    row["node"] = result.get("node") if isinstance(result.get("node"), str) and result.get("node") else None
     row["trial_id"] = trial_id
     row["epoch"] = int(row["epoch"])
     row["macs"] = _int_or_none(row["macs"])
