@@ -66,7 +66,7 @@ def slot_cluster():
            "RAY_TMPDIR": str(work), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            # A dead node is noticed after ~3 s instead of ~30 s.
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-           "RAY_health_check_timeout_ms": "1000"}
+           "RAY_health_check_timeout_ms": "1000", "PYTHONFAULTHANDLER": "1"}
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     port = free_port()
     common = ["--node-ip-address", "127.0.0.1", "--temp-dir", str(work / "ray"), "--disable-usage-stats",
