@@ -30,7 +30,7 @@ import yaml
 from test_cli_search import TINY, kill_ours, ours
 from test_cluster import RAY, free_port
 
-EPOCHS = 10  # finetune epochs per trial: a kill after the first checkpoint lands mid-trial
+EPOCHS = 16  # finetune epochs per trial: a kill after the first checkpoint lands mid-trial
 
 
 def _cmdline(pid: int) -> str:
@@ -96,13 +96,21 @@ def _config(tmp_path: Path, n: int) -> Path:
     return path
 
 
-def _checkpointed_trials(exp: Path) -> int:
-    return sum(1 for t in (exp / "ray").glob("session-*/trial_*") if any(t.glob("checkpoint_*")))
+def _running_checkpointed_trials(exp: Path) -> int:
+    """Trials that saved an epoch checkpoint and are not in the ledger yet (still running)."""
+    import pandas as pd
+
+    saved = {t.name.removeprefix("trial_") for t in (exp / "ray").glob("session-*/trial_*") if any(t.glob("checkpoint_*"))}
+    try:
+        done = set(pd.read_parquet(exp / "trials.parquet")["trial_id"])
+    except (OSError, ValueError):
+        done = set()
+    return len(saved - done)
 
 
 def _run_and_kill(tmp_path: Path, address: str, env: dict, work: Path, kill) -> tuple[str, Path]:
-    """Start the search, call ``kill()`` once both first trials saved a checkpoint (none
-    finished yet), wait for the end; returns (driver output, experiment dir)."""
+    """Start the search, call ``kill()`` once two running trials (one per node) saved an
+    epoch checkpoint, wait for the end; returns (driver output, experiment dir)."""
     exp = tmp_path / "results" / "fault"
     log = tmp_path / "driver.log"
     driver = subprocess.Popen([sys.executable, "-m", "search.cli", "run", str(_config(tmp_path, 3)), "--address",
@@ -110,10 +118,10 @@ def _run_and_kill(tmp_path: Path, address: str, env: dict, work: Path, kill) -> 
     try:
         deadline = time.time() + 300
         while time.time() < deadline and driver.poll() is None:
-            if _checkpointed_trials(exp) >= 2 and not (exp / "trials.parquet").exists():
+            if _running_checkpointed_trials(exp) >= 2:
                 break
             time.sleep(0.05)
-        assert driver.poll() is None and not (exp / "trials.parquet").exists(), log.read_text()
+        assert driver.poll() is None, log.read_text()
         kill()
         driver.wait(timeout=400)
     finally:
@@ -175,5 +183,11 @@ def test_killed_trial_worker_resumes_from_its_last_epoch_checkpoint(tmp_path, sl
 @pytest.mark.slow
 def test_killed_worker_node_moves_its_trial_to_the_other_node_and_resumes(tmp_path, slot_cluster):
     address, env, work, worker_raylet = slot_cluster
-    out, exp = _run_and_kill(tmp_path, address, env, work, lambda: os.kill(worker_raylet, signal.SIGKILL))
+
+    def kill() -> None:  # the node's raylet and every process it started (its workers and agents)
+        children = [p for p in ours(env["PRUNETUNE_TEST_TAG"], work) if _ppid(p) == worker_raylet]
+        for pid in [worker_raylet, *children]:
+            os.kill(pid, signal.SIGKILL)
+
+    out, exp = _run_and_kill(tmp_path, address, env, work, kill)
     _assert_resumed(exp, out, env, moved=True)
