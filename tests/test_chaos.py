@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from test_cli_search import kill_ours, write_config
+from test_cli_search import cli, kill_ours, write_config  # noqa: F401 - cli is a fixture
 
-N = 5
+N = 4
 
 
 def _wait_for(pred, driver, log: Path, timeout: float = 300) -> None:
@@ -56,7 +56,7 @@ def test_driver_killed_at_three_random_points_resumes_to_a_consistent_experiment
     seed = int(os.environ.get("PRUNETUNE_CHAOS_SEED", random.SystemRandom().randrange(10**6)))
     print(f"chaos seed {seed} (rerun with PRUNETUNE_CHAOS_SEED={seed})")
     rng = random.Random(seed)
-    config = write_config(tmp_path, num_samples=N, **{"train.epochs": 4, "search.finetune_epochs": [3, 3]})
+    config = write_config(tmp_path, num_samples=N, **{"train.epochs": 4, "search.finetune_epochs": [2, 2]})
     exp = tmp_path / "results" / "tiny"
 
     # 1. During base training: after its progress line, before base.json exists.
