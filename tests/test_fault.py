@@ -191,3 +191,32 @@ def test_killed_worker_node_moves_its_trial_to_the_other_node_and_resumes(tmp_pa
 
     out, exp = _run_and_kill(tmp_path, address, env, work, kill)
     _assert_resumed(exp, out, env, moved=True)
+
+
+# --------------------------------------------------------------------------- without a cluster
+
+
+def test_recover_line_is_one_line_naming_node_retry_and_epoch():
+    from search._ray.recorder import recover_line
+
+    line = recover_line("3f2a0c1d", {"node": "0d14a06576b2ffff", "hostname": "gpu7"}, 1, 2, 4)
+    assert line == "trial 3f2a0c1d: worker died (node 0d14a06576b2 on gpu7), retry 1/2 from epoch 5"
+    assert recover_line("3f2a0c1d", {}, 2, 2, None).endswith("retry 2/2 from the start")
+
+
+def test_quiet_mode_routes_raylet_messages_to_the_log_not_stdout(capsys, caplog):
+    import logging
+
+    from ray._private import worker as ray_worker
+
+    from search._ray.session import _quiet_raylet_messages
+
+    original = _quiet_raylet_messages()
+    try:
+        with caplog.at_level(logging.DEBUG, logger="search._ray.session"):
+            ray_worker.print_to_stdstream({"lines": ["A worker died or was killed while executing a task.",
+                                                     "Worker ID: abc"], "pid": "raylet", "is_err": False}, False)
+    finally:
+        ray_worker.print_to_stdstream = original
+    assert capsys.readouterr().out == ""
+    assert "A worker died or was killed while executing a task. Worker ID: abc" in caplog.text
