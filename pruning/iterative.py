@@ -233,7 +233,8 @@ def _too_low(val_acc: float, base_val_acc: float | None, max_drop_pts: float | N
 
 
 def _cut(model: nn.Module, data: Any, spec: PruneSpec, criterion: Any, graph: GroupGraph, step: int,
-         dense_widths: dict[str, int], dense_macs: int, seed: int, device: torch.device) -> tuple[dict[str, int], float]:
+         dense_widths: dict[str, int], dense_macs: int, seed: int,
+         device: torch.device) -> tuple[dict[str, int], float]:
     """Score, select and cut step ``step``, recalibrate BN if asked; (widths after, val acc after)."""
     batches = calibration_batches(data, spec, device, seed=seed + step) if criterion.requires_data else []
     scores = criterion.score(model, graph.groups, batches)
@@ -299,7 +300,8 @@ def prune_iteratively(
 
     def state(phase_done: int, epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
         if on_state is not None:
-            on_state(ResumePoint(step, phase_done, epochs_done, model, optimizer.state_dict(), dense_widths, dense_macs))
+            on_state(ResumePoint(step, phase_done, epochs_done, model, optimizer.state_dict(), dense_widths,
+                                 dense_macs))
 
     run_epochs = _Finetuner(model, data, finetune, on_epoch, teacher, on_state=state)
     guard = spec.max_drop_pts is not None

@@ -208,7 +208,8 @@ def _resume_point(resume: Mapping[str, Any] | None, mode: str) -> ResumePoint | 
     return point
 
 
-def _state_saver(cfg: ExperimentConfig, mode: str, checkpoint: Checkpointer | None) -> Callable[[ResumePoint], None] | None:
+def _state_saver(cfg: ExperimentConfig, mode: str,
+                 checkpoint: Checkpointer | None) -> Callable[[ResumePoint], None] | None:
     """``on_state`` for the prune schedule: every ``resources.checkpoint_every`` epochs, a resume state."""
     every = cfg.resources.checkpoint_every
     if checkpoint is None or every <= 0:

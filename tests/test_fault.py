@@ -100,7 +100,8 @@ def _running_checkpointed_trials(exp: Path) -> int:
     """Trials that saved an epoch checkpoint and are not in the ledger yet (still running)."""
     import pandas as pd
 
-    saved = {t.name.removeprefix("trial_") for t in (exp / "ray").glob("session-*/trial_*") if any(t.glob("checkpoint_*"))}
+    dirs = (exp / "ray").glob("session-*/trial_*")
+    saved = {t.name.removeprefix("trial_") for t in dirs if any(t.glob("checkpoint_*"))}
     try:
         done = set(pd.read_parquet(exp / "trials.parquet")["trial_id"])
     except (OSError, ValueError):

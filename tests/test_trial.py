@@ -210,7 +210,8 @@ def test_a_trial_resumed_from_its_checkpoint_runs_only_the_rest_and_ends_the_sam
                           finetune_epochs=3)
     states: list[dict] = []
     rows: list[dict] = []
-    full = run_trial(cfg, params, lambda row, _m: rows.append(row), base=base, checkpoint=lambda s: states.append(_copied(s)))
+    full = run_trial(cfg, params, lambda row, _m: rows.append(row), base=base,
+                     checkpoint=lambda s: states.append(_copied(s)))
     assert [s["epoch"] for s in states] == [1, 2, 3, 4] == [r["epoch"] for r in rows]  # checkpoint_every: 1
     again: list[dict] = []
     resumed = run_trial(cfg, params, lambda row, _m: again.append(row), base=base, resume=states[1])
