@@ -191,6 +191,8 @@ def _run_prune(
             log.info("grew %s", {g: f"{record.before[g]}->{record.after[g]}" for g in add})
         spec = PruneSpec(ratios={g: r for g, r in ratios.items() if r < 1.0}, **common)
     finetune, epochs = _finetune_config(cfg, params)
+    if spec.max_drop_pts is not None:  # a guarded schedule cannot resume mid-way: save no resume state
+        on_state = None
     prune_iteratively(model, data, spec, finetune, finetune_epochs=epochs, on_epoch=on_epoch, on_state=on_state,
                       resume=resume)
     return criterion
