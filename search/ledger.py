@@ -241,11 +241,12 @@ def params_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(text) if isinstance(text, str) and text else {}
 
 
-def epoch_row(trial_id: str, result: Mapping[str, Any], attempt: int = 0) -> dict[str, Any]:
+def epoch_row(trial_id: str, result: Mapping[str, Any], attempt: int | None = 0) -> dict[str, Any]:
     """An :data:`EPOCHS_SCHEMA` row from a per-epoch result (``search.result.TrialResult``);
-    ``attempt``: 0 for the trial's first run, n for its n-th retry."""
+    ``attempt``: 0 for the trial's first run, n for its n-th retry, None when unknown (an
+    epoch a resumed trial re-sent from its checkpoint after the driver restarted)."""
     row = {k: result.get(k) for k in EPOCH_KEYS}
-    row["attempt"] = int(attempt)
+    row["attempt"] = None if attempt is None else int(attempt)
     row["node"] = result.get("node") if isinstance(result.get("node"), str) and result.get("node") else None
     row["trial_id"] = trial_id
     row["epoch"] = int(row["epoch"])

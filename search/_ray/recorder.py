@@ -145,6 +145,8 @@ class Recorder(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: TrialResult, **info: Any) -> None:
         tid = trial.trial_id
+        for past in result.get("resumed_epochs") or []:  # epochs before the checkpoint a resumed trial ran from
+            self._epochs.setdefault(tid, {}).setdefault(int(past["epoch"]), epoch_row(tid, past, attempt=None))
         if result.get("final"):
             if result.get("replayed"):
                 return

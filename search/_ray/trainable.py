@@ -93,6 +93,46 @@ def _resume_kwargs(trial_fn: TrialFn, resume: dict | None, checkpoint: Callable[
     return {k: v for k, v in kwargs.items() if takes_all or k in params}
 
 
+class _Reporter:
+    """``run_trial``'s reporter and checkpointer inside the trainable.
+
+    Each epoch's result goes to Tune; a resume state handed to :meth:`checkpoint` is saved
+    with that epoch's result (:data:`RESUME_FILE`), together with the epoch results reported
+    so far (``history``). A resumed run sends that history once, as ``resumed_epochs`` of
+    its next result, so a driver restarted since then can still record those epochs.
+    """
+
+    def __init__(self, where: dict[str, str], resume: Mapping[str, Any] | None) -> None:
+        self.where = where
+        self.pending: dict | None = None
+        self.last_model: Any = None
+        self.history: list[dict[str, Any]] = list((resume or {}).get("history") or [])
+        self._unsent = list(self.history)
+
+    def extra(self) -> dict[str, Any]:
+        """Keys every result carries: ``node``, ``hostname``; ``resumed_epochs`` once."""
+        out: dict[str, Any] = dict(self.where)
+        if self._unsent:
+            out["resumed_epochs"], self._unsent = self._unsent, []
+        return out
+
+    def checkpoint(self, state: dict) -> None:
+        self.pending = state
+
+    def __call__(self, row: Mapping[str, Any], model: Any = None) -> None:
+        self.last_model = model
+        metrics = _with_objectives({**{k: plain(row.get(k)) for k in EPOCH_KEYS}, "final": False, **self.extra()})
+        self.history.append({k: metrics.get(k) for k in (*EPOCH_KEYS, "node")})
+        state, self.pending = self.pending, None
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="prunetune-resume-") as d:
+            # The module itself (pruning changed its shapes) and the epochs reported up to here.
+            torch.save({**state, "history": list(self.history)}, Path(d) / RESUME_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
 def _report_final(result: Mapping[str, Any], metrics: TrialResult, config: dict, model: Any) -> None:
     """The final result, with the pruned model as a checkpoint when there is one."""
     if model is None:
@@ -129,38 +169,22 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
     torch.set_num_threads(_trial_resources_cpu())
     trial_fn = trial_fn or trial_mod.run_trial
     started_at = now()
-    where = _where()
-    last_model: list[Any] = [None]
-    pending: list[dict | None] = [None]  # a resume state to save with this epoch's result
-
-    def reporter(row: Mapping[str, Any], model: Any = None) -> None:
-        last_model[0] = model
-        metrics = _with_objectives({**{k: plain(row.get(k)) for k in EPOCH_KEYS}, "final": False, **where})
-        state, pending[0] = pending[0], None
-        if state is None:
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="prunetune-resume-") as d:
-            torch.save(state, Path(d) / RESUME_FILE)  # the module itself: pruning changed its shapes
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-
-    def checkpoint(state: dict) -> None:
-        pending[0] = state
-
     resume = _resume_state(trial_id)
+    reporter = _Reporter(_where(), resume)
     try:
-        result = dict(trial_fn(cfg, config, reporter, base=base, **_resume_kwargs(trial_fn, resume, checkpoint)))
+        kwargs = _resume_kwargs(trial_fn, resume, reporter.checkpoint)
+        result = dict(trial_fn(cfg, config, reporter, base=base, **kwargs))
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error
         kind = "TrialError" if isinstance(exc, TrialError) else type(exc).__name__
         logger.info("trial %s failed: %s: %s", trial_id, kind, exc)
         tune.report(_with_objectives({"final": True, "error": f"{kind}: {exc}"[:2000], "started_at": started_at,
-                                      "finished_at": now(), **where}))
+                                      "finished_at": now(), **reporter.extra()}))
         return
     metrics = _with_objectives({**{k: plain(result.get(k)) for k in TRIAL_KEYS}, "final": True,
-                                "started_at": started_at, "finished_at": now(), **where})
-    _report_final(result, metrics, config, result.get("model", last_model[0]))
+                                "started_at": started_at, "finished_at": now(), **reporter.extra()})
+    _report_final(result, metrics, config, result.get("model", reporter.last_model))
 
 
 def make_trainable(cfg: ExperimentConfig, base: Any, trial_fn: TrialFn | None,
