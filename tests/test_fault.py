@@ -221,3 +221,19 @@ def test_quiet_mode_routes_raylet_messages_to_the_log_not_stdout(capsys, caplog)
         ray_worker.print_to_stdstream = original
     assert capsys.readouterr().out == ""
     assert "A worker died or was killed while executing a task. Worker ID: abc" in caplog.text
+
+
+def test_repair_recreates_the_checkpoint_rays_snapshot_names_from_the_newest_resume_state(tmp_path):
+    from search._ray.fit import repair_checkpoints
+
+    session = tmp_path / "session-001"
+    trial = session / "trial_abc"
+    for i, body in ((2, b"epoch 3"), (3, b"epoch 4")):  # Ray deleted checkpoint_000001 after the snapshot
+        (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+        (trial / f"checkpoint_{i:06d}" / "resume.pt").write_bytes(body)
+    meta = {"last_result": {"epoch": 2, "checkpoint_dir_name": "checkpoint_000001"}}
+    (session / "experiment_state-x.json").write_text(json.dumps(
+        {"trial_data": [[json.dumps({"trial_id": "abc"}), json.dumps(meta)]]}))
+    assert repair_checkpoints(session) == 1
+    assert (trial / "checkpoint_000001" / "resume.pt").read_bytes() == b"epoch 4"
+    assert repair_checkpoints(session) == 0  # present now: left alone
