@@ -30,7 +30,7 @@ import yaml
 from test_cli_search import TINY, kill_ours, ours
 from test_cluster import RAY, free_port
 
-EPOCHS = 16  # finetune epochs per trial: a kill after the first checkpoint lands mid-trial
+EPOCHS = 12  # finetune epochs per trial (800 digits): a kill after the first checkpoint lands mid-trial
 
 
 def _cmdline(pid: int) -> str:
@@ -87,7 +87,7 @@ def slot_cluster():
 
 
 def _config(tmp_path: Path, n: int) -> Path:
-    cfg = {**TINY, "num_samples": n, "max_concurrent": 2,
+    cfg = {**TINY, "num_samples": n, "max_concurrent": 2, "data": {"name": "digits", "limit": 800},
            "experiment": {"name": "fault", "seed": 0, "results_dir": str(tmp_path / "results")},
            "search": {**TINY["search"], "baselines": [], "finetune_epochs": [EPOCHS, EPOCHS]},
            "resources": {"cpu": 1, "max_failures": 2, "checkpoint_every": 1, "custom": {"slot": 1}}}
