@@ -97,11 +97,15 @@ def _config(tmp_path: Path, n: int) -> Path:
 
 
 def _running_checkpointed_trials(exp: Path) -> int:
-    """Trials that saved an epoch checkpoint and are not in the ledger yet (still running)."""
+    """Trials not in the ledger yet (still running) whose driver holds an epoch checkpoint:
+    a trial's report waits until the driver took the previous one, so a second checkpoint
+    dir means the driver has the first (a dir alone may not have reached the driver)."""
     import pandas as pd
 
-    dirs = (exp / "ray").glob("session-*/trial_*")
-    saved = {t.name.removeprefix("trial_") for t in dirs if any(t.glob("checkpoint_*"))}
+    def second(t: Path) -> bool:
+        return any(int(p.name.rsplit("_", 1)[1]) >= 1 for p in t.glob("checkpoint_*"))
+
+    saved = {t.name.removeprefix("trial_") for t in (exp / "ray").glob("session-*/trial_*") if second(t)}
     try:
         done = set(pd.read_parquet(exp / "trials.parquet")["trial_id"])
     except (OSError, ValueError):
