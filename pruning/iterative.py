@@ -31,7 +31,7 @@ from pruning.criteria import get_criterion
 from pruning.errors import UsageError
 from pruning.recalibrate import recalibrate_bn
 from pruning.surgery import GroupGraph
-from pruning.train import EpochMetrics, TrainConfig, evaluate, resolve_device, train
+from pruning.train import EpochMetrics, TrainConfig, evaluate, make_optimizer, resolve_device, train
 
 log = logging.getLogger(__name__)
 
@@ -161,29 +161,58 @@ def _step_keep(
     return selection.keep_by_ratios(scores, current, **common)
 
 
+@dataclass
+class ResumePoint:
+    """Where a pruning schedule stands after a finetune epoch: enough to continue it in
+    another process (a retried trial). ``model`` is the module itself, since pruning and
+    growth changed its shapes; ``optimizer`` the finetune optimizer's ``state_dict``; the
+    cosine LR schedule is a function of the epoch, so ``phase_done`` is its state."""
+
+    step: int  # the iterative step whose finetune is under way (1-based)
+    phase_done: int  # epochs of that step's finetune done
+    epochs_done: int  # epochs done in all, counted across steps
+    model: nn.Module
+    optimizer: dict[str, Any]
+    dense_widths: dict[str, int]  # of the model before the first cut
+    dense_macs: int
+
+
 class _Finetuner:
-    """Finetunes ``model`` for a few epochs per call, numbering epochs continuously across calls."""
+    """Finetunes ``model`` for a few epochs per call, numbering epochs continuously across calls.
+
+    ``on_state(phase_done, epochs_done, optimizer)`` runs after every epoch, before ``on_epoch``.
+    """
 
     def __init__(self, model: nn.Module, data: Any, cfg: TrainConfig,
-                 on_epoch: Callable[[EpochMetrics, nn.Module], None] | None, teacher: nn.Module | None) -> None:
+                 on_epoch: Callable[[EpochMetrics, nn.Module], None] | None, teacher: nn.Module | None,
+                 on_state: Callable[[int, int, torch.optim.Optimizer], None] | None = None) -> None:
         self.model, self.data, self.cfg, self.on_epoch, self.teacher = model, data, cfg, on_epoch, teacher
+        self.on_state = on_state
         self.history: list[EpochMetrics] = []
         self.done = 0
 
-    def __call__(self, epochs: int) -> None:
-        if epochs <= 0:
+    def __call__(self, epochs: int, *, start: int = 0, optimizer_state: dict[str, Any] | None = None) -> None:
+        """Finetune for ``epochs``; ``start``/``optimizer_state``: continue a phase that a
+        checkpoint left ``start`` epochs in (``self.done`` already counts them)."""
+        offset = self.done - start
+        if epochs <= start:
+            self.done = offset + max(epochs, start)
             return
-        offset = self.done
         cfg = replace(self.cfg, epochs=epochs, seed=self.cfg.seed + offset)
+        optimizer = make_optimizer(self.model, cfg)
+        if optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
 
         def relay(m: EpochMetrics, mod: nn.Module) -> None:
             shifted = replace(m, epoch=m.epoch + offset)
             self.history.append(shifted)
+            if self.on_state is not None:
+                self.on_state(m.epoch, shifted.epoch, optimizer)
             if self.on_epoch is not None:
                 self.on_epoch(shifted, mod)
 
-        train(self.model, self.data, cfg, on_epoch=relay, teacher=self.teacher)
-        self.done += epochs
+        train(self.model, self.data, cfg, on_epoch=relay, teacher=self.teacher, start_epoch=start, optimizer=optimizer)
+        self.done = offset + epochs
 
 
 def _restore(model: nn.Module, snapshot: nn.Module) -> None:
@@ -203,6 +232,20 @@ def _too_low(val_acc: float, base_val_acc: float | None, max_drop_pts: float | N
     return 100.0 * (base_val_acc - val_acc) > max_drop_pts + 1e-9  # tolerance: 0.92 - 0.91 is not exactly 0.01
 
 
+def _cut(model: nn.Module, data: Any, spec: PruneSpec, criterion: Any, graph: GroupGraph, step: int,
+         dense_widths: dict[str, int], dense_macs: int, seed: int,
+         device: torch.device) -> tuple[dict[str, int], float]:
+    """Score, select and cut step ``step``, recalibrate BN if asked; (widths after, val acc after)."""
+    batches = calibration_batches(data, spec, device, seed=seed + step) if criterion.requires_data else []
+    scores = criterion.score(model, graph.groups, batches)
+    keep = _step_keep(model, scores, spec, step / spec.steps, dense_widths, dense_macs, tuple(data.input_shape))
+    cut = graph.prune(keep)
+    if spec.recalib_batches > 0:
+        recalib = data.train.batches(spec.calib_batch_size, shuffle=True, seed=seed + step, device=device)
+        recalibrate_bn(model, recalib, spec.recalib_batches)
+    return dict(cut.after), evaluate(model, data.val, device=device)
+
+
 def prune_iteratively(
     model: nn.Module,
     data: Any,
@@ -212,6 +255,8 @@ def prune_iteratively(
     finetune_epochs: int | None = None,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
     teacher: nn.Module | None = None,
+    on_state: Callable[[ResumePoint], None] | None = None,
+    resume: ResumePoint | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place to ``spec`` in ``spec.steps`` steps, finetuning between and after.
 
@@ -226,42 +271,61 @@ def prune_iteratively(
     ``max_drop_pts`` points below it is rejected, ``model`` is restored (in place) to the
     last accepted step, exactly as that step left it (its own finetune, no more), and the
     schedule stops. ``result.stop_step``/``stop_reason`` say where and why.
+
+    Checkpoints: ``on_state(point)`` receives a :class:`ResumePoint` after every finetune
+    epoch (before ``on_epoch``; it holds live objects: save them before returning). Given
+    that ``resume`` point, with ``model`` being ``resume.model``, the schedule continues
+    inside the finetune of ``resume.step`` and ends as the uninterrupted run would have
+    (same batches, LR and momentum); ``result.steps``/``epochs`` then hold only what ran
+    after the resume. Not with the accuracy guard (its rollback snapshot is not saved).
     """
     device = resolve_device(finetune.device)
     model.to(device)
     example = torch.zeros(1, *data.input_shape, device=device)
     criterion = get_criterion(spec.criterion, **spec.criterion_options)
-    dense_graph = GroupGraph(model, example)
-    dense_widths = dense_graph.widths()
-    dense_macs = count_macs(model, data.input_shape)
+    if resume is not None and spec.max_drop_pts is not None:
+        raise UsageError("resuming a pruning schedule is not supported with max_drop_pts (the accuracy guard)")
+    dense_graph: GroupGraph | None = None
+    if resume is None:
+        dense_graph = GroupGraph(model, example)
+        dense_widths, dense_macs = dense_graph.widths(), count_macs(model, data.input_shape)
+    else:
+        dense_widths, dense_macs = dict(resume.dense_widths), int(resume.dense_macs)
     if spec.ratios is not None:
         unknown = sorted(set(spec.ratios) - set(dense_widths))
         if unknown:
             raise UsageError(f"unknown group {unknown[0]!r}; choose one of: {', '.join(dense_widths)}")
     final_epochs = finetune.epochs if finetune_epochs is None else finetune_epochs
-    run_epochs = _Finetuner(model, data, finetune, on_epoch, teacher)
+    step = resume.step if resume is not None else 1
+
+    def state(phase_done: int, epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
+        if on_state is not None:
+            on_state(ResumePoint(step, phase_done, epochs_done, model, optimizer.state_dict(), dense_widths,
+                                 dense_macs))
+
+    run_epochs = _Finetuner(model, data, finetune, on_epoch, teacher, on_state=state)
     guard = spec.max_drop_pts is not None
     base_val_acc = evaluate(model, data.val, device=device) if guard else None
     result = PruneResult(model=model, steps=[], epochs=run_epochs.history, base_val_acc=base_val_acc)
-    for step in range(1, spec.steps + 1):
+    for step in range(step, spec.steps + 1):
         t0 = time.perf_counter()
         snapshot = copy.deepcopy(model) if guard else None
-        graph = dense_graph if step == 1 else GroupGraph(model, example)
-        batches = calibration_batches(data, spec, device, seed=finetune.seed + step) if criterion.requires_data else []
-        scores = criterion.score(model, graph.groups, batches)
-        keep = _step_keep(model, scores, spec, step / spec.steps, dense_widths, dense_macs, tuple(data.input_shape))
-        cut = graph.prune(keep)
-        macs = count_macs(model, data.input_shape)
-        if spec.recalib_batches > 0:
-            recalib = data.train.batches(spec.calib_batch_size, shuffle=True, seed=finetune.seed + step, device=device)
-            recalibrate_bn(model, recalib, spec.recalib_batches)
-        cut_val_acc = evaluate(model, data.val, device=device)
         epochs = spec.step_epochs if step < spec.steps else final_epochs
-        run_epochs(epochs)
-        val_acc = evaluate(model, data.val, device=device) if epochs > 0 else cut_val_acc
-        record = StepRecord(step, dict(cut.after), macs, val_acc, time.perf_counter() - t0, cut_val_acc)
+        if resume is not None and step == resume.step:  # cut before the checkpoint: finish its finetune
+            widths, cut_val_acc = GroupGraph(model, example).widths(), None
+            run_epochs.done = resume.epochs_done
+            run_epochs(epochs, start=resume.phase_done, optimizer_state=resume.optimizer)
+        else:
+            graph = dense_graph if step == 1 and dense_graph is not None else GroupGraph(model, example)
+            widths, cut_val_acc = _cut(model, data, spec, criterion, graph, step, dense_widths, dense_macs,
+                                       finetune.seed, device)
+            run_epochs(epochs)
+        macs = count_macs(model, data.input_shape)
+        val_acc = evaluate(model, data.val, device=device) if epochs > 0 or cut_val_acc is None else cut_val_acc
+        record = StepRecord(step, dict(widths), macs, val_acc, time.perf_counter() - t0, cut_val_acc)
         log.info("step %d/%d: MACs %d (%.1f%% of dense), val_acc %.4f (%.4f right after the cut)", step,
-                 spec.steps, macs, 100.0 * macs / dense_macs, val_acc, cut_val_acc)  # fmt: skip
+                 spec.steps, macs, 100.0 * macs / dense_macs, val_acc,
+                 float("nan") if cut_val_acc is None else cut_val_acc)  # fmt: skip
         if _too_low(val_acc, base_val_acc, spec.max_drop_pts):
             assert snapshot is not None and base_val_acc is not None
             result.steps.append(replace(record, accepted=False))

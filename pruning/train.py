@@ -187,13 +187,16 @@ def train(
     cfg: TrainConfig,
     *,
     on_epoch: Callable[[EpochMetrics, nn.Module], None] | None = None,
-    start_epoch: int = 0,  # no caller yet: kept for per-epoch checkpoint resume (next issue)
+    start_epoch: int = 0,
     teacher: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> list[EpochMetrics]:
     """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs, evaluating on ``data.val``.
 
     ``on_epoch(metrics, model)`` is called after every epoch (report, checkpoint).
-    ``start_epoch`` resumes the cosine schedule where a checkpoint left it.
+    ``start_epoch`` resumes the cosine schedule where a checkpoint left it (the schedule is
+    a function of the step, so it is the whole scheduler state); ``optimizer`` (default:
+    :func:`make_optimizer`) lets a caller keep its state for a checkpoint or load one.
     ``teacher`` is the model distilled when ``cfg.distill`` is set (e.g. the unpruned base
     model); it is moved to the device, run in eval mode and left unchanged (its training
     mode is restored). Each epoch's ``teacher_macs`` counts its forward passes.
@@ -202,7 +205,7 @@ def train(
     model.to(device)
     teacher_modes = [(m, m.training) for m in teacher.modules()] if teacher is not None else []
     teacher_macs_per_sample = _prepare_teacher(teacher, cfg, data, device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = optimizer if optimizer is not None else make_optimizer(model, cfg)
     scaler = make_scaler(device, cfg)
     steps_per_epoch = max(1, math.ceil(len(data.train) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs

@@ -248,6 +248,11 @@ class ResourcesSection(_Section):
     num_cpus: int | None = Field(None, ge=1)  # for a local Ray start; None = all
     num_gpus: int | None = Field(None, ge=0)
     max_failures: int = Field(2, ge=0)  # retries of a trial whose worker/node died
+    # A trial saves its model, optimizer and position every this many finetune epochs (0 = never);
+    # a retried trial continues from its last save instead of from epoch 0.
+    checkpoint_every: int = Field(1, ge=0)
+    # Custom Ray resources each trial needs, e.g. {"slot": 1} with `ray start --resources '{"slot": 1}'`.
+    custom: dict[str, float] = Field(default_factory=dict)
 
 
 class ExperimentConfig(_Section):

@@ -39,7 +39,7 @@ from search import ledger
 from search.report import plot_pareto
 from search.config import ExperimentConfig, config_from_dict, load_config
 from search.samplers import check_available
-from search.storage import Store, as_store
+from search.storage import Store, as_store, ensure_private_dir
 
 __all__ = [
     "BASE_FILE", "CONFIG_FILE", "EXPERIMENT_FILES", "JOURNAL_FILE", "PARETO_PNG", "PROGRESS_FILE", "RAY_DIR",
@@ -191,8 +191,12 @@ def results_dir_of(exp: Store | str | os.PathLike[str]) -> str:
 
 
 def save_config(cfg: ExperimentConfig, exp: Store | str | os.PathLike[str]) -> None:
-    """Write ``config.yaml`` (atomically; creates a local experiment dir)."""
-    open_store(exp).write_bytes_atomic(CONFIG_FILE, cfg.to_yaml().encode())
+    """Write ``config.yaml`` (atomically; creates a local experiment dir user-only, 0700)."""
+    exp = open_store(exp)
+    local = exp.local_path()
+    if local is not None:
+        ensure_private_dir(local)
+    exp.write_bytes_atomic(CONFIG_FILE, cfg.to_yaml().encode())
 
 
 def load_saved_config(exp: Store | str | os.PathLike[str]) -> ExperimentConfig:

@@ -109,6 +109,9 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("stop_reason", pa.string()),  # completed | max_drop, prune mode
         pa.field("train_macs", pa.int64()),  # MACs spent training: 3 x forward per sample, + teacher forwards
         pa.field("teacher_macs", pa.int64()),  # of which the distillation teacher's forward passes
+        pa.field("retries", pa.int32()),  # times Ray restarted the trial after its worker or node died
+        pa.field("node", pa.string()),  # Ray node id of the worker that ran the trial's last attempt
+        pa.field("hostname", pa.string()),  # that worker's hostname
     ]
 )
 
@@ -122,6 +125,8 @@ EPOCHS_SCHEMA = pa.schema(
         pa.field("widths", pa.list_(pa.int32())),
         pa.field("lr", pa.float64()),
         pa.field("wall_s", pa.float64()),
+        pa.field("attempt", pa.int32()),  # 0 = first run; n = the n-th retry (an epoch re-run replaces its row)
+        pa.field("node", pa.string()),  # Ray node id of the worker that ran the epoch
     ]
 )
 
@@ -241,9 +246,13 @@ def params_of(row: Mapping[str, Any]) -> dict[str, Any]:
     return json.loads(text) if isinstance(text, str) and text else {}
 
 
-def epoch_row(trial_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
-    """An :data:`EPOCHS_SCHEMA` row from a per-epoch result (``search.result.TrialResult``)."""
+def epoch_row(trial_id: str, result: Mapping[str, Any], attempt: int | None = 0) -> dict[str, Any]:
+    """An :data:`EPOCHS_SCHEMA` row from a per-epoch result (``search.result.TrialResult``);
+    ``attempt``: 0 for the trial's first run, n for its n-th retry, None when unknown (an
+    epoch a resumed trial re-sent from its checkpoint after the driver restarted)."""
     row = {k: result.get(k) for k in EPOCH_KEYS}
+    row["attempt"] = None if attempt is None else int(attempt)
+    row["node"] = result.get("node") if isinstance(result.get("node"), str) and result.get("node") else None
     row["trial_id"] = trial_id
     row["epoch"] = int(row["epoch"])
     row["macs"] = _int_or_none(row["macs"])
@@ -254,13 +263,14 @@ def epoch_row(trial_id: str, result: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Mapping[str, Any], *, seed: int,
-              meta: Mapping[str, Any], checkpoint: str | None = None, error: str | None = None) -> dict[str, Any]:
+              meta: Mapping[str, Any], checkpoint: str | None = None, error: str | None = None,
+              retries: int = 0) -> dict[str, Any]:
     """A :data:`TRIALS_SCHEMA` row (without ``experiment``) from a trial's last result.
 
     ``result`` is a ``search.result.TrialResult``: the final one, or the last epoch's when
     the trial was stopped early or died (then ``mode``/``criterion`` come from ``params``
     and ``epochs``/``wall_s`` from the epoch and Ray's ``time_total_s``). ``meta`` holds
-    ``git_sha`` and ``prunetune_version``.
+    ``git_sha`` and ``prunetune_version``. ``retries``: how often Ray restarted the trial.
     """
     final = bool(result.get("final"))
     widths = result.get("widths")
@@ -295,6 +305,9 @@ def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Map
         "stop_reason": result.get("stop_reason") if isinstance(result.get("stop_reason"), str) else None,
         "train_macs": _int_or_none(result.get("train_macs")),
         "teacher_macs": _int_or_none(result.get("teacher_macs")),
+        "retries": int(retries),
+        "node": result.get("node") if isinstance(result.get("node"), str) else None,
+        "hostname": result.get("hostname") if isinstance(result.get("hostname"), str) else None,
     }
 
 

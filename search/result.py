@@ -34,6 +34,13 @@ class TrialResult(TypedDict, total=False):
       model); the Recorder waits for ``on_checkpoint`` to record the trial with its path.
     - ``done``: set by Ray when the scheduler (ASHA) stops the trial after this result;
       the Recorder records it as STOPPED, the searcher tells Optuna PRUNED.
+    - ``should_checkpoint`` on a per-epoch result: it carries the trial's resume state
+      (``resources.checkpoint_every``); a retried trial continues from the last one.
+    - ``node``, ``hostname``: the Ray node id and hostname of the worker that produced the
+      result (every result; the ledger's ``node``/``hostname`` columns).
+    - ``resumed_epochs``: on the first result of a trial resumed from a checkpoint, the
+      per-epoch results (:data:`EPOCH_KEYS` and ``node``) it had reported up to that
+      checkpoint; the Recorder adds the ones it lacks (a driver restarted in between).
 
     Metrics: every result carries every :data:`OBJECTIVE_KEYS` key, NaN when unknown
     (Tune checks that the searcher's metrics are present; ASHA multiplies them). A
@@ -88,6 +95,9 @@ class TrialResult(TypedDict, total=False):
     teacher_macs: int
     rung_epoch: int | None
     rung_epochs: int | None
+    node: str
+    hostname: str
+    resumed_epochs: list[dict[str, Any]]
 
 
 #: What a final result copies from ``run_trial``'s return value.

@@ -30,7 +30,7 @@ from pruning.basemodel import get_base_model, recipe_hash
 from pruning.cost import count_macs
 from pruning.data import DataBundle
 from pruning.errors import TrialError, UsageError
-from pruning.iterative import PruneResult, PruneSpec, prune_iteratively
+from pruning.iterative import PruneResult, PruneSpec, ResumePoint, prune_iteratively
 from pruning.measure import measure
 from pruning.selection import keep_by_ratios
 from pruning.surgery import GroupGraph, grow
@@ -50,6 +50,14 @@ TRAIN_STEP_FORWARDS = 3
 
 Reporter = Callable[[dict[str, Any], nn.Module | None], None]
 """``reporter(epoch_row, model)`` after every finetune epoch (Ray: ``tune.report`` + checkpoint)."""
+
+Checkpointer = Callable[[dict[str, Any]], None]
+"""``checkpoint(state)``: a trial's resume state, to be saved now (it holds the live model:
+``torch.save`` it before returning); ``run_trial(..., resume=state)`` continues from it.
+Called right before the ``reporter`` call of the same epoch."""
+
+#: Version of the resume state's layout (a state of another version is ignored: the trial restarts).
+RESUME_VERSION = 1
 
 
 @dataclass
@@ -206,10 +214,11 @@ def _teacher(train_cfg: TrainConfig, base: BaseArtifacts) -> nn.Module | None:
 
 def _run_prune(
     model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], base: BaseArtifacts,
-    on_epoch: _EpochRows,
+    on_epoch: _EpochRows, resume: ResumePoint | None = None, on_state: Callable[[ResumePoint], None] | None = None,
 ) -> tuple[str, PruneResult]:
     """Grow groups with ratio > 1, prune the others, finetune; returns the criterion used and what
-    ``prune_iteratively`` did (BN recalibration, distillation and the max-drop guard from ``search``)."""
+    ``prune_iteratively`` did (BN recalibration, distillation and the max-drop guard from ``search``).
+    With ``resume`` (``model`` is its module, already grown and cut) the schedule continues there."""
     s = cfg.search
     criterion = str(params.get("criterion", s.criteria[0]))
     common: dict[str, Any] = dict(
@@ -222,7 +231,7 @@ def _run_prune(
     else:
         ratios = ratios_from_params(params, base.group_names)
         add = _grow_counts(ratios, dict(zip(base.group_names, base.widths)), s.round_to)
-        if add:
+        if add and resume is None:
             if not s.grow:
                 g = next(iter(add))
                 raise UsageError(f"ratio {ratios[g]} > 1 for group {g!r} needs search.grow: true")
@@ -232,8 +241,10 @@ def _run_prune(
         spec = PruneSpec(ratios={g: r for g, r in ratios.items() if r < 1.0}, **common)
     finetune, epochs = _finetune_config(cfg, params)
     on_epoch.final_after((spec.steps - 1) * spec.step_epochs, epochs)  # each earlier step: step_epochs
+    if spec.max_drop_pts is not None:  # a guarded schedule cannot resume mid-way: save no resume state
+        on_state = None
     result = prune_iteratively(model, data, spec, finetune, finetune_epochs=epochs, on_epoch=on_epoch,
-                               teacher=_teacher(finetune, base))
+                               teacher=_teacher(finetune, base), on_state=on_state, resume=resume)
     return criterion, result
 
 
@@ -283,6 +294,32 @@ def adaptive_budget(cfg: ExperimentConfig, params: Mapping[str, Any], base_macs:
     return budget if cap is None else min(budget, cap)
 
 
+def _resume_point(resume: Mapping[str, Any] | None, mode: str) -> ResumePoint | None:
+    """The prune schedule's point in a resume state, None when it cannot be used (restart)."""
+    if not resume:
+        return None
+    point = resume.get("point")
+    if resume.get("version") != RESUME_VERSION or resume.get("mode") != mode or not isinstance(point, ResumePoint):
+        log.warning("ignoring a resume state this trial cannot use (mode %r, version %r); starting over",
+                    resume.get("mode"), resume.get("version"))
+        return None
+    return point
+
+
+def _state_saver(cfg: ExperimentConfig, mode: str,
+                 checkpoint: Checkpointer | None) -> Callable[[ResumePoint], None] | None:
+    """``on_state`` for the prune schedule: every ``resources.checkpoint_every`` epochs, a resume state."""
+    every = cfg.resources.checkpoint_every
+    if checkpoint is None or every <= 0:
+        return None
+
+    def on_state(point: ResumePoint) -> None:
+        if point.epochs_done % every == 0:
+            checkpoint({"version": RESUME_VERSION, "mode": mode, "point": point, "epoch": point.epochs_done})
+
+    return on_state
+
+
 def _run_adaptive(
     model: nn.Module, data: DataBundle, cfg: ExperimentConfig, params: Mapping[str, Any], on_epoch: _EpochRows,
     base_macs: float,
@@ -319,6 +356,8 @@ def run_trial(
     reporter: Reporter | None = None,
     *,
     base: BaseArtifacts | None = None,
+    resume: Mapping[str, Any] | None = None,
+    checkpoint: Checkpointer | None = None,
 ) -> dict[str, Any]:
     """Run one trial on a copy of the base model and return its final metrics (JSON-able).
 
@@ -340,6 +379,12 @@ def run_trial(
     ``stop_step``, ``stop_reason`` (prune mode, else None; see ``search.result``),
     ``train_macs`` and ``teacher_macs`` (MACs). Raises ``TrialError`` when the trial
     fails, including any ``UsageError`` raised while running it.
+
+    Checkpoints (mode ``prune``): every ``resources.checkpoint_every`` finetune epochs
+    ``checkpoint(state)`` receives a resume state (the module itself, since growth and
+    pruning changed its shapes, the optimizer's state, the iterative step and epoch);
+    ``resume=state`` continues the trial there, inside whichever step's finetune it was,
+    and ends as the uninterrupted trial would have. Adaptive trials save none and restart.
     """
     t0 = time.perf_counter()
     if base is None:
@@ -350,11 +395,14 @@ def run_trial(
             raise UsageError(f"unknown trial mode {mode!r}; choose one of: {', '.join(MODES)}")
         data = experiment_data(cfg)
         device = resolve_device(cfg.train.device)
-        model = copy.deepcopy(base.model)
+        point = _resume_point(resume, mode)
+        model = point.model if point is not None else copy.deepcopy(base.model)
         rows = _EpochRows(data, base.group_names, reporter)
         pruned: PruneResult | None = None
         if mode == "prune":
-            criterion, pruned = _run_prune(model, data, cfg, params, base, rows)
+            rows.count = point.epochs_done if point is not None else 0
+            criterion, pruned = _run_prune(model, data, cfg, params, base, rows, point,
+                                           _state_saver(cfg, mode, checkpoint))
         elif mode == "scratch":
             model = _run_scratch(data, cfg, params, base, rows)
             criterion = "none"

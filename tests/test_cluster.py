@@ -81,8 +81,17 @@ def test_search_runs_on_a_two_node_cluster_with_token_auth(tmp_path, cluster):
     proc = subprocess.run([*prunetune, "run", str(config), "--address", address], cwd=work, env=env,
                           capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    trials = pd.read_parquet(tmp_path / "results" / "cl" / "trials.parquet")
+    exp = tmp_path / "results" / "cl"
+    trials = pd.read_parquet(exp / "trials.parquet")
     assert len(trials) == 3 and trials["trial_id"].is_unique and (trials["status"] == "TERMINATED").all()
+    assert trials["node"].notna().all() and trials["hostname"].notna().all()  # provenance of each row
+    # The token is never written down: no file of the experiment (ledger, config.yaml,
+    # progress.json, journal, Ray's state and logs) nor the driver's output holds it.
+    token = env["RAY_AUTH_TOKEN"]
+    files = [p for p in exp.rglob("*") if p.is_file()]
+    assert len(files) > 10 and not [p for p in files if token.encode() in p.read_bytes()]
+    assert token not in proc.stdout + proc.stderr
+    assert exp.stat().st_mode & 0o777 == 0o700 and (exp / "optuna.journal").stat().st_mode & 0o777 == 0o600
     # The cluster outlives the driver: the driver disconnected without stopping it.
     status = subprocess.run([RAY, "status", "--address", address], cwd=work, env=env, capture_output=True,
                             text=True, timeout=120)

@@ -152,3 +152,40 @@ def test_finetune_distils_from_a_teacher(trained):
     res = prune_iteratively(model, data, PruneSpec(criterion="l1", ratio=0.5), cfg, teacher=teacher)
     assert res.epochs[0].teacher_macs == count_macs(teacher, data.input_shape) * len(data.train)
     assert _same_weights(teacher, base)
+
+
+def _saved(point):
+    """A ResumePoint as a retried trial gets it back: through torch.save/torch.load (a copy)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(point, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("at", [1, 2, 4], ids=["in-step-1", "in-final-step", "after-last-epoch"])
+def test_resume_from_a_saved_point_ends_as_the_uninterrupted_run(trained, at):
+    data, base = trained
+    spec = PruneSpec(criterion="taylor_fo", ratio=0.5, steps=2, step_epochs=1)
+    model, points, epochs = copy.deepcopy(base), [], []
+    full = prune_iteratively(model, data, spec, _ft(3), on_state=lambda p: points.append(_saved(p)),
+                             on_epoch=lambda m, _: epochs.append(m.epoch))
+    assert [(p.step, p.phase_done, p.epochs_done) for p in points] == [(1, 1, 1), (2, 1, 2), (2, 2, 3), (2, 3, 4)]
+    assert epochs == [1, 2, 3, 4]
+    point = points[at - 1]
+    rerun = []
+    res = prune_iteratively(point.model, data, spec, _ft(3), resume=point, on_epoch=lambda m, _: rerun.append(m.epoch))
+    assert rerun == list(range(at + 1, 5))  # only the epochs after the checkpoint run again
+    assert res.stop_step == 2 and res.steps[-1].widths == full.steps[-1].widths
+    for a, b in zip(model.state_dict().values(), point.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)  # same batches, LR schedule and momentum as the uninterrupted run
+
+
+def test_resume_is_refused_with_the_accuracy_guard(trained):
+    data, base = trained
+    spec = PruneSpec(criterion="l1", ratio=0.5, steps=1)
+    points = []
+    prune_iteratively(copy.deepcopy(base), data, spec, _ft(1), on_state=points.append)
+    with pytest.raises(UsageError, match="max_drop_pts"):
+        prune_iteratively(points[0].model, data, replace(spec, max_drop_pts=1.0), _ft(1), resume=points[0])

@@ -244,3 +244,42 @@ def test_adaptive_trial_ends_within_its_sampled_macs_budget(tmp_path: Path, base
     assert result["macs"] >= 0.5 * budget  # cut to the budget, not far below it
     capped = cfg.model_copy(update={"objectives": cfg.objectives.model_copy(update={"macs_budget": budget // 2})})
     assert trial.adaptive_budget(capped, params, base.metrics["macs"]) == budget // 2
+
+
+def _copied(state: dict) -> dict:
+    """A resume state as a retried trial reads it back (torch.save/torch.load: a deep copy)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def test_a_trial_resumed_from_its_checkpoint_runs_only_the_rest_and_ends_the_same(tmp_path: Path,
+                                                                                 base: BaseArtifacts) -> None:
+    cfg = make_cfg(tmp_path, ratio_max=2.0, grow=True)  # growth then pruning: the checkpoint holds new shapes
+    params = prune_params({"features.0": 1.5, "features.4": 0.5, "features.8": 0.75}, grow_method="split", steps=2,
+                          finetune_epochs=3)
+    states: list[dict] = []
+    rows: list[dict] = []
+    full = run_trial(cfg, params, lambda row, _m: rows.append(row), base=base,
+                     checkpoint=lambda s: states.append(_copied(s)))
+    assert [s["epoch"] for s in states] == [1, 2, 3, 4] == [r["epoch"] for r in rows]  # checkpoint_every: 1
+    again: list[dict] = []
+    resumed = run_trial(cfg, params, lambda row, _m: again.append(row), base=base, resume=states[1])
+    assert [r["epoch"] for r in again] == [3, 4]  # the final step's finetune continues at its 2nd epoch
+    assert resumed["epochs"] == full["epochs"] == 4 and resumed["widths"] == full["widths"]
+    assert resumed["widths"][0] == 24  # grown 16 -> 24 before the checkpoint, kept after the resume
+    assert resumed["val_acc"] == pytest.approx(full["val_acc"]) and again[-1]["train_loss"] == pytest.approx(
+        rows[-1]["train_loss"], rel=1e-5)
+
+    sparse = make_cfg(tmp_path, ratio_max=2.0, grow=True).model_copy(
+        update={"resources": cfg.resources.model_copy(update={"checkpoint_every": 3})})
+    saved: list[dict] = []
+    run_trial(sparse, params, base=base, checkpoint=saved.append)
+    assert [s["epoch"] for s in saved] == [3]
+    off = sparse.model_copy(update={"resources": cfg.resources.model_copy(update={"checkpoint_every": 0})})
+    saved.clear()
+    run_trial(off, params, base=base, checkpoint=saved.append)
+    assert saved == []

@@ -6,7 +6,9 @@ Called by :func:`search.tuner.run_search` / ``resume_search`` inside a
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from search.result import OBJECTIVE_KEYS, plain
 from search._ray.recorder import Recorder
 from search._ray.searcher import flush_searchers, make_searcher
 from search._ray.schedulers import make_scheduler
-from search._ray.trainable import make_trainable, trial_dirname
+from search._ray.trainable import RESUME_FILE, make_trainable, trial_dirname
 from search.storage import Store
 
 if TYPE_CHECKING:
@@ -43,6 +45,40 @@ def replay_results(exp_dir: Store | Path, retry_errored: bool) -> dict[str, dict
             res["error"] = row.get("error") or "error"
         out[str(row["trial_id"])] = res
     return out
+
+
+def repair_checkpoints(session_dir: Path) -> int:
+    """Give restored trials the checkpoint Ray's saved state names, when Ray deleted it since.
+
+    Ray writes its experiment state every few seconds but deletes a trial's older
+    checkpoints (``num_to_keep=1``) as soon as a new one is saved: a driver killed in
+    between leaves a state naming a checkpoint that is gone, and ``Tuner.restore`` would
+    fail that trial. For each such trial (the checkpoint of its last result in the newest
+    ``experiment_state-*.json``), its newest resume checkpoint is copied under the missing
+    name, so it resumes from its newest state. Local sessions only; returns the count.
+    """
+    states = sorted(session_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        return 0
+    try:
+        trial_data = json.loads(states[-1].read_text())["trial_data"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    repaired = 0
+    for trial_json, meta_json in trial_data:
+        try:
+            trial_dir = session_dir / f"trial_{json.loads(trial_json)['trial_id']}"
+            name = json.loads(meta_json)["last_result"].get("checkpoint_dir_name")
+        except (TypeError, ValueError, KeyError, AttributeError):
+            continue
+        saved = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / RESUME_FILE).is_file())
+        if not name or (trial_dir / name).exists() or not saved:
+            continue
+        shutil.copytree(saved[-1], trial_dir / name)
+        logger.info("trial %s: checkpoint %s was deleted after Ray's last snapshot; resuming from %s",
+                    trial_dir.name, name, saved[-1].name)
+        repaired += 1
+    return repaired
 
 
 def _restore(exp: Store, session: str, trainable: Any, retry_errored: bool) -> Any:
@@ -114,6 +150,9 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, b
     trainable = make_trainable(cfg, base, options.trial_fn, replay_results(exp_dir, options.retry_errored))
     tuner, resumed_from = None, None
     if mode == "resume" and sessions and expdir.restorable(exp_dir, sessions[-1]):
+        local = exp_dir.local_path()
+        if local is not None:  # Ray may have deleted the checkpoint its last snapshot names
+            repair_checkpoints(local / expdir.RAY_DIR / sessions[-1])
         tuner = _restore(exp_dir, sessions[-1], trainable, options.retry_errored)
         resumed_from = "restore" if tuner is not None else None
     if tuner is None:

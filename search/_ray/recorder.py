@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,6 +71,34 @@ def progress_line(row: Mapping[str, Any], done: int, total: int, front: Any) -> 
     return f"trial {done}/{total} {row['trial_id']}: {what} | front: {_front_text(front)}"
 
 
+#: Test hook (chaos tests only): ``after_ledger_write:N`` SIGKILLs the driver right after the
+#: ledger first holds N trials, before Ray tells the searcher (Optuna) about that trial.
+KILL_AT_ENV = "PRUNETUNE_TEST_KILL_AT"
+
+
+def _maybe_die(point: str, count: int) -> None:
+    if os.environ.get(KILL_AT_ENV) == f"{point}:{count}":
+        logger.warning("%s=%s: killing the driver", KILL_AT_ENV, os.environ[KILL_AT_ENV])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _retries(trial: Any) -> int:
+    """How often Ray restarted ``trial`` after its worker or node died (0 outside Tune)."""
+    try:
+        return int(trial.num_failures)
+    except Exception:  # noqa: BLE001 - a stand-in trial (tests) or an older Ray
+        return 0
+
+
+def recover_line(trial_id: str, result: Mapping[str, Any], retry: int, max_failures: int, epoch: int | None) -> str:
+    """``trial <id>: worker died (node <id> on <host>), retry 1/2 from epoch 4``: our one line
+    for a trial Ray restarts (Ray's own multi-line text is shown with ``--verbose`` only)."""
+    node = str(result.get("node") or "")[:12] or "?"
+    host = f" on {result['hostname']}" if result.get("hostname") else ""
+    start = f"from epoch {epoch + 1}" if epoch else "from the start"
+    return f"trial {trial_id}: worker died (node {node}{host}), retry {retry}/{max_failures} {start}"
+
+
 class Recorder(tune.Callback):
     """Ray Tune callback in the driver: ledger rows, progress lines, ``progress.json``.
 
@@ -94,10 +123,11 @@ class Recorder(tune.Callback):
         self._recorded: set[str] = set()  # recorded in this session
         self._running: dict[str, str] = {}
         self._tally = SearchTally(cfg.num_samples)
+        self._saved_epoch: dict[str, int] = {}  # the epoch of each trial's last resume checkpoint
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_ledger=None, _epochs={}, _awaiting={}, _recorded=set(), _running={})
+        state.update(_ledger=None, _epochs={}, _awaiting={}, _recorded=set(), _running={}, _saved_epoch={})
         return state
 
     def setup(self, **info: Any) -> None:
@@ -118,6 +148,8 @@ class Recorder(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: TrialResult, **info: Any) -> None:
         tid = trial.trial_id
+        for past in result.get("resumed_epochs") or []:  # epochs before the checkpoint a resumed trial ran from
+            self._epochs.setdefault(tid, {}).setdefault(int(past["epoch"]), epoch_row(tid, past, attempt=None))
         if result.get("final"):
             if result.get("replayed"):
                 return
@@ -127,8 +159,10 @@ class Recorder(tune.Callback):
                 self._record_final(trial, result, None)
             return
         if result.get("epoch") is not None:
-            row = epoch_row(tid, result)
-            self._epochs.setdefault(tid, {})[row["epoch"]] = row  # a retried trial reports epoch 1 again
+            row = epoch_row(tid, result, attempt=_retries(trial))
+            self._epochs.setdefault(tid, {})[row["epoch"]] = row  # a retried trial reports its lost epochs again
+            if result.get("should_checkpoint"):
+                self._saved_epoch[tid] = int(result["epoch"])
             if self._tally.due():  # long trials: a tally line at least every minute
                 self._log_tally(self.ledger.trials())
         if result.get("done"):  # the scheduler (ASHA) stops the trial after this result
@@ -142,6 +176,13 @@ class Recorder(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._awaiting.pop(trial.trial_id, None)  # Ray runs it again: its next outcome counts
         self._recorded.discard(trial.trial_id)
+        saved = self._saved_epoch.get(trial.trial_id)
+        every = self.cfg.resources.checkpoint_every
+        last = (trial.last_result or {}).get("epoch")
+        if saved is None and every and last and getattr(trial, "checkpoint", None) is not None:
+            saved = int(last) - int(last) % every  # saved before this driver started (a resumed search)
+        progress_log.info("%s", recover_line(trial.trial_id, trial.last_result or {}, _retries(trial),
+                                             self.cfg.resources.max_failures, saved))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         tid = trial.trial_id
@@ -184,7 +225,7 @@ class Recorder(tune.Callback):
                 ckpt: str | None) -> None:
         self._recorded.add(trial.trial_id)
         row = trial_row(trial.trial_id, status, trial.config, result, seed=self.cfg.experiment.seed,
-                               meta=self.meta, checkpoint=ckpt, error=error)
+                        meta=self.meta, checkpoint=ckpt, error=error, retries=_retries(trial))
         epochs = self._epochs.pop(trial.trial_id, {})
         try:
             self.ledger.add_epochs(list(epochs.values()))
@@ -195,6 +236,7 @@ class Recorder(tune.Callback):
                                        "started_at", "finished_at")}
             self.ledger.add_trial({**bad, "status": "ERROR", "error": f"invalid result: {exc}"[:2000]})
         self.ledger.flush()
+        _maybe_die("after_ledger_write", len(self.ledger))
         trials = self.ledger.trials()
         progress_log.info("%s", progress_line(row, len(trials), self.cfg.num_samples, pareto_front(trials)))
         self._log_tally(trials)

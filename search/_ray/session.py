@@ -37,6 +37,25 @@ _QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray
                   "ray.tune.result_grid")
 
 
+def _quiet_raylet_messages() -> Any:
+    """Route the error messages Ray's raylet publishes to the driver (a worker died: its worker
+    id, lease id, OOM advice, over many lines) to this module's logger instead of stdout,
+    where they would land among the progress lines; the Recorder prints one line of its own
+    (``on_trial_recover``). Returns the original printer, to restore it."""
+    from ray._private import worker as ray_worker  # the listener looks this function up on every message
+
+    original = ray_worker.print_to_stdstream
+
+    def printer(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            logger.debug("ray (raylet): %s", " ".join(" ".join(data.get("lines") or []).split()))
+            return
+        original(data, ignore_prefix)
+
+    ray_worker.print_to_stdstream = printer
+    return original
+
+
 def _set_ray_env(verbose: bool) -> None:
     for key, value in _RAY_ENV.items():
         os.environ.setdefault(key, value)
@@ -71,14 +90,22 @@ def ray_session(cfg: ExperimentConfig, address: str | None, verbose: bool) -> It
         return
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
-    if address:
-        _join(address, verbose, kwargs)
-    else:
-        ray.init(num_cpus=cfg.resources.num_cpus, num_gpus=cfg.resources.num_gpus, include_dashboard=False, **kwargs)
-    logger.info("ray.init took %.1f s", time.perf_counter() - t0)
+    printer = None if verbose else _quiet_raylet_messages()
     try:
-        yield ray
+        if address:
+            _join(address, verbose, kwargs)
+        else:
+            ray.init(num_cpus=cfg.resources.num_cpus, num_gpus=cfg.resources.num_gpus, include_dashboard=False,
+                     **kwargs)
+        logger.info("ray.init took %.1f s", time.perf_counter() - t0)
+        try:
+            yield ray
+        finally:
+            t1 = time.perf_counter()
+            ray.shutdown()
+            logger.info("ray.shutdown took %.1f s", time.perf_counter() - t1)
     finally:
-        t1 = time.perf_counter()
-        ray.shutdown()
-        logger.info("ray.shutdown took %.1f s", time.perf_counter() - t1)
+        if printer is not None:
+            from ray._private import worker as ray_worker
+
+            ray_worker.print_to_stdstream = printer

@@ -9,12 +9,15 @@ add ~1 s to every worker's start).
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import logging
+import socket
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -50,6 +53,86 @@ def _with_objectives(metrics: dict[str, Any]) -> TrialResult:
     return metrics  # type: ignore[return-value]
 
 
+#: The per-epoch checkpoint's file (the final checkpoint's is ``model.pt``).
+RESUME_FILE = "resume.pt"
+
+
+def _where() -> dict[str, str]:
+    """The ``node`` (Ray node id) and ``hostname`` of this worker, for every result."""
+    try:
+        node = ray.get_runtime_context().get_node_id()
+    except Exception:  # noqa: BLE001 - outside Ray (tests calling run_one directly)
+        node = None
+    return {"node": node or "", "hostname": socket.gethostname()}
+
+
+def _resume_state(trial_id: str) -> dict[str, Any] | None:
+    """The resume state of this trial's last per-epoch checkpoint (Ray restored it after the
+    trial's worker or node died), None on a first run or after a final checkpoint."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        path = Path(d) / RESUME_FILE
+        if not path.is_file():
+            return None
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    logger.info("trial %s: resuming after epoch %s", trial_id, state.get("epoch"))
+    return state
+
+
+def _resume_kwargs(trial_fn: TrialFn, resume: dict | None, checkpoint: Callable[[dict], None]) -> dict[str, Any]:
+    """``resume``/``checkpoint`` for a trial function that takes them (custom ones may not)."""
+    try:
+        params = inspect.signature(trial_fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {"resume": resume, "checkpoint": checkpoint}
+    return {k: v for k, v in kwargs.items() if takes_all or k in params}
+
+
+class _Reporter:
+    """``run_trial``'s reporter and checkpointer inside the trainable.
+
+    Each epoch's result goes to Tune; a resume state handed to :meth:`checkpoint` is saved
+    with that epoch's result (:data:`RESUME_FILE`), together with the epoch results reported
+    so far (``history``). A resumed run sends that history once, as ``resumed_epochs`` of
+    its next result, so a driver restarted since then can still record those epochs.
+    """
+
+    def __init__(self, where: dict[str, str], resume: Mapping[str, Any] | None) -> None:
+        self.where = where
+        self.pending: dict | None = None
+        self.last_model: Any = None
+        self.history: list[dict[str, Any]] = list((resume or {}).get("history") or [])
+        self._unsent = list(self.history)
+
+    def extra(self) -> dict[str, Any]:
+        """Keys every result carries: ``node``, ``hostname``; ``resumed_epochs`` once."""
+        out: dict[str, Any] = dict(self.where)
+        if self._unsent:
+            out["resumed_epochs"], self._unsent = self._unsent, []
+        return out
+
+    def checkpoint(self, state: dict) -> None:
+        self.pending = state
+
+    def __call__(self, row: Mapping[str, Any], model: Any = None) -> None:
+        self.last_model = model
+        metrics = _with_objectives({**{k: plain(row.get(k)) for k in (*EPOCH_KEYS, *RUNG_KEYS)}, "final": False,
+                                    **self.extra()})
+        self.history.append({k: metrics.get(k) for k in (*EPOCH_KEYS, "node")})
+        state, self.pending = self.pending, None
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="prunetune-resume-") as d:
+            # The module itself (pruning changed its shapes) and the epochs reported up to here.
+            torch.save({**state, "history": list(self.history)}, Path(d) / RESUME_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
 def _report_final(result: Mapping[str, Any], metrics: TrialResult, config: dict, model: Any) -> None:
     """The final result, with the pruned model as a checkpoint when there is one."""
     if model is None:
@@ -73,6 +156,11 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
     raised to Ray, which retries it (``resources.max_failures``). A trial the ledger
     already holds (it finished after Ray's last snapshot before the driver died) is
     replayed, not re-run.
+
+    Every ``resources.checkpoint_every`` epochs an epoch's result carries a checkpoint
+    (:data:`RESUME_FILE`: ``run_trial``'s resume state); a trial Ray retries after its
+    worker or node died starts from the last one (``tune.get_checkpoint``). Every result
+    carries the worker's ``node`` and ``hostname``.
     """
     trial_id = tune.get_context().get_trial_id()
     if trial_id in replay:
@@ -81,32 +169,29 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
     torch.set_num_threads(_trial_resources_cpu())
     trial_fn = trial_fn or trial_mod.run_trial
     started_at = now()
-    last_model: list[Any] = [None]
-
-    def reporter(row: Mapping[str, Any], model: Any = None) -> None:
-        last_model[0] = model
-        tune.report(_with_objectives({**{k: plain(row.get(k)) for k in (*EPOCH_KEYS, *RUNG_KEYS)}, "final": False}))
-
+    resume = _resume_state(trial_id)
+    reporter = _Reporter(_where(), resume)
     try:
-        result = dict(trial_fn(cfg, config, reporter, base=base))
+        kwargs = _resume_kwargs(trial_fn, resume, reporter.checkpoint)
+        result = dict(trial_fn(cfg, config, reporter, base=base, **kwargs))
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error
         kind = "TrialError" if isinstance(exc, TrialError) else type(exc).__name__
         logger.info("trial %s failed: %s: %s", trial_id, kind, exc)
         tune.report(_with_objectives({"final": True, "error": f"{kind}: {exc}"[:2000], "started_at": started_at,
-                                      "finished_at": now()}))
+                                      "finished_at": now(), **reporter.extra()}))
         return
     metrics = _with_objectives({**{k: plain(result.get(k)) for k in TRIAL_KEYS}, "final": True,
-                                "started_at": started_at, "finished_at": now()})
-    _report_final(result, metrics, config, result.get("model", last_model[0]))
+                                "started_at": started_at, "finished_at": now(), **reporter.extra()})
+    _report_final(result, metrics, config, result.get("model", reporter.last_model))
 
 
 def make_trainable(cfg: ExperimentConfig, base: Any, trial_fn: TrialFn | None,
                    replay: Mapping[str, Any]) -> Any:
     """``run_one`` bound to the config, the base model (object store) and the replay table."""
     fn = tune.with_parameters(run_one, cfg=cfg, base=base, trial_fn=trial_fn, replay=dict(replay))
-    return tune.with_resources(fn, {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
+    return tune.with_resources(fn, {**cfg.resources.custom, "cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu})
 
 
 def trial_dirname(trial: Any) -> str:
