@@ -52,6 +52,7 @@ class DataSection(_Section):
     root: str | None = None
     image_size: int | None = Field(None, gt=0)  # None: the dataset's own (imagefolder: the images' size)
     limit: int | None = Field(None, gt=0)
+    val_limit: int | None = Field(None, gt=0)  # at most this many validation samples (seeded, stratified)
 
     @field_validator("name")
     @classmethod

@@ -27,6 +27,8 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
     """
     d = cfg.data
     key: dict[str, Any] = {"name": d.name, "image_size": d.image_size, "limit": d.limit, "seed": cfg.experiment.seed}
+    if d.val_limit is not None:  # only when set: keys (cache names) of configs without it stay the same
+        key["val_limit"] = d.val_limit
     if d.name == "imagefolder":
         key["root"] = d.root
         if d.image_size is None:  # images at their own size since issue 12 (they were 64x64 RGB before)
@@ -35,8 +37,9 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=1)
-def _load(name: str, root: str | None, seed: int, image_size: int | None, limit: int | None) -> DataBundle:
-    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit)
+def _load(name: str, root: str | None, seed: int, image_size: int | None, limit: int | None,
+          val_limit: int | None = None) -> DataBundle:
+    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit, val_limit=val_limit)
 
 
 def experiment_data(cfg: ExperimentConfig) -> DataBundle:
@@ -44,7 +47,7 @@ def experiment_data(cfg: ExperimentConfig) -> DataBundle:
     d = cfg.data
     # One cache entry for a relative root and the absolute one the search passes on.
     root = str(Path(d.root).expanduser().resolve()) if d.root is not None else None
-    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit)
+    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit, d.val_limit)
 
 
 def untrained_model(cfg: ExperimentConfig, data: DataBundle) -> nn.Module:
