@@ -13,7 +13,7 @@ thread run the studies.
 
 Hypervolume: Optuna's own ``optuna._hypervolume.compute_hypervolume`` (the function behind
 ``optuna.visualization.plot_hypervolume_history``), on (1 - val accuracy, MACs / dense MACs),
-both minimised, reference point (0.5, 1.0): a trial with more than 50% val error adds nothing.
+both minimised, reference point (0.9, 1.0): chance-level error on 10 classes and the dense MACs.
 Reported: mean hypervolume over seeds after n trials, and the first n at which each sampler's
 mean curve reaches random search's mean hypervolume at the last trial (goal: NSGA-II or TPE
 within half the trials). The curves go to ``benchmarks/results/sampler_efficiency.png``.
@@ -42,14 +42,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 PNG = ROOT / "benchmarks" / "results" / "sampler_efficiency.png"
 SAMPLERS = ("nsga2", "tpe", "random")
-REFERENCE = (0.5, 1.0)  # (val error, MACs ratio)
+REFERENCE = (0.9, 1.0)  # (val error, MACs ratio): chance level on 10 classes, the dense model's MACs
 
 
 @dataclass(frozen=True)
 class Settings:
     image_size: int = 16
-    limit: int = 2000
-    val_limit: int = 1000
+    limit: int = 1000  # 576 trials must fit a few minutes of make bench: each trial is ~0.5 s
+    val_limit: int = 500
     base_epochs: int = 10
     trials: int = 64
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -58,7 +58,7 @@ class Settings:
     workers: int = 2
 
 
-QUICK = Settings(limit=500, val_limit=300, base_epochs=2, trials=12, seeds=(0,), startup=4)
+QUICK = Settings(limit=500, val_limit=300, base_epochs=4, trials=12, seeds=(0,), startup=4)
 
 
 def say(msg: str) -> None:
@@ -145,6 +145,8 @@ def hv_curve(points: list[tuple[float, float, float]]) -> list[float]:
 
 
 def first_reaching(curve: list[float], target: float) -> int | None:
+    if target <= 0:
+        return None  # nothing to reach: no trial of random search beat the reference point
     return next((i + 1 for i, v in enumerate(curve) if v >= target - 1e-12), None)
 
 
@@ -163,7 +165,7 @@ def plot(curves: dict[str, list[list[float]]], path: Path, title: str) -> None:
         if len(runs) > 1:
             ax.fill_between(x, arr.min(0), arr.max(0), alpha=0.15)
     ax.set_xlabel("trials")
-    ax.set_ylabel("hypervolume of (1 - val acc, MACs ratio), ref (0.5, 1)")
+    ax.set_ylabel("hypervolume of (1 - val acc, MACs ratio), ref (0.9, 1)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -218,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{s.trials} trials per study, seeds {', '.join(map(str, s.seeds))}; TPE (multivariate, "
           f"{s.startup} start-up trials) and NSGA-II (population {s.startup}) as built by "
           f"`search.samplers`. Hypervolume: Optuna's `compute_hypervolume` on (1 − val acc, MACs ratio), "
-          f"reference (0.5, 1.0); the maximum possible is 0.5.\n")
+          f"reference (0.9, 1.0) (chance-level error, dense MACs); the maximum possible is 0.9.\n")
     marks = [n for n in (8, 16, 32, 48, 64) if n <= s.trials] + ([s.trials] if s.trials not in (8, 16, 32, 48, 64) else [])
     print("| sampler | " + " | ".join(f"HV @{n}" for n in marks) + f" | trials to reach random's HV @{s.trials} |")
     print("|---|" + "---:|" * (len(marks) + 1))

@@ -15,7 +15,7 @@ per budget (MACs <= budget x dense), every pruning arm gets the same ``--finetun
     code), bisection on its global pruning ratio to the budget;
 (c) Zhang et al.'s iterative pruning with global ranking to the budget: ``taylor_guided``,
     ``attribution``, ``attribution_iba`` (3 steps, 1 epoch after each of the first two, the
-    rest after the last: the same total finetune epochs);
+    rest after the last: the same total finetune epochs; scores from 4 batches of 64 per step);
 (d) online grow/prune (``pruning.adaptive``) from the base model with the budget: at most 2
     search epochs at the finetune LR, then finetune epochs to the same total;
 (e) the search: ``search.tuner.run_search`` (Ray, 2 trials at a time, TPE on val accuracy with
@@ -27,7 +27,9 @@ per budget (MACs <= budget x dense), every pruning arm gets the same ``--finetun
 
 Training compute = per-sample MACs x samples x 3 (forward + backward) summed over every
 training epoch, including the base model's training for the arms that start from it and every
-search trial for (e); scoring/calibration passes are not counted (a few batches). Markdown on
+search trial for (e). Scoring passes are not counted: a few batches, except ``attribution_iba``,
+which optimises a bottleneck for 10 steps per batch and layer (about 4 x 10 x 5 forward/backward
+passes of a batch per pruning step). Markdown on
 stdout, progress on stderr. ``--quick`` is a smoke test (tiny sizes, one seed, ~2 minutes).
 """
 
@@ -66,7 +68,7 @@ class Settings:
     val_limit: int = 1000
     base_epochs: int = 15
     finetune_epochs: int = 5
-    search_trials: int = 20
+    search_trials: int = 24
     search_epochs: int = 2
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.3, 0.1)
@@ -74,10 +76,11 @@ class Settings:
     finetune_lr: float = 0.01
     batch_size: int = 64
     iter_steps: int = 3
+    calib_batches: int = 4  # (c): batches of 64 scored per step (attribution_iba optimises per batch: costly)
     workers: int = 2
 
 
-QUICK = Settings(limit=600, val_limit=300, base_epochs=3, finetune_epochs=3, search_trials=4, search_epochs=1,
+QUICK = Settings(limit=600, val_limit=300, base_epochs=3, finetune_epochs=3, search_trials=4, search_epochs=1, calib_batches=1,
                  seeds=(0,))
 
 
@@ -159,7 +162,7 @@ def arm_ours(s: Settings, seed: int, budget: int, ckpt: str, criterion: str, ran
     data, model = _data(s, seed), _load_base(ckpt)
     meter = _Compute(len(data.train), tuple(data.input_shape))
     spec = PruneSpec(criterion=criterion, target_macs=budget, ranking=ranking, steps=steps, step_epochs=1,
-                     calib_batch_size=s.batch_size)
+                     calib_batches=s.calib_batches, calib_batch_size=s.batch_size)
     prune_iteratively(model, data, spec, _train_cfg(s, seed, s.finetune_epochs, s.finetune_lr),
                       finetune_epochs=s.finetune_epochs - (steps - 1), on_epoch=meter)
     return _result(f"{ranking} {criterion}", model, data, meter.macs, meter.epochs, t0)
