@@ -238,13 +238,13 @@ def arm_scratch(s: Settings, seed: int, widths: dict[str, int], name: str) -> di
     return _result(name, model, data, meter.macs, meter.epochs, t0)
 
 
-def arm_finalize(s: Settings, seed: int, cfg_json: str, params: dict) -> dict:
+def arm_finalize(s: Settings, seed: int, cfg_json: str, params: dict, trial_id: str) -> dict:
     """(e) after finalize, in a worker (see :func:`finalize_choice`)."""
     from search.config import config_from_dict
 
     t0 = time.perf_counter()
     cfg = config_from_dict(json.loads(cfg_json))
-    out = finalize_choice(cfg, params, s.finetune_epochs)
+    out = finalize_choice(cfg, params, s.finetune_epochs, trial_id=trial_id)
     data = _data(s, seed)
     compute = FORWARDS * out["macs"] * len(data.train) * out["epochs"]
     return {"arm": "search, after finalize", "test_acc": out["test_acc"], "val_acc": out["val_acc"],
@@ -252,15 +252,18 @@ def arm_finalize(s: Settings, seed: int, cfg_json: str, params: dict) -> dict:
             "widths": dict(zip(out["group_names"], out["widths"])), "wall_s": time.perf_counter() - t0}
 
 
-def finalize_choice(cfg: Any, params: dict, epochs: int) -> dict:
+def finalize_choice(cfg: Any, params: dict, epochs: int, *, trial_id: str) -> dict:
     """Finalize the search's chosen trial: re-run it with ``epochs`` finetune epochs.
 
     FINALIZE SWITCH: until ``search.finalize`` (``prunetune finalize NAME --top K --epochs E``)
     is merged, this re-runs the chosen trial's params through the same trial code
     (``search.trial.run_trial``: same base model, criterion, per-group ratios and seed) with
     ``finetune_epochs=epochs`` instead of the search's short finetune. Once merged, call
-    ``search.finalize`` for the chosen trial here and return its ``final.parquet`` row
-    (keys used: val_acc, test_acc, macs, epochs, widths, group_names).
+    ``search.finalize`` on ``cfg.exp_dir`` for trial ``trial_id`` (the best trial within the
+    budget on val, which need not be in a top-K of the 2-objective front) with ``epochs``,
+    and return its ``final.parquet`` row (keys used: val_acc, test_acc, macs, epochs,
+    widths, group_names). Its ``--from-scratch`` variant can then replace
+    ``arm_scratch(..., "scratch, widths of (e)")``.
     """
     from search.trial import prepare_base, run_trial
 
@@ -333,7 +336,7 @@ def arm_search(cfg: Any, s: Settings, seed: int, budget: int) -> tuple[dict, dic
     res = {"arm": "search, best trial", "test_acc": float(best.test_acc), "val_acc": float(best.val_acc),
            "macs": int(best.macs), "compute": compute, "epochs": int(best.epochs),
            "widths": dict(zip(best.group_names, (int(w) for w in best.widths))), "wall_s": time.perf_counter() - t0,
-           "trials": len(df), "feasible": len(ok), "criterion": str(best.criterion),
+           "trials": len(df), "feasible": len(ok), "criterion": str(best.criterion), "trial_id": str(best.trial_id),
            "baseline_chosen": "baseline" in params}
     return res, params
 
@@ -518,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
                     jobs += [(key + ("scratch, widths of (e)",), functools.partial(arm_scratch, s, seed, res["widths"],
                                                                                    "scratch, widths of (e)")),
                              (key + ("search, after finalize",), functools.partial(
-                                 arm_finalize, s, seed, json.dumps(cfg.model_dump(mode="json")), params))]
+                                 arm_finalize, s, seed, json.dumps(cfg.model_dump(mode="json")), params,
+                                 res["trial_id"]))]
                 jobs += [(key + ("uniform l1",), functools.partial(arm_ours, s, seed, budget, ckpt[seed], "l1", "uniform", 1)),
                          (key + ("global Taylor (torch-pruning)",), functools.partial(arm_tp_taylor, s, seed, budget, ckpt[seed])),
                          *((key + (f"global {c}",), functools.partial(arm_ours, s, seed, budget, ckpt[seed], c, "global",
