@@ -133,13 +133,26 @@ def _init_worker() -> None:
     logging.basicConfig(level=logging.WARNING)
 
 
+def base_name(s: Settings, seed: int) -> str:
+    """File name of the base model of ``seed``: a hash of what determines it, so ``--keep DIR`` reuses it."""
+    import hashlib
+
+    recipe = [MODEL, DATASET, s.image_size, s.limit, s.val_limit, s.base_epochs, s.lr, s.batch_size, seed]
+    return f"base-seed{seed}-{hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]}.pt"
+
+
 def job_base(s: Settings, seed: int, ckpt: str) -> dict:
-    """Train the dense base model of ``seed`` and save it to ``ckpt``."""
+    """Train the dense base model of ``seed`` and save it to ``ckpt`` (or load ``ckpt`` if it exists)."""
+    from pruning.cost import count_macs
     from pruning.models import create_model
     from pruning.train import save_checkpoint, train
 
     t0 = time.perf_counter()
     data = _data(s, seed)
+    if Path(ckpt).is_file():  # trained by an earlier run with the same recipe; its compute still counts
+        model = _load_base(ckpt)
+        compute = FORWARDS * count_macs(model, data.input_shape) * len(data.train) * s.base_epochs
+        return _result("dense", model, data, compute, s.base_epochs, t0, reused=True)
     torch.manual_seed(seed)
     model = create_model(MODEL, data.num_classes, in_channels=data.input_shape[0])
     meter = _Compute(len(data.train), tuple(data.input_shape))
@@ -471,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     p.add_argument("--trials", type=int, help="override the search trials per budget and seed")
     p.add_argument("--workers", type=int, help="worker processes for the non-search arms (1 thread each)")
-    p.add_argument("--keep", help="keep the experiment directories and base models here (default: a temp dir, removed)")
+    p.add_argument("--keep", help="keep the experiment directories and base models here, and reuse base models "
+                                  "found there (default: a temp dir, removed)")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     s = replace(s, seeds=tuple(args.seeds or s.seeds), search_trials=args.trials or s.search_trials,
@@ -491,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f"settings {asdict(s)}; work dir {root}")
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
     try:
-        ckpt = {seed: str(root / f"base-seed{seed}.pt") for seed in s.seeds}
+        ckpt = {seed: str(root / base_name(s, seed)) for seed in s.seeds}
         bases = {key[0]: res for key, res in _run_jobs(pool, [((seed, "dense"), functools.partial(job_base, s, seed, ckpt[seed]))
                                                            for seed in s.seeds], root)}
         for res in bases.values():
