@@ -38,7 +38,8 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 # Each benchmark's output is kept in benchmarks/results/ and spliced into the README.
-BENCHES := prune_speed latency_backends adaptive_vs_pipeline search_overhead cli_startup worker_death
+BENCHES := prune_speed latency_backends adaptive_vs_pipeline search_overhead cli_startup worker_death \
+           search_vs_baselines sampler_efficiency
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 bench: $(STAMP)
 	@# Fashion-MNIST comes from Debian's package (no downloads at run time); root can install it.

@@ -27,12 +27,12 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
     """
     d = cfg.data
     key: dict[str, Any] = {"name": d.name, "image_size": d.image_size, "limit": d.limit, "seed": cfg.experiment.seed}
+    if d.val_limit is not None:  # only when set: keys (cache names) of configs without it stay the same
+        key["val_limit"] = d.val_limit
     if d.name == "imagefolder":
         key["root"] = d.root
         if d.image_size is None:  # images at their own size since issue 12 (they were 64x64 RGB before)
             key["image_size"] = "native"
-    if d.val_limit is not None:  # only when set: base models cached before val_limit existed keep their key
-        key["val_limit"] = d.val_limit
     return key
 
 

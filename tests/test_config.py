@@ -188,3 +188,12 @@ def test_shipped_configs_load(path: Path) -> None:
     cfg = load_config(path)
     assert isinstance(cfg, ExperimentConfig)
     assert cfg.experiment.name
+
+
+def test_data_val_limit_cuts_validation_and_enters_the_data_key():
+    from search.materialize import data_key, experiment_data
+
+    cfg = load_config(None, ["data.name=digits", "data.val_limit=50"])
+    assert len(experiment_data(cfg).val) == 50
+    assert data_key(cfg)["val_limit"] == 50
+    assert "val_limit" not in data_key(load_config(None, ["data.name=digits"]))  # old cache keys unchanged
