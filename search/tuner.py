@@ -187,6 +187,7 @@ def resume_search(exp_dir: str | os.PathLike[str], options: SearchOptions = Sear
     held = len(read_trials(exp_dir))
     if held >= cfg.num_samples:
         progress_log.info("%s already holds %d/%d trials; nothing to resume", expdir.shown(exp_dir), held, cfg.num_samples)
+        _ray_layer()[1].settle_finished(cfg, exp_dir)
         return _finish(cfg, exp_dir, t0, (0.0, 0.0, None))
     fit = _session(cfg, exp_dir, options, "resume" if same else "force")
     return _finish(cfg, exp_dir, t0, fit)

@@ -166,3 +166,15 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, b
     finally:
         flush_searchers()  # what a synced journal (object storage) has not uploaded yet
     return started, time.perf_counter() - t0, resumed_from
+
+
+def settle_finished(cfg: ExperimentConfig, exp_dir: Store) -> None:
+    """``resume`` of a search whose ledger is complete: no Tuner session, but its Optuna
+    journal is settled with the ledger (a driver killed between the last ledger write and
+    that trial's tell left it behind; :meth:`LedgerSearch.settle`)."""
+    groups = (expdir.read_base(exp_dir) or {}).get("group_names")
+    if not groups or not exp_dir.exists(expdir.JOURNAL_FILE):
+        return  # nothing was ever told (or no base model): nothing to settle
+    searcher = make_searcher(cfg, exp_dir, list(groups), session_index=len(expdir.sessions(exp_dir)))
+    flush_searchers()
+    del searcher

@@ -192,6 +192,33 @@ class LedgerSearch(OptunaSearch):
         _LIVE.add(self)
 
     # -- reconciliation with the ledger
+    def settle(self) -> None:
+        """Session end: make the journal agree with the ledger (the source of truth).
+
+        A trial this searcher proposed can be recorded in the ledger without Optuna being
+        told: a driver killed between the two, then a restored session in which Ray never
+        reports that trial again. Each such trial is told now from its ledger row; ledger
+        trials the study does not hold at all are added (:meth:`_reconcile`).
+        """
+        if self._ot_study is None:
+            return
+        trials = ledger.read_trials(self._exp_dir)
+        rows = {str(r["trial_id"]): r for r in trials.to_dict("records")}
+        for tid, ot_trial in list(self._ot_trials.items()):
+            row = rows.get(tid)
+            try:
+                if row is None or self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+                    continue
+            except Exception:  # noqa: BLE001 - a trial the journal lost: _reconcile adds it from the ledger
+                self._ot_trials.pop(tid, None)
+                continue
+            result = {k: row.get(k) for k in ("val_acc", "macs", "params", "latency_ms")}
+            result["final"] = row["status"] == "TERMINATED"
+            result["error"] = row.get("error") if row["status"] == "ERROR" else None
+            self._completed_trials.discard(tid)
+            self.on_trial_complete(tid, result=result)
+        self._reconcile(trials)
+
     def _reconcile(self, ledger_df: Any) -> None:
         study = self._ot_study
         if study is None:
@@ -261,8 +288,13 @@ def _metric_mode(cfg: ExperimentConfig) -> tuple[Any, Any]:
 
 
 def flush_searchers() -> None:
-    """Upload what the journals of this driver's searchers have not uploaded yet (session end)."""
+    """Session end: settle each searcher's journal with the ledger (:meth:`LedgerSearch.settle`),
+    then upload what a synced journal has not uploaded yet."""
     for searcher in list(_LIVE):
+        try:
+            searcher.settle()
+        except Exception as exc:  # noqa: BLE001 - the next session reconciles again
+            logger.warning("optuna journal: could not settle it with the ledger: %s", exc)
         try:
             flush_journal(searcher._storage)
         except OSError as exc:  # the ledger is the source of truth; the next session reconciles

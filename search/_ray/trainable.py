@@ -104,7 +104,9 @@ class _Reporter:
     def __init__(self, where: dict[str, str], resume: Mapping[str, Any] | None) -> None:
         self.where = where
         self.pending: dict | None = None
-        self.last_model: Any = None
+        # The model a resumed trial continues (run_trial trains it in place): the final model
+        # even when the trial resumed after its last epoch and reports no epoch again.
+        self.last_model: Any = getattr((resume or {}).get("point"), "model", None)
         self.history: list[dict[str, Any]] = list((resume or {}).get("history") or [])
         self._unsent = list(self.history)
 
