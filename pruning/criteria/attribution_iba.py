@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import logging
 import numbers
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -32,6 +31,7 @@ from pruning.criteria.base import (
     check_batches,
     finalize,
     find_sites,
+    grad_eval_mode,
     register_criterion,
     sum_normalized_sites,
 )
@@ -76,24 +76,6 @@ class _SiteOutput:
             return self.replace
         self.captured = out.detach().clone()  # clone: an in-place ReLU downstream would overwrite it
         return None
-
-
-@contextmanager
-def _frozen_eval(model: nn.Module) -> Iterator[None]:
-    """Eval mode, parameters frozen (only the masks are optimised), gradients on; all restored on exit."""
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in flags:
-            p.requires_grad_(False)
-        with torch.enable_grad():
-            yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in flags:
-            p.requires_grad_(flag)
 
 
 def bottleneck_capacity(
@@ -188,7 +170,7 @@ class AttributionIBA(Criterion):
         sums: list[Tensor | None] = [None] * len(sites)
         samples = 0
         done: dict[int, Tensor] = {}  # a module that is the site of several producers is optimised once
-        with _frozen_eval(model):
+        with grad_eval_mode(model, params_grad=False):  # only the masks are optimised
             for x, y in batches:
                 x, y = x.to(device), y.to(device, torch.long)
                 done.clear()

@@ -192,8 +192,10 @@ def _device(model: nn.Module) -> torch.device:
 
 
 @contextmanager
-def _calibration_mode(model: nn.Module) -> Iterator[None]:
-    """Eval mode with gradients enabled for every parameter; restores both on exit.
+def grad_eval_mode(model: nn.Module, *, params_grad: bool = True) -> Iterator[None]:
+    """Eval mode with autograd on; every parameter's ``requires_grad`` set to ``params_grad``
+    (True: scores that need weight gradients; False: only something else is optimised, e.g.
+    attribution_iba's masks). Restores modes and flags on exit.
 
     Modes are saved per module (a frozen BN inside a training model stays frozen).
     """
@@ -203,7 +205,7 @@ def _calibration_mode(model: nn.Module) -> Iterator[None]:
         model.eval()
         for p, _ in flags:
             if p.is_floating_point():
-                p.requires_grad_(True)
+                p.requires_grad_(params_grad)
         with torch.enable_grad():
             yield
     finally:
@@ -305,7 +307,7 @@ def run_backward(
 
     handles = [s.module.register_forward_hook(hook) for s in {id(s.module): s for s in sites}.values()]
     try:
-        with _calibration_mode(model):
+        with grad_eval_mode(model):
             for x, y in batches:
                 captured.clear()
                 x, y = x.to(device), y.to(device, torch.long)
