@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "installing prunetune into $(VENV) (first time takes a few minutes: torch wheels)..."
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | $(QUIET_PIP)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | $(QUIET_PIP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,dashboard]' 2>&1 | $(QUIET_PIP)
 	$(PY) -c "import torch, torchvision, torch_pruning, ray, optuna, pyarrow, pandas, pydantic, onnx, onnxruntime, onnxscript" 
 	@touch $(STAMP)
 
