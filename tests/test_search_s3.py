@@ -70,7 +70,7 @@ def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s
     trials = read_trials(exp_uri)
     assert len(trials) == n, trials[["trial_id", "status"]]
     assert trials["trial_id"].is_unique and trials["params_json"].is_unique
-    assert set(trials["status"]) == {"TERMINATED"}
+    assert set(trials["status"]) == {"TERMINATED"}, trials[["trial_id", "status", "error"]].to_string()
     assert set(before["trial_id"]) <= set(trials["trial_id"])  # nothing lost
     kept = trials.set_index("trial_id").loc[list(before["trial_id"])]
     assert (kept["finished_at"].values == before.set_index("trial_id")["finished_at"].values).all()  # nor re-run

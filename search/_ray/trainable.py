@@ -72,11 +72,15 @@ def _resume_state(trial_id: str) -> dict[str, Any] | None:
     ckpt = tune.get_checkpoint()
     if ckpt is None:
         return None
-    with ckpt.as_directory() as d:
-        path = Path(d) / RESUME_FILE
-        if not path.is_file():
-            return None
-        state = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with ckpt.as_directory() as d:
+            path = Path(d) / RESUME_FILE
+            if not path.is_file():
+                return None
+            state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - e.g. deleted by Ray after its last snapshot (not repaired on object storage)
+        logger.warning("trial %s: its checkpoint cannot be read (%s); starting the trial over", trial_id, exc)
+        return None
     logger.info("trial %s: resuming after epoch %s", trial_id, state.get("epoch"))
     return state
 
