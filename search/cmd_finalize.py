@@ -10,7 +10,8 @@ import argparse
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finalize", help="train the K best front trials of a search longer (final.parquet)",
-                       description="Take the K trials of the Pareto front with the best val accuracy, run each "
+                       description="Take the K trials of the Pareto front with the best val accuracy (the front of the "
+                                   "trials within the search's MACs budget, if it has one), run each "
                                    "again with E finetune epochs (or train their widths from scratch for E "
                                    "epochs) on Ray, and record them in results/NAME/final.parquet. A rerun skips "
                                    "the trials already there.")

@@ -2,7 +2,8 @@
 
 A search ranks widths with short finetunes; the few worth keeping deserve a longer one.
 :func:`finalize` takes the ``top`` trials of the Pareto front of ``trials.parquet``
-(val_acc max, MACs min) with the best val accuracy, and runs each again on Ray Tune with
+(val_acc max, MACs min) with the best val accuracy - among the trials within the search's
+``objectives.macs_budget`` when it has one - and runs each again on Ray Tune with
 the same trainable as a search (``search.trial.run_trial``):
 
 - default: the trial's own params with ``finetune_epochs = epochs`` (``scratch_epochs``
@@ -115,9 +116,14 @@ class FinalLedger(Ledger):
 # --------------------------------------------------------------------------- what to run
 
 
-def choose_sources(trials: pd.DataFrame, top: int) -> pd.DataFrame:
+def choose_sources(trials: pd.DataFrame, top: int, macs_budget: int | None = None) -> pd.DataFrame:
     """The ``top`` front trials (val_acc max, MACs min) with the highest val accuracy
-    (ties: fewer MACs, then trial id), best first."""
+    (ties: fewer MACs, then trial id), best first. With ``macs_budget`` (the search's
+    ``objectives.macs_budget``) the front is that of the trials within the budget: the
+    others were infeasible for the search, and the most accurate of them would otherwise
+    fill the top K."""
+    if macs_budget is not None:
+        trials = trials[trials["macs"] <= macs_budget]
     front = pareto_front(trials)
     order = front.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
     return order.head(top).reset_index(drop=True)
@@ -153,9 +159,12 @@ def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int) ->
     if exp_dir is None:
         raise UsageError(f"finalize runs on a local or NFS experiment; {exp.uri()} is on object storage "
                          f"(copy it to a local directory first)")
-    chosen = choose_sources(read_trials(exp_dir), top)
+    budget = expdir.load_saved_config(exp_dir).objectives.macs_budget
+    trials = read_trials(exp_dir)
+    chosen = choose_sources(trials, top, budget)
     if chosen.empty:
-        raise UsageError(f"{str(exp_dir)!r} has no finished (TERMINATED) trial to finalize; "
+        within = "" if budget is None or choose_sources(trials, 1).empty else f" within the MACs budget of {budget}"
+        raise UsageError(f"{str(exp_dir)!r} has no finished (TERMINATED) trial{within} to finalize; "
                          f"run or resume the search first")
     return exp_dir, chosen
 

@@ -18,7 +18,8 @@ import pytest
 
 from search.config import config_from_dict
 from search.expdir import save_config
-from search.finalize import FINAL_SCHEMA, SOURCE_KEY, FinalLedger, choose_sources, final_params, read_final
+from search.finalize import (FINAL_SCHEMA, SOURCE_KEY, FinalLedger, check_finalize, choose_sources, final_params,
+                             read_final)
 from search.ledger import Ledger, read_trials
 from test_cli_search import Cli, assert_usage_error, kill_ours, main_in_process
 
@@ -204,3 +205,18 @@ def test_finalize_killed_part_way_reruns_without_lost_or_repeated_rows(tmp_path:
     assert f"{3 - len(before)} run now, {len(before)} already done" in proc.stdout
     epochs = pd.read_parquet(exp / "final_epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and set(epochs["trial_id"]) == set(final["trial_id"])
+
+
+def test_sources_respect_the_searchs_macs_budget(tmp_path: Path) -> None:
+    """With ``objectives.macs_budget`` the top K come from the front of the feasible trials:
+    trials a (300k MACs) and d (350k) are over a 250k budget, so b is the best and c comes next."""
+    cfg = {**CONFIG, "experiment": {**CONFIG["experiment"], "results_dir": str(tmp_path)},
+           "objectives": {"objectives": [{"metric": "val_acc", "mode": "max"}], "macs_budget": 250_000}}
+    exp = make_experiment(tmp_path)
+    save_config(config_from_dict(cfg), exp)
+    assert list(choose_sources(read_trials(exp), 2, 250_000)["trial_id"]) == ["b", "c"]
+    _, chosen = check_finalize(exp, 1, 1)
+    assert list(chosen["trial_id"]) == ["b"]
+    save_config(config_from_dict({**cfg, "objectives": {**cfg["objectives"], "macs_budget": 50_000}}), exp)
+    assert_usage_error(main_in_process("finalize", str(exp), "--top", "1", "--epochs", "1"),
+                       "no finished (TERMINATED) trial within the MACs budget of 50000")
