@@ -37,19 +37,15 @@ test: $(STAMP) browser
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-# Each benchmark's output is kept in benchmarks/results/ and spliced into the README.
-BENCHES := prune_speed latency_backends adaptive_vs_pipeline search_overhead cli_startup worker_death \
-           search_vs_baselines sampler_efficiency
+# Each benchmark's output is kept in benchmarks/results/ and spliced into the README
+# (benchmarks/run_all.py: one at a time, each timed, bench_times.md says how long the whole took).
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 bench: $(STAMP)
 	@# Fashion-MNIST comes from Debian's package (no downloads at run time); root can install it.
 	@if [ ! -d $(FASHION_MNIST_DIR) ] && [ "$$(id -u)" = 0 ]; then \
 	  echo "installing dataset-fashion-mnist (Debian package) into $(FASHION_MNIST_DIR)..."; \
 	  apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
-	@mkdir -p benchmarks/results
-	@for b in $(BENCHES); do echo "== $$b"; $(PY) benchmarks/$$b.py | tee benchmarks/results/$$b.md.tmp; \
-	  mv benchmarks/results/$$b.md.tmp benchmarks/results/$$b.md; done
-	$(PY) benchmarks/update_readme.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
