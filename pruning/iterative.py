@@ -232,18 +232,100 @@ def _too_low(val_acc: float, base_val_acc: float | None, max_drop_pts: float | N
     return 100.0 * (base_val_acc - val_acc) > max_drop_pts + 1e-9  # tolerance: 0.92 - 0.91 is not exactly 0.01
 
 
-def _cut(model: nn.Module, data: Any, spec: PruneSpec, criterion: Any, graph: GroupGraph, step: int,
-         dense_widths: dict[str, int], dense_macs: int, seed: int,
-         device: torch.device) -> tuple[dict[str, int], float]:
-    """Score, select and cut step ``step``, recalibrate BN if asked; (widths after, val acc after)."""
-    batches = calibration_batches(data, spec, device, seed=seed + step) if criterion.requires_data else []
-    scores = criterion.score(model, graph.groups, batches)
-    keep = _step_keep(model, scores, spec, step / spec.steps, dense_widths, dense_macs, tuple(data.input_shape))
-    cut = graph.prune(keep)
-    if spec.recalib_batches > 0:
-        recalib = data.train.batches(spec.calib_batch_size, shuffle=True, seed=seed + step, device=device)
-        recalibrate_bn(model, recalib, spec.recalib_batches)
-    return dict(cut.after), evaluate(model, data.val, device=device)
+class _Checkpoints:
+    """``on_state`` for the finetuner: a :class:`ResumePoint` of the step under way (set by the schedule)."""
+
+    def __init__(self, on_state: Callable[[ResumePoint], None] | None, model: nn.Module,
+                 dense_widths: dict[str, int], dense_macs: int, step: int) -> None:
+        self.on_state, self.model, self.dense_widths, self.dense_macs = on_state, model, dense_widths, dense_macs
+        self.step = step
+
+    def __call__(self, phase_done: int, epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
+        if self.on_state is not None:
+            self.on_state(ResumePoint(self.step, phase_done, epochs_done, self.model, optimizer.state_dict(),
+                                      self.dense_widths, self.dense_macs))
+
+
+def _dense_reference(model: nn.Module, data: Any, spec: PruneSpec, example: torch.Tensor,
+                     resume: ResumePoint | None) -> tuple[GroupGraph | None, dict[str, int], int]:
+    """The dense model's graph (None when resuming: the model is pruned already), widths and MACs.
+
+    Raises ``UsageError`` when ``spec.ratios`` names a group the model does not have.
+    """
+    graph: GroupGraph | None = None
+    if resume is None:
+        graph = GroupGraph(model, example)
+        dense_widths, dense_macs = graph.widths(), count_macs(model, data.input_shape)
+    else:
+        dense_widths, dense_macs = dict(resume.dense_widths), int(resume.dense_macs)
+    if spec.ratios is not None:
+        unknown = sorted(set(spec.ratios) - set(dense_widths))
+        if unknown:
+            raise UsageError(f"unknown group {unknown[0]!r}; choose one of: {', '.join(dense_widths)}")
+    return graph, dense_widths, dense_macs
+
+
+@dataclass
+class _Schedule:
+    """What every step of one schedule shares: the model, the target, the dense reference."""
+
+    model: nn.Module
+    data: Any
+    spec: PruneSpec
+    criterion: Any
+    seed: int
+    device: torch.device
+    example: torch.Tensor
+    dense_graph: GroupGraph | None
+    dense_widths: dict[str, int]
+    dense_macs: int
+    finetuner: _Finetuner
+
+    def run_step(self, step: int, epochs: int, resume: ResumePoint | None, started: float) -> StepRecord:
+        """Cut step ``step`` and finetune it for ``epochs`` (resuming: finish the finetune the
+        checkpoint was in, its cut is done); ``started`` is when the step began (perf_counter)."""
+        if resume is not None and step == resume.step:
+            widths, cut_val_acc = GroupGraph(self.model, self.example).widths(), None
+            self.finetuner.done = resume.epochs_done
+            self.finetuner(epochs, start=resume.phase_done, optimizer_state=resume.optimizer)
+        else:
+            reuse = step == 1 and self.dense_graph is not None  # built on the dense model: no second trace
+            graph = self.dense_graph if reuse else GroupGraph(self.model, self.example)
+            widths, cut_val_acc = self._cut(graph, step)
+            self.finetuner(epochs)
+        macs = count_macs(self.model, self.data.input_shape)
+        val_acc = (evaluate(self.model, self.data.val, device=self.device) if epochs > 0 or cut_val_acc is None
+                   else cut_val_acc)
+        record = StepRecord(step, dict(widths), macs, val_acc, time.perf_counter() - started, cut_val_acc)
+        log.info("step %d/%d: MACs %d (%.1f%% of dense), val_acc %.4f (%.4f right after the cut)", step,
+                 self.spec.steps, macs, 100.0 * macs / self.dense_macs, val_acc,
+                 float("nan") if cut_val_acc is None else cut_val_acc)  # fmt: skip
+        return record
+
+    def _cut(self, graph: GroupGraph, step: int) -> tuple[dict[str, int], float]:
+        """Score, select and cut step ``step``, recalibrate BN if asked; (widths after, val acc after)."""
+        model, data, spec, device = self.model, self.data, self.spec, self.device
+        batches = calibration_batches(data, spec, device, seed=self.seed + step) if self.criterion.requires_data else []
+        scores = self.criterion.score(model, graph.groups, batches)
+        keep = _step_keep(model, scores, spec, step / spec.steps, self.dense_widths, self.dense_macs,
+                          tuple(data.input_shape))
+        cut = graph.prune(keep)
+        if spec.recalib_batches > 0:
+            recalib = data.train.batches(spec.calib_batch_size, shuffle=True, seed=self.seed + step, device=device)
+            recalibrate_bn(model, recalib, spec.recalib_batches)
+        return dict(cut.after), evaluate(model, data.val, device=device)
+
+
+def _roll_back(result: PruneResult, record: StepRecord, snapshot: nn.Module | None, max_drop_pts: float | None
+               ) -> None:
+    """The accuracy guard rejected ``record``'s step: record it as rejected and restore the model
+    (in place) to ``snapshot``, the step before."""
+    assert snapshot is not None and result.base_val_acc is not None
+    result.steps.append(replace(record, accepted=False))
+    _restore(result.model, snapshot)
+    result.stop_step, result.stop_reason = record.step - 1, "max_drop"
+    log.info("step %d dropped val_acc %.2f points (> %.2f allowed): kept step %d", record.step,
+             100.0 * (result.base_val_acc - record.val_acc), max_drop_pts, record.step - 1)  # fmt: skip
 
 
 def prune_iteratively(
@@ -285,54 +367,23 @@ def prune_iteratively(
     criterion = get_criterion(spec.criterion, **spec.criterion_options)
     if resume is not None and spec.max_drop_pts is not None:
         raise UsageError("resuming a pruning schedule is not supported with max_drop_pts (the accuracy guard)")
-    dense_graph: GroupGraph | None = None
-    if resume is None:
-        dense_graph = GroupGraph(model, example)
-        dense_widths, dense_macs = dense_graph.widths(), count_macs(model, data.input_shape)
-    else:
-        dense_widths, dense_macs = dict(resume.dense_widths), int(resume.dense_macs)
-    if spec.ratios is not None:
-        unknown = sorted(set(spec.ratios) - set(dense_widths))
-        if unknown:
-            raise UsageError(f"unknown group {unknown[0]!r}; choose one of: {', '.join(dense_widths)}")
+    dense_graph, dense_widths, dense_macs = _dense_reference(model, data, spec, example, resume)
+    first = resume.step if resume is not None else 1
+    checkpoints = _Checkpoints(on_state, model, dense_widths, dense_macs, step=first)
+    finetuner = _Finetuner(model, data, finetune, on_epoch, teacher, on_state=checkpoints)
+    schedule = _Schedule(model, data, spec, criterion, finetune.seed, device, example, dense_graph, dense_widths,
+                         dense_macs, finetuner)
+    base_val_acc = evaluate(model, data.val, device=device) if spec.max_drop_pts is not None else None
+    result = PruneResult(model=model, steps=[], epochs=finetuner.history, base_val_acc=base_val_acc)
     final_epochs = finetune.epochs if finetune_epochs is None else finetune_epochs
-    step = resume.step if resume is not None else 1
-
-    def state(phase_done: int, epochs_done: int, optimizer: torch.optim.Optimizer) -> None:
-        if on_state is not None:
-            on_state(ResumePoint(step, phase_done, epochs_done, model, optimizer.state_dict(), dense_widths,
-                                 dense_macs))
-
-    run_epochs = _Finetuner(model, data, finetune, on_epoch, teacher, on_state=state)
-    guard = spec.max_drop_pts is not None
-    base_val_acc = evaluate(model, data.val, device=device) if guard else None
-    result = PruneResult(model=model, steps=[], epochs=run_epochs.history, base_val_acc=base_val_acc)
-    for step in range(step, spec.steps + 1):
-        t0 = time.perf_counter()
-        snapshot = copy.deepcopy(model) if guard else None
+    for step in range(first, spec.steps + 1):
+        checkpoints.step = step
+        started = time.perf_counter()
+        snapshot = copy.deepcopy(model) if base_val_acc is not None else None  # the guard's rollback
         epochs = spec.step_epochs if step < spec.steps else final_epochs
-        if resume is not None and step == resume.step:  # cut before the checkpoint: finish its finetune
-            widths, cut_val_acc = GroupGraph(model, example).widths(), None
-            run_epochs.done = resume.epochs_done
-            run_epochs(epochs, start=resume.phase_done, optimizer_state=resume.optimizer)
-        else:
-            graph = dense_graph if step == 1 and dense_graph is not None else GroupGraph(model, example)
-            widths, cut_val_acc = _cut(model, data, spec, criterion, graph, step, dense_widths, dense_macs,
-                                       finetune.seed, device)
-            run_epochs(epochs)
-        macs = count_macs(model, data.input_shape)
-        val_acc = evaluate(model, data.val, device=device) if epochs > 0 or cut_val_acc is None else cut_val_acc
-        record = StepRecord(step, dict(widths), macs, val_acc, time.perf_counter() - t0, cut_val_acc)
-        log.info("step %d/%d: MACs %d (%.1f%% of dense), val_acc %.4f (%.4f right after the cut)", step,
-                 spec.steps, macs, 100.0 * macs / dense_macs, val_acc,
-                 float("nan") if cut_val_acc is None else cut_val_acc)  # fmt: skip
-        if _too_low(val_acc, base_val_acc, spec.max_drop_pts):
-            assert snapshot is not None and base_val_acc is not None
-            result.steps.append(replace(record, accepted=False))
-            _restore(model, snapshot)
-            result.stop_step, result.stop_reason = step - 1, "max_drop"
-            log.info("step %d dropped val_acc %.2f points (> %.2f allowed): kept step %d", step,
-                     100.0 * (base_val_acc - val_acc), spec.max_drop_pts, step - 1)  # fmt: skip
+        record = schedule.run_step(step, epochs, resume, started)
+        if _too_low(record.val_acc, base_val_acc, spec.max_drop_pts):
+            _roll_back(result, record, snapshot, spec.max_drop_pts)
             break
         result.steps.append(record)
         result.stop_step = step

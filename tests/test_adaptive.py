@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.adaptive import AdaptiveConfig, _Loop, check_budget, run_adaptive, smallest_macs
+from pruning.adaptive import AdaptiveConfig, SearchState, check_budget, run_adaptive, smallest_macs
 from pruning.cost import count_macs
 from pruning.data import load_data
 from pruning.errors import UsageError
@@ -114,12 +114,12 @@ def _momentum(opt: torch.optim.Optimizer, p: torch.Tensor) -> torch.Tensor:
     return opt.state[p]["momentum_buffer"].clone()
 
 
-def _trained_loop(data, cfg: AdaptiveConfig) -> tuple[nn.Module, _Loop, torch.optim.Optimizer]:
+def _trained_loop(data, cfg: AdaptiveConfig) -> tuple[nn.Module, SearchState, torch.optim.Optimizer]:
     model = _model()
     opt = make_optimizer(model, TRAIN)
     for x, y in data.train.batches(32):
         train_step(model, opt, x, y, TRAIN)
-    return model, _Loop(model, data, TRAIN, cfg, torch.device("cpu")), opt
+    return model, SearchState(model, data, TRAIN, cfg, torch.device("cpu")), opt
 
 
 def test_growth_keeps_momentum_of_old_channels_and_zeroes_new_ones(data) -> None:

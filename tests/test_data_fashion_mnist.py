@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import pruning.data
+import pruning.data.fashion_mnist
 from pruning.data import FASHION_MNIST_MEAN, FASHION_MNIST_STD, Split, load_data, read_idx
 from pruning.errors import UsageError
 
@@ -90,7 +90,7 @@ def test_image_size_resizes_every_split(tmp_path: Path) -> None:
 
 def test_default_directory_and_missing_files_name_the_apt_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     absent = tmp_path / "usr-share-datasets-fashion-mnist"
-    monkeypatch.setattr(pruning.data, "FASHION_MNIST_DIR", absent)
+    monkeypatch.setattr(pruning.data.fashion_mnist, "FASHION_MNIST_DIR", absent)
     with pytest.raises(UsageError) as info:
         load_data("fashion_mnist")
     message = str(info.value)
