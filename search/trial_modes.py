@@ -35,6 +35,7 @@ __all__ = ["adaptive_budget", "grow_counts", "run_adaptive", "run_prune", "run_s
 
 log = logging.getLogger(__name__)
 
+
 def grow_counts(ratios: Mapping[str, float], widths: Mapping[str, int], round_to: int) -> dict[str, int]:
     """Channels to add to each group whose ratio (width multiplier) is above 1."""
     add = {}
