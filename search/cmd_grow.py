@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from typing import Any
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +21,7 @@ from pruning import __version__
 from pruning.adaptive import TRAIN_STEP_FORWARDS, AdaptiveConfig, check_budget, run_adaptive
 from pruning.basemodel import get_base_model
 from pruning.cost import count_macs
-from pruning.data import DATASETS, dataset_line, load_data
+from pruning.data import DATASETS, DataBundle, dataset_line, load_data
 from pruning.errors import UsageError
 from pruning.export import check_writable, export_model, write_json
 from pruning.measure import measure
@@ -140,6 +141,21 @@ def _print_result(result: Any, final: Any, start_widths: dict[str, int], start_m
           + f"; wall {result.wall_s:.1f} s (loop), {time.perf_counter() - t0:.1f} s total")
 
 
+def _trained_start(args: argparse.Namespace, data: DataBundle, start: nn.Module,
+                   say: Callable[[str], None]) -> tuple[nn.Module, int]:
+    """The model the loop starts from and the training MACs spent on it here: ``start`` itself
+    (random weights or a checkpoint, 0 MACs), else a base model trained for ``--base-epochs``."""
+    if args.from_scratch or args.checkpoint:
+        return start, 0
+    say(f"training base {args.model} for {args.base_epochs} epochs...")
+    base_cfg = TrainConfig(epochs=args.base_epochs, lr=0.05, batch_size=args.batch_size, seed=args.seed,
+                           device=args.device)
+    with EpochProgress("base training", args.base_epochs, quiet=args.quiet) as on_base_epoch:
+        model, _ = get_base_model(args.model, data, base_cfg, on_epoch=on_base_epoch)
+    shape = tuple(data.input_shape)
+    return model, TRAIN_STEP_FORWARDS * count_macs(model, shape) * len(data.train) * args.base_epochs
+
+
 def run(args: argparse.Namespace) -> int:
     out = _checked_out_dir(args)
     t0 = time.perf_counter()
@@ -160,16 +176,7 @@ def run(args: argparse.Namespace) -> int:
     lr = args.lr if args.lr is not None else (0.05 if args.from_scratch else 0.01)
     train_cfg = TrainConfig(lr=lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
 
-    base_train_macs = 0
-    if args.from_scratch or args.checkpoint:
-        model = start
-    else:
-        say(f"training base {args.model} for {args.base_epochs} epochs...")
-        base_cfg = TrainConfig(epochs=args.base_epochs, lr=0.05, batch_size=args.batch_size, seed=args.seed,
-                               device=args.device)
-        with EpochProgress("base training", args.base_epochs, quiet=args.quiet) as on_base_epoch:
-            model, _ = get_base_model(args.model, data, base_cfg, on_epoch=on_base_epoch)
-        base_train_macs = TRAIN_STEP_FORWARDS * count_macs(model, shape) * len(data.train) * args.base_epochs
+    model, base_train_macs = _trained_start(args, data, start, say)
     device = resolve_device(args.device)
     model.to(device)
     example = data.example_input().to(device)

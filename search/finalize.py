@@ -40,6 +40,7 @@ from pruning.atomic import check_writable
 from search import expdir, ledger
 from search.config import ExperimentConfig
 from search.ledger import TRIALS_SCHEMA, Ledger, params_of, pareto_front, read_trials
+from search.ledger_schema import validate_row
 from search.storage import Store, as_store
 
 __all__ = ["FINAL_EPOCHS_FILE", "FINAL_FILE", "FINAL_SCHEMA", "FinalLedger", "FinalizeSummary", "SOURCE_KEY",
@@ -97,7 +98,7 @@ class FinalLedger(Ledger):
         row = dict(row)
         row.setdefault("experiment", self.experiment)
         row.setdefault(SOURCE_KEY, params_of(row).get(SOURCE_KEY))
-        checked = ledger._validate_row(row, FINAL_SCHEMA, "final trial")
+        checked = validate_row(row, FINAL_SCHEMA, "final trial")
         self._trials[checked[SOURCE_KEY] or checked["trial_id"]] = checked
 
     def trials(self) -> pd.DataFrame:

@@ -242,7 +242,7 @@ def macs_budget_range(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, 
 
 def _reach(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, float, int]:
     """(MACs at ratio_min everywhere, at ratio_max everywhere) / base MACs, and base MACs."""
-    from search.trial import _grow_counts  # trial imports this module: a local import
+    from search.trial_modes import grow_counts  # trial_modes imports this module: a local import
 
     s = cfg.search
     model, x = _model_for_groups(cfg)
@@ -257,7 +257,7 @@ def _reach(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, float, int]
             scores = {g: torch.arange(n, 0, -1, dtype=torch.float32) for g, n in widths.items()}
             graph.prune(keep_by_ratios(scores, r, min_channels=s.min_channels, round_to=s.round_to))
         elif r > 1.0:
-            grow(m, _grow_counts(dict.fromkeys(widths, r), widths, s.round_to), x, method="zero")
+            grow(m, grow_counts(dict.fromkeys(widths, r), widths, s.round_to), x, method="zero")
         out.append(count_macs(m, shape) / base_macs)
     return out[0], out[1], base_macs
 

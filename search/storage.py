@@ -7,42 +7,13 @@ relative to the root with ``/`` (``"trials.parquet"``, ``"ray/session-001"``).
 
 Atomic replace, and how it differs between the two kinds of store:
 
-*Local / NFS* (POSIX). ``write_bytes_atomic`` writes a temporary file in the same directory,
-fsyncs it, ``os.replace``-s it over the old file and fsyncs the directory. The rename is
-atomic in the file system: at every instant the name points to the old or the new complete
-file, for every reader, and the directory entry itself is durable after the fsync.
+*Local / NFS* (POSIX). A temporary file in the same directory, fsynced, then ``os.replace``-d
+over the old file (:mod:`search.localfs`).
 
-*Object storage* (S3, GCS). There is no rename: a "rename" is a copy plus a delete. And a
-pyarrow reader fetches one object with a HEAD (its size) and then ranged GETs (for Parquet:
-footer, then column chunks), so an object overwritten in place can be read torn: truncated
-at the old size, or mixing two versions (against moto, 125 of 745 reads of an object that
-was being rewritten with alternating sizes came back truncated).
-Instead a write
-
-1. PUTs the content as a new, never-reused object ``NAME.v/<time_ns>-<random><ext>``;
-2. PUTs a small manifest ``NAME.manifest.json`` naming that object (and the previous one).
-   This single-object PUT is the commit point: S3 and GCS make a PUT atomic and
-   read-after-write consistent. The manifest is padded to a fixed size so that the HEAD and
-   the GET of a reader agree even when it is replaced in between, and a torn manifest is
-   never valid JSON, so a reader that gets one reads it again;
-3. deletes the versions other than the current and the previous one.
-
-Readers read the manifest first, then the object it names; version objects never change, so
-one read is always of one complete version. What this does *not* give, unlike POSIX:
-
-- no directory atomicity and no multi-file transaction (neither does the local store; the
-  ledger already orders its writes so that a partial flush is harmless);
-- last writer wins on the manifest: there is no compare-and-swap, so two concurrent writers
-  can lose each other's update. A single writer per experiment (the driver) is assumed;
-- a crash between steps 1 and 2 leaves an orphan version that no manifest names; readers
-  still see the previous version, and the next write of that name deletes the orphan;
-- the previous version is kept so that a reader that fetched the old manifest just before a
-  write can still read its object; a reader slower than two writes re-reads the manifest
-  (up to three times) and then fails;
-- ``list`` is strongly consistent on S3 (since 2020) and GCS, but it lists *names*: the
-  logical file ``NAME`` is listed once, its version objects and manifest are hidden.
-
-An object without a manifest (copied there by hand, or by another tool) is read as is.
+*Object storage* (S3, GCS). There is no rename, and an object overwritten in place can be
+read torn; a write puts a new, never-reused version object and then a small manifest naming
+it (the commit point), and readers follow the manifest. That protocol, and what it does not
+give compared with POSIX, is :mod:`search.objstore`'s.
 
 Endpoint: an S3-compatible server other than AWS (MinIO, moto, Ceph) is named by
 ``PRUNETUNE_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``
@@ -52,13 +23,8 @@ as pyarrow reads them. Query options in the URI (``?endpoint_override=...``) tak
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import logging
 import os
 import stat
-import time
-import uuid
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -67,17 +33,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pruning.errors import UsageError
+from search.localfs import ensure_private_dir, is_temp_name, write_local_atomic
+from search.objstore import MANIFEST_SUFFIX, VERSIONS_SUFFIX, VersionedObjects
 
 __all__ = ["REMOTE_SCHEMES", "Store", "as_store", "ensure_private_dir", "parse_results_dir"]
-
-logger = logging.getLogger(__name__)
 
 #: URI schemes a results_dir may use besides a plain local path (gcs:// is pyarrow's alias of gs://).
 REMOTE_SCHEMES = ("gcs", "gs", "s3")
 _SCHEMES = ("file", *REMOTE_SCHEMES)
-_MANIFEST = ".manifest.json"
-_VERSIONS = ".v"
-_READ_ATTEMPTS = 3
 _SECRET_OPTIONS = ("access_key", "secret_key", "session_token")
 _ENDPOINT_VARS = ("PRUNETUNE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
@@ -113,32 +76,12 @@ def as_store(where: Store | str | os.PathLike[str]) -> Store:
     return where if isinstance(where, Store) else Store.from_uri(where)
 
 
-def ensure_private_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` and any missing parents readable by the user only (0700).
-
-    A directory that already exists keeps its mode: a results tree the user shared on
-    purpose (a group-writable NFS dir) stays shared. Returns ``path``.
-    """
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{str(path)!r} exists and is not a directory")
-    missing = []
-    for p in (path, *path.parents):
-        if p.exists():
-            break
-        missing.append(p)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for p in missing:
-        os.chmod(p, 0o700)  # mkdir's mode is masked by the umask, and parents get the default
-    return path
-
-
 def _check_name(name: str) -> str:
     parts = PurePosixPath(name).parts
     if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"store name {name!r} must be a relative path without '.' or '..'")
-    if any(p.endswith((_VERSIONS, _MANIFEST)) for p in parts):
-        raise ValueError(f"store name {name!r}: components ending in {_VERSIONS!r} or {_MANIFEST!r} are reserved")
+    if any(p.endswith((VERSIONS_SUFFIX, MANIFEST_SUFFIX)) for p in parts):
+        raise ValueError(f"store name {name!r}: components ending in {VERSIONS_SUFFIX!r} or {MANIFEST_SUFFIX!r} are reserved")
     return "/".join(parts)
 
 
@@ -153,42 +96,9 @@ def _endpoint_query(uri: str) -> str:
     return f"{uri}?endpoint_override={parts.netloc}&scheme={parts.scheme}"
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_local_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
-    """Temp file in the same dir, fsync, ``os.replace``, fsync the dir; the temp is removed on error."""
-    if not path.parent.exists():
-        ensure_private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        fd = os.open(tmp, flags, 0o666 if mode is None else mode)  # 0o666 & ~umask: the user's usual mode
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _is_temp(name: str) -> bool:
-    base = name.rsplit("/", 1)[-1]
-    return base.startswith(".") and base.endswith(".tmp")
-
-
-class Store:
-    """A root directory on a pyarrow filesystem, with atomic whole-file replace.
+class Store(VersionedObjects):
+    """A root directory on a pyarrow filesystem, with atomic whole-file replace (locally a
+    renamed temp file; on object storage :class:`search.objstore.VersionedObjects`).
 
     Build one with :meth:`from_uri`. A Store is picklable (Ray ships it with the searcher).
     """
@@ -269,47 +179,8 @@ class Store:
         path = self._path(_check_name(name))
         return (path, None) if self.is_local else (path, self.fs)
 
-    # -- low level
     def _info(self, path: str) -> pafs.FileInfo:
         return self.fs.get_file_info(path)
-
-    def _get(self, path: str) -> bytes:
-        with self.fs.open_input_stream(path) as f:
-            return f.read()
-
-    def _put(self, path: str, data: bytes) -> None:
-        # One write of the complete bytes: pyarrow's S3 stream completes the upload on close,
-        # even after an exception, so a partial write must never reach the stream.
-        with self.fs.open_output_stream(path) as f:
-            f.write(data)
-
-    def _put_manifest(self, name: str, manifest: dict) -> None:
-        """The commit point of a remote write (tests patch it to simulate a crash before it).
-
-        Padded with spaces to a multiple of 1 KiB, so successive manifests of a name have
-        the same size: pyarrow reads an object with a HEAD (size) and then ranged GETs, and
-        a manifest replaced between the two must not be read truncated.
-        """
-        text = json.dumps(manifest, sort_keys=True).encode()
-        self._put(self._path(name) + _MANIFEST, text.ljust(-(-len(text) // 1024) * 1024))
-
-    def _version_path(self, name: str, obj: str) -> str:
-        """The filesystem path of version ``obj`` (as a manifest names it) of ``name``."""
-        return f"{self._path(name).rsplit('/', 1)[0]}/{obj}"
-
-    def _manifest(self, name: str) -> dict | None:
-        """The manifest of ``name`` or None. A torn read (a manifest replaced while pyarrow
-        read it) is not valid JSON, since no prefix of a JSON object is: it is read again."""
-        path = self._path(name) + _MANIFEST
-        for attempt in range(_READ_ATTEMPTS):
-            try:
-                return json.loads(self._get(path))
-            except FileNotFoundError:
-                return None
-            except (UnicodeDecodeError, json.JSONDecodeError, OSError) as exc:
-                logger.debug("store %s: manifest read torn (attempt %d): %s", self.uri(name), attempt, exc)
-                time.sleep(0.05 * (attempt + 1))
-        raise OSError(f"{self.uri(name)}: cannot read a whole manifest in {_READ_ATTEMPTS} attempts")
 
     # -- files
     def exists(self, name: str) -> bool:
@@ -317,71 +188,33 @@ class Store:
         path = self._path(_check_name(name))
         if self._info(path).type == pafs.FileType.File:
             return True
-        return not self.is_local and self._info(path + _MANIFEST).type == pafs.FileType.File
+        return not self.is_local and self._info(path + MANIFEST_SUFFIX).type == pafs.FileType.File
 
     def read_bytes(self, name: str) -> bytes:
         """The current content of ``name``; FileNotFoundError if absent."""
         name = _check_name(name)
         if self.is_local:
             return Path(self._path(name)).read_bytes()
-        for attempt in range(_READ_ATTEMPTS):
-            manifest = self._manifest(name)
-            if manifest is None:
-                try:
-                    return self._get(self._path(name))
-                except FileNotFoundError:
-                    raise FileNotFoundError(f"{self.uri(name)} does not exist") from None
-            try:
-                data = self._get(self._version_path(name, manifest["object"]))
-            except FileNotFoundError:  # collected by a writer two versions ahead: read the new manifest
-                logger.debug("store %s: version %s vanished (attempt %d)", self.uri(name), manifest["object"], attempt)
-                continue
-            if len(data) != manifest["size"]:
-                raise OSError(f"{self.uri(name)}: version {manifest['object']} has {len(data)} bytes, "
-                              f"the manifest says {manifest['size']}")
-            return data
-        raise OSError(f"{self.uri(name)}: the current version changed {_READ_ATTEMPTS} times during the read")
+        return self._read_versioned(name)
 
     def write_bytes_atomic(self, name: str, data: bytes) -> None:
         """Create or replace ``name`` with ``data``: readers see the old or the new content, whole."""
         name = _check_name(name)
         if self.is_local:
-            _write_local_atomic(Path(self._path(name)), bytes(data))
+            write_local_atomic(Path(self._path(name)), bytes(data))
             return
-        previous = self._manifest(name)
-        base = PurePosixPath(name)
-        # Relative to the manifest's directory, so a parent or child Store reads it the same.
-        obj = f"{base.name}{_VERSIONS}/{time.time_ns():020d}-{uuid.uuid4().hex[:12]}{base.suffix}"
-        self._put(self._version_path(name, obj), bytes(data))
-        self._put_manifest(name, {
-            "format": 1, "object": obj, "size": len(data),
-            "previous": previous["object"] if previous else None,
-            "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-        })
-        self.collect(name)
+        self._write_versioned(name, bytes(data))
 
     def collect(self, name: str) -> list[str]:
         """Delete the version objects of ``name`` other than the current and previous one
-        (orphans of a crashed write included). Returns the deleted names."""
-        name = _check_name(name)
-        if self.is_local:
-            return []
-        manifest = self._manifest(name)
-        keep = {manifest["object"], manifest.get("previous")} if manifest else set()
-        selector = pafs.FileSelector(self._path(name + _VERSIONS), allow_not_found=True)
-        deleted = []
-        keep_paths = {self._version_path(name, k) for k in keep if k}
-        for info in self.fs.get_file_info(selector):
-            if info.type == pafs.FileType.File and info.path not in keep_paths:
-                self.fs.delete_file(info.path)
-                deleted.append(info.path[len(self.root.rstrip("/")) + 1:])
-        return deleted
+        (orphans of a crashed write included; none on a local store). Returns the deleted names."""
+        return super().collect(_check_name(name))
 
     def delete(self, name: str) -> None:
         """Remove the file or directory ``name`` (with its versions and manifest); absent is fine."""
         name = _check_name(name)
         path = self._path(name)
-        for p in (path, path + _MANIFEST, path + _VERSIONS):
+        for p in (path, path + MANIFEST_SUFFIX, path + VERSIONS_SUFFIX):
             info = self._info(p)
             if info.type == pafs.FileType.Directory:
                 self.fs.delete_dir(p)
@@ -400,9 +233,9 @@ class Store:
                 continue
             rel = info.path[start:]
             parts = rel.split("/")
-            if any(p.endswith(_VERSIONS) for p in parts[:-1]) or _is_temp(rel):
+            if any(p.endswith(VERSIONS_SUFFIX) for p in parts[:-1]) or is_temp_name(rel):
                 continue
-            names.add(rel.removesuffix(_MANIFEST) if not self.is_local else rel)
+            names.add(rel.removesuffix(MANIFEST_SUFFIX) if not self.is_local else rel)
         return sorted(names)
 
     def list_dirs(self, prefix: str = "") -> list[str]:
@@ -412,7 +245,7 @@ class Store:
         selector = pafs.FileSelector(base, recursive=False, allow_not_found=True)
         names = {info.path.rstrip("/").rsplit("/", 1)[-1] for info in self.fs.get_file_info(selector)
                  if info.type == pafs.FileType.Directory}
-        return sorted(n for n in names if not n.endswith(_VERSIONS))
+        return sorted(n for n in names if not n.endswith(VERSIONS_SUFFIX))
 
     # -- Parquet
     def read_parquet(self, name: str) -> pa.Table:
@@ -447,7 +280,7 @@ class Store:
             data = self.read_bytes(name)
         except FileNotFoundError:
             return False
-        _write_local_atomic(local, data, mode)
+        write_local_atomic(local, data, mode)
         os.chmod(local, stat.S_IMODE(mode))  # os.open's mode was masked by the umask
         return True
 
@@ -462,7 +295,7 @@ class Store:
         for path in sorted(p for p in local.rglob("*") if p.is_file()):
             rel = f"{name}/{path.relative_to(local).as_posix()}"
             if self.is_local:
-                _write_local_atomic(Path(self._path(_check_name(rel))), path.read_bytes())
+                write_local_atomic(Path(self._path(_check_name(rel))), path.read_bytes())
             else:
                 self._put(self._path(_check_name(rel)), path.read_bytes())
             written.append(rel)
@@ -472,7 +305,7 @@ class Store:
         """Copy one local file to ``name`` as a plain object (see :meth:`upload_dir`)."""
         data = Path(local_path).read_bytes()
         if self.is_local:
-            _write_local_atomic(Path(self._path(_check_name(name))), data)
+            write_local_atomic(Path(self._path(_check_name(name))), data)
         else:
             self._put(self._path(_check_name(name)), data)
 
@@ -481,7 +314,7 @@ class Store:
         out = []
         for rel in self.list(name):
             dest = Path(local_dir, rel[len(_check_name(name)) + 1:])
-            _write_local_atomic(dest, self.read_bytes(rel))
+            write_local_atomic(dest, self.read_bytes(rel))
             out.append(dest)
         return out
 

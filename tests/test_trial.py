@@ -14,7 +14,7 @@ import torch
 
 import pruning.basemodel
 from pruning.errors import TrialError
-from search import space, trial
+from search import space, trial, trial_modes
 from search.config import ExperimentConfig, config_from_dict
 from search.trial import BaseArtifacts, prepare_base, run_trial
 
@@ -235,7 +235,7 @@ def test_adaptive_trial_ends_within_its_sampled_macs_budget(tmp_path: Path, base
                            base.group_names)  # fmt: skip
     assert low <= params[space.BUDGET_KEY] <= high <= 1.0
     params[space.BUDGET_KEY] = low  # the hardest budget: the smallest prune trial's MACs
-    budget = trial.adaptive_budget(cfg, params, base.metrics["macs"])
+    budget = trial_modes.adaptive_budget(cfg, params, base.metrics["macs"])
     assert budget == math.floor(low * base.metrics["macs"])
     result = run_trial(cfg, params, base=base)
     # Exact, no tolerance: every cut (the loop's and the final one) counts the pruned model's
@@ -243,7 +243,7 @@ def test_adaptive_trial_ends_within_its_sampled_macs_budget(tmp_path: Path, base
     assert result["macs"] <= budget
     assert result["macs"] >= 0.5 * budget  # cut to the budget, not far below it
     capped = cfg.model_copy(update={"objectives": cfg.objectives.model_copy(update={"macs_budget": budget // 2})})
-    assert trial.adaptive_budget(capped, params, base.metrics["macs"]) == budget // 2
+    assert trial_modes.adaptive_budget(capped, params, base.metrics["macs"]) == budget // 2
 
 
 def _copied(state: dict) -> dict:
