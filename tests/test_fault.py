@@ -241,3 +241,21 @@ def test_repair_recreates_the_checkpoint_rays_snapshot_names_from_the_newest_res
     assert repair_checkpoints(session) == 1
     assert (trial / "checkpoint_000001" / "resume.pt").read_bytes() == b"epoch 4"
     assert repair_checkpoints(session) == 0  # present now: left alone
+
+
+def test_error_text_reads_rays_local_copy_when_storage_has_none_yet(tmp_path):
+    from search._ray.recorder import _error_text
+
+    class Trial:  # Ray wrote error.txt in the trial's local dir; object storage has no copy yet
+        error_file = str(tmp_path / "error.txt")
+
+        def get_pickled_error(self):
+            return None
+
+        def get_error(self):
+            return None
+
+    (tmp_path / "error.txt").write_text("Failure # 1 (occurred at x)\nValueError: Could not recover from checkpoint\n")
+    assert _error_text(Trial()) == "ValueError: Could not recover from checkpoint"
+    Trial.error_file = None
+    assert _error_text(Trial()) == "trial failed (no error recorded by Ray)"

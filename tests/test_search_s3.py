@@ -28,11 +28,15 @@ def _with_cache(cli: Cli, cache: Path) -> None:
     cli.env["PRUNETUNE_CACHE_DIR"] = str(cache)
 
 
+def _finished_without_epoch_checkpoint(exp) -> bool:
+    """Whether some trial has its final checkpoint and none of its per-epoch ones."""
+    names = exp.list("ray")
+    finals = {n.rsplit("/", 2)[0] for n in names if n.endswith("/model.pt")}
+    epochs = {n.rsplit("/", 2)[0] for n in names if n.endswith("/resume.pt")}
+    return bool(finals - epochs)
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "known open bug (issue 11): passes alone (5 of 5), but in the full suite one resumed trial "
-    "ended ERROR ('no error recorded by Ray') in 2 of 2 runs; the restored trial's S3 checkpoint "
-    "is the suspect (repair_checkpoints works on local sessions only)"))
 def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s3_cli, s3_uri):
     from search.ledger import read_epochs, read_trials
     from search.storage import Store
@@ -43,23 +47,25 @@ def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s
                                                       "search.finetune_epochs": [2, 2]})
     _with_cache(s3_cli, tmp_path / "cache-a")
     driver = s3_cli.start("run", str(config), log=tmp_path / "run.log")
+    exp = Store.from_uri(exp_uri)
+    # Kill when a trial is recorded and Ray has just deleted its per-epoch checkpoint (its final
+    # one replaced it): Ray's last uploaded state (every >= 10 s) still names the deleted one,
+    # which failed that trial on restore until resume repaired it on S3 too (issue 11).
     deadline = time.time() + 240
-    recorded = 0
     while time.time() < deadline and driver.poll() is None:
         try:
             recorded = len(read_trials(exp_uri))
         except OSError:
             recorded = 0
-        if recorded >= 1:
+        if recorded >= 1 and _finished_without_epoch_checkpoint(exp):
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     assert driver.poll() is None, (tmp_path / "run.log").read_text()
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     kill_ours(s3_cli.tag, s3_cli.cwd)  # the Ray processes the killed driver left behind
     before = read_trials(exp_uri)  # a whole file: the manifest names one complete version
     assert 1 <= len(before) < n, (tmp_path / "run.log").read_text()
-    exp = Store.from_uri(exp_uri)
     names = exp.list()
     assert {"config.yaml", "base.json", "trials.parquet", "optuna.journal"} <= set(names), names
     assert any(n.startswith("base-") and n.endswith(".pt") for n in names), names  # the base model, for others
@@ -102,6 +108,32 @@ def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s
     assert report.returncode == 0 and f"wrote {exp_uri}/report.html" in report.stdout, report.stderr
     assert exp.read_bytes("report.html").lstrip().lower().startswith(b"<!doctype html")
     assert not (tmp_path / "results").exists()
+
+
+def test_repair_recreates_deleted_checkpoints_rays_s3_snapshot_names(tmp_path, s3_uri) -> None:
+    """On S3 too, a checkpoint Ray deleted after its last (uploaded) snapshot is recreated
+    before Tuner.restore, which would otherwise fail the trial before it runs (issue 11)."""
+    from search._ray.fit import repair_checkpoints
+    from search.storage import Store
+
+    session = Store.from_uri(f"{s3_uri}/ray/session-001")
+    session.upload_file(__file__, "trial_abc/checkpoint_000002/resume.pt")  # the newest; 000001 was deleted
+    session.upload_file(__file__, "trial_fin/checkpoint_000003/model.pt")  # finished after the snapshot
+    session.upload_file(__file__, "trial_ok/checkpoint_000002/resume.pt")
+    trials = [("abc", "checkpoint_000001"), ("fin", "checkpoint_000002"), ("none", "checkpoint_000000"),
+              ("ok", "checkpoint_000002")]
+    state = {"trial_data": [[json.dumps({"trial_id": t}), json.dumps({"last_result": {"checkpoint_dir_name": c}})]
+                            for t, c in trials]}
+    session.write_bytes_atomic("experiment_state-2026-01-01_00-00-00.json", b"{}")  # older: not the one Ray reads
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    session.upload_file(tmp_path / "state.json", "experiment_state-2026-01-01_00-00-09.json")  # a plain object, as Ray's
+    assert repair_checkpoints(session) == 3
+    names = set(session.list())
+    assert session.read_bytes("trial_abc/checkpoint_000001/resume.pt") == Path(__file__).read_bytes()
+    assert "trial_fin/checkpoint_000002/model.pt" in names  # replayed from the ledger (or started over)
+    assert [n for n in names if n.startswith("trial_none/checkpoint_000000/")]  # exists: the trial starts over
+    assert not [n for n in names if n.startswith("trial_ok/") and "000002" not in n]  # present: left alone
+    assert repair_checkpoints(session) == 0
 
 
 def test_results_dir_must_be_a_path_or_an_object_store_uri() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,7 @@ from search._ray.recorder import Recorder
 from search._ray.searcher import flush_searchers, make_searcher
 from search._ray.schedulers import make_scheduler
 from search._ray.trainable import RESUME_FILE, make_trainable, trial_dirname
-from search.storage import Store
+from search.storage import Store, as_store
 
 if TYPE_CHECKING:
     from search.tuner import SearchOptions
@@ -47,36 +47,66 @@ def replay_results(exp_dir: Store | Path, retry_errored: bool) -> dict[str, dict
     return out
 
 
-def repair_checkpoints(session_dir: Path) -> int:
+def _named_checkpoint(trial_json: str, meta_json: str) -> tuple[str, str] | None:
+    """(trial dir, checkpoint dir name) of the checkpoint a restored trial resumes from: the
+    one of its last result (every result carries one at ``checkpoint_every: 1``)."""
+    try:
+        trial = f"trial_{json.loads(trial_json)['trial_id']}"
+        name = json.loads(meta_json)["last_result"].get("checkpoint_dir_name")
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    return (trial, name) if name else None
+
+
+def _copy_checkpoint(session: Store, source: str | None, target: str) -> None:
+    """Copy the checkpoint dir ``source`` to ``target`` (both below ``session``); with no
+    source, a checkpoint holding only a note, from which the trainable starts over."""
+    with tempfile.TemporaryDirectory(prefix="prunetune-repair-") as d:
+        if source is not None:
+            session.download_dir(source, d)
+        else:
+            (Path(d) / "REPAIRED.txt").write_text("Ray deleted this checkpoint after its last snapshot and no "
+                                                 "newer one was saved; the trial starts over.\n")
+        session.upload_dir(d, target)
+
+
+def repair_checkpoints(session: Store | Path) -> int:
     """Give restored trials the checkpoint Ray's saved state names, when Ray deleted it since.
 
-    Ray writes its experiment state every few seconds but deletes a trial's older
-    checkpoints (``num_to_keep=1``) as soon as a new one is saved: a driver killed in
-    between leaves a state naming a checkpoint that is gone, and ``Tuner.restore`` would
-    fail that trial. For each such trial (the checkpoint of its last result in the newest
-    ``experiment_state-*.json``), its newest resume checkpoint is copied under the missing
-    name, so it resumes from its newest state. Local sessions only; returns the count.
+    Ray writes its experiment state every few seconds (on object storage: uploads it) but
+    deletes a trial's older checkpoints (``num_to_keep=1``) as soon as a new one is saved:
+    a driver killed in between leaves a state naming a checkpoint that is gone, and Ray's
+    restore of that trial fails before the trainable runs, on every retry, so the trial
+    ends ERROR. For each such trial (the checkpoint of its last result in the newest
+    ``experiment_state-*.json``, the one ``Tuner.restore`` reads), its newest checkpoint is
+    copied under the missing name (a resume checkpoint first; a final one is replayed from
+    the ledger or started over; with none, the trial starts over). Local or object storage
+    (``session`` is the session dir); returns the count.
     """
-    states = sorted(session_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    session = as_store(session)
+    names = session.list()
+    states = [n for n in names if "/" not in n and n.startswith("experiment_state-") and n.endswith(".json")]
     if not states:
         return 0
     try:
-        trial_data = json.loads(states[-1].read_text())["trial_data"]
-    except (OSError, ValueError, KeyError):
+        trial_data = json.loads(session.read_bytes(max(states)))["trial_data"]  # Ray restores max() too
+    except (OSError, ValueError, KeyError, TypeError):
         return 0
+    files = set(names)
     repaired = 0
     for trial_json, meta_json in trial_data:
-        try:
-            trial_dir = session_dir / f"trial_{json.loads(trial_json)['trial_id']}"
-            name = json.loads(meta_json)["last_result"].get("checkpoint_dir_name")
-        except (TypeError, ValueError, KeyError, AttributeError):
+        named = _named_checkpoint(trial_json, meta_json)
+        if named is None:
             continue
-        saved = sorted(p for p in trial_dir.glob("checkpoint_*") if (p / RESUME_FILE).is_file())
-        if not name or (trial_dir / name).exists() or not saved:
+        trial, name = named
+        saved = sorted({n.split("/")[1] for n in names if n.count("/") >= 2 and n.startswith(f"{trial}/checkpoint_")})
+        if name in saved:
             continue
-        shutil.copytree(saved[-1], trial_dir / name)
-        logger.info("trial %s: checkpoint %s was deleted after Ray's last snapshot; resuming from %s",
-                    trial_dir.name, name, saved[-1].name)
+        resumable = [c for c in saved if f"{trial}/{c}/{RESUME_FILE}" in files]
+        source = (resumable or saved or [None])[-1]
+        _copy_checkpoint(session, f"{trial}/{source}" if source else None, f"{trial}/{name}")
+        logger.info("%s: checkpoint %s was deleted after Ray's last snapshot; restoring from %s instead",
+                    trial, name, source or "an empty checkpoint (the trial starts over)")
         repaired += 1
     return repaired
 
@@ -150,9 +180,8 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, b
     trainable = make_trainable(cfg, base, options.trial_fn, replay_results(exp_dir, options.retry_errored))
     tuner, resumed_from = None, None
     if mode == "resume" and sessions and expdir.restorable(exp_dir, sessions[-1]):
-        local = exp_dir.local_path()
-        if local is not None:  # Ray may have deleted the checkpoint its last snapshot names
-            repair_checkpoints(local / expdir.RAY_DIR / sessions[-1])
+        # Ray may have deleted the checkpoint its last snapshot names
+        repair_checkpoints(exp_dir.child(f"{expdir.RAY_DIR}/{sessions[-1]}"))
         tuner = _restore(exp_dir, sessions[-1], trainable, options.retry_errored)
         resumed_from = "restore" if tuner is not None else None
     if tuner is None:

@@ -40,6 +40,11 @@ def _error_text(trial: Any) -> str:
         err = trial.get_pickled_error() or trial.get_error()
     except Exception:  # noqa: BLE001
         err = None
+    if err is None:  # Ray writes error.txt locally and uploads it to object storage only later
+        try:
+            err = Path(trial.error_file).read_text() if trial.error_file else None
+        except OSError:
+            err = None
     if err is None:
         return "trial failed (no error recorded by Ray)"
     lines = [ln for ln in str(err).strip().splitlines() if ln.strip()]
