@@ -256,13 +256,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke test: tiny subset, 1 seed, few epochs and trials")
     p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
     p.add_argument("--trials", type=int, help="override the search trials per budget and seed")
+    p.add_argument("--search-epochs", type=int, help="override the finetune epochs of each search trial")
     p.add_argument("--workers", type=int, help="worker processes for the non-search arms (1 thread each)")
     p.add_argument("--keep", help="keep the experiment directories and base models here, and reuse base models "
                                   "found there (default: a temp dir, removed)")
     args = p.parse_args(argv)
     s = QUICK if args.quick else Settings()
     s = replace(s, seeds=tuple(args.seeds or s.seeds), search_trials=args.trials or s.search_trials,
-                workers=args.workers or s.workers)
+                search_epochs=args.search_epochs or s.search_epochs, workers=args.workers or s.workers)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("search.progress").setLevel(logging.WARNING)
