@@ -305,23 +305,16 @@ run_search(cfg, SearchOptions(trial_fn=functools.partial(test_tuner.fake_trial, 
 """
 
 
-@pytest.mark.slow
-def test_driver_killed_after_ray_snapshot_resumes_by_restore_and_replays_what_the_ledger_holds(tmp_path, local_ray):
-    """Fake trials save no model, so Ray snapshots its state only every ~10 s: trials that
-    finished after the last snapshot are in the ledger but RUNNING for Ray. The resumed
-    search must not run them again, nor lose or repeat any trial."""
+def _kill_driver_after(tmp_path: Path, cfg, overrides: list[str], trials: int, poll_s: float,
+                       settle_s: float = 0.0) -> None:
+    """Run a search (DRIVER) in a subprocess and SIGKILL it once the ledger holds ``trials``
+    trials (polled every ``poll_s``, then ``settle_s`` more); stop every process it left."""
     import signal
     import subprocess
     import uuid
 
-    import pandas as pd
-
-    from search.tuner import resume_search
     from test_cli_search import kill_ours
 
-    n = 7
-    overrides = [f"num_samples={n}", "max_concurrent=2", "resources.num_cpus=2", "search.finetune_epochs=[2, 2]"]
-    cfg = _cfg(tmp_path, *overrides)
     tag = uuid.uuid4().hex
     code = DRIVER.format(tests=str(Path(__file__).parent), root=str(tmp_path), overrides=overrides)
     driver = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -330,16 +323,32 @@ def test_driver_killed_after_ray_snapshot_resumes_by_restore_and_replays_what_th
         deadline = time.time() + 180
         while time.time() < deadline and driver.poll() is None:
             try:
-                if len(read_trials(cfg.exp_dir)) >= 3:
+                if len(read_trials(cfg.exp_dir)) >= trials:
                     break
             except Exception:  # noqa: BLE001 - the file appears atomically; anything else: retry
                 pass
-            time.sleep(0.1)
+            time.sleep(poll_s)
+        time.sleep(settle_s)
         assert driver.poll() is None
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
         kill_ours(tag, tmp_path)
+
+
+@pytest.mark.slow
+def test_driver_killed_after_ray_snapshot_resumes_by_restore_and_replays_what_the_ledger_holds(tmp_path, local_ray):
+    """Fake trials save no model, so Ray snapshots its state only every ~10 s: trials that
+    finished after the last snapshot are in the ledger but RUNNING for Ray. The resumed
+    search must not run them again, nor lose or repeat any trial."""
+    import pandas as pd
+
+    from search.tuner import resume_search
+
+    n = 7
+    overrides = [f"num_samples={n}", "max_concurrent=2", "resources.num_cpus=2", "search.finetune_epochs=[2, 2]"]
+    cfg = _cfg(tmp_path, *overrides)
+    _kill_driver_after(tmp_path, cfg, overrides, trials=3, poll_s=0.1)
     before = read_trials(cfg.exp_dir).set_index("trial_id")
     assert 3 <= len(before) < n
     summary = resume_search(cfg.exp_dir, _options(epoch_s=0.5))
@@ -361,38 +370,16 @@ def test_uniform_and_global_baselines_each_run_once_across_a_driver_kill_and_a_w
     """Two baselines that differ only in ranking are different trials: after the driver is
     killed while the second runs and Ray's state is lost (a warm start from the ledger),
     the second still runs, and neither runs twice."""
-    import signal
-    import subprocess
-    import uuid
-
     from search import expdir
     from search.tuner import resume_search
-    from test_cli_search import kill_ours
 
     n = 4
     overrides = [f"num_samples={n}", "max_concurrent=1", "resources.num_cpus=2", "search.finetune_epochs=[2, 2]",
                  "search.baselines=[{ranking: uniform, ratio: 0.5, criterion: l1}, "
                  "{ranking: global, ratio: 0.5, criterion: l1}]"]
     cfg = _cfg(tmp_path, *overrides)
-    tag = uuid.uuid4().hex
-    code = DRIVER.format(tests=str(Path(__file__).parent), root=str(tmp_path), overrides=overrides)
-    driver = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "PRUNETUNE_TEST_TAG": tag})
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and driver.poll() is None:
-            try:
-                if len(read_trials(cfg.exp_dir)) >= 1:
-                    break
-            except Exception:  # noqa: BLE001 - the file appears atomically; anything else: retry
-                pass
-            time.sleep(0.05)
-        time.sleep(0.4)  # the first baseline is told to Optuna too; the second runs for >= 1 s
-        assert driver.poll() is None
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        kill_ours(tag, tmp_path)
+    # settle: the first baseline is told to Optuna too; the second runs for >= 1 s
+    _kill_driver_after(tmp_path, cfg, overrides, trials=1, poll_s=0.05, settle_s=0.4)
     before = [json.loads(p).get("baseline") for p in read_trials(cfg.exp_dir)["params_json"]]
     assert before == ["uniform"]  # the global baseline was running (or about to) when the driver died
     for session in expdir.sessions(cfg.exp_dir):  # Ray's state is a cache: lose it, resume from the ledger
