@@ -198,10 +198,11 @@ def fixed_arms(s: Settings, seed: int, frac: float, budget: int, ckpt: str, uni_
             (key + ("adaptive grow/prune",), part(arm_adaptive, s, seed, budget, ckpt))]
 
 
-def search_arms(s: Settings, seed: int, frac: float, budget: int, ckpt: str, root: Path) -> tuple[list[dict], Jobs]:
+def search_arms(s: Settings, seed: int, frac: float, budget: int, ckpt: str, root: Path,
+                plan: tuple[float, dict[str, int]]) -> tuple[list[dict], Jobs]:
     """(e) before and after finalize, in this process (Ray); returns their rows and the job of (f)
-    at the widths of (e)."""
-    r_uni, uni_widths = uniform_plan(ckpt, s, seed, budget)
+    at the widths of (e). ``plan``: :func:`uniform_plan` of this seed and budget."""
+    r_uni, uni_widths = plan
     cfg = search_config(s, seed, frac, budget, ckpt, root, r_uni)
     say(f"search seed {seed}, budget {frac:.0%}: {s.search_trials} trials (uniform ratio {r_uni:.3f})")
     try:
@@ -237,15 +238,13 @@ def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[in
     dense_macs = bases[s.seeds[0]]["macs"]
     rows: dict[float, list[dict]] = {frac: [] for frac in s.budgets}
     pending = []
-    for seed in s.seeds:
-        for frac in s.budgets:
-            budget = int(frac * dense_macs)
-            pending += _submit(pool, fixed_arms(s, seed, frac, budget, ckpt[seed], uniform_plan(ckpt[seed], s, seed, budget)[1]))
-    for seed in s.seeds:
-        for frac in s.budgets:
-            found, jobs = search_arms(s, seed, frac, int(frac * dense_macs), ckpt[seed], root)
-            rows[frac] += found
-            pending += _submit(pool, jobs)
+    plans = {(seed, frac): uniform_plan(ckpt[seed], s, seed, int(frac * dense_macs)) for seed in s.seeds for frac in s.budgets}
+    for (seed, frac), (_, uni_widths) in plans.items():
+        pending += _submit(pool, fixed_arms(s, seed, frac, int(frac * dense_macs), ckpt[seed], uni_widths))
+    for (seed, frac), plan in plans.items():
+        found, jobs = search_arms(s, seed, frac, int(frac * dense_macs), ckpt[seed], root, plan)
+        rows[frac] += found
+        pending += _submit(pool, jobs)
     for key, res in _collect(pending, root):
         rows[key[1]].append(dict(res, seed=key[0]))
     return bases, rows
