@@ -125,6 +125,31 @@ def test_digits_image_size_and_limit() -> None:
     assert set(bundle.train.y.tolist()) == set(range(10))  # the limited subset is stratified
 
 
+def test_selection_split_is_carved_from_train_and_disjoint_from_every_split(digits: DataBundle) -> None:
+    carved = load_data("digits", seed=0, select_fraction=0.1)
+    assert digits.select is None
+    assert (len(carved.train), len(carved.select)) == (969, 108)  # ceil(0.1 * 1077) = 108
+    assert torch.equal(carved.val.x, digits.val.x) and torch.equal(carved.test.x, digits.test.x)
+    train, select = _rows(carved.train), _rows(carved.select)
+    assert train | select == _rows(digits.train)  # the selection split comes out of train only
+    assert not (select & train) and not (select & _rows(carved.val)) and not (select & _rows(carved.test))
+    assert set(carved.select.y.tolist()) == set(range(10))  # stratified
+    again = load_data("digits", seed=0, select_fraction=0.1)
+    assert torch.equal(again.select.x, carved.select.x)  # seeded
+    assert "select 108" in dataset_line(carved)
+
+
+def test_selection_split_comes_out_of_the_limited_train() -> None:
+    bundle = load_data("digits", seed=3, limit=200, select_fraction=0.25)
+    assert (len(bundle.train), len(bundle.select)) == (150, 50)
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.1, 0.51, 1.0, float("nan")])
+def test_bad_select_fraction_names_the_value_and_the_range(fraction: float) -> None:
+    with pytest.raises(UsageError, match=r"select_fraction must be in \(0, 0.5\].*got " + str(fraction)):
+        load_data("synthetic", select_fraction=fraction)
+
+
 # ----------------------------------------------------------------------------- CIFAR
 
 

@@ -1,7 +1,8 @@
 """Dataset registry and loaders: seeded train/val/test splits held in memory as tensors.
 
-``load_data(name, root=..., seed=..., image_size=..., limit=..., val_limit=...)`` returns a
-:class:`DataBundle`. Registered names (``DATASETS``), one module per family:
+``load_data(name, root=..., seed=..., image_size=..., limit=..., val_limit=...,
+select_fraction=...)`` returns a :class:`DataBundle` (train/val/test, plus an optional
+selection split carved from train).  Registered names (``DATASETS``), one module per family:
 
 * ``digits``: scikit-learn's bundled 8x8 digits (no files needed) upsampled to 16x16,
   seeded stratified 60/20/20 split. The demo and test dataset (``builtin``).

@@ -141,7 +141,10 @@ class DataBundle:
 
     ``input_shape`` is C,H,W of one sample as :meth:`Split.batches` yields it (pixels);
     ``class_names`` lists the class of each label index where the data has names
-    (``imagefolder``), else it is empty.
+    (``imagefolder``), else it is empty. ``select`` is the *selection split* carved from the
+    training data by ``load_data(select_fraction=...)`` (None without one): nothing trains
+    on it and a search never ranks on it, so a final pick among candidates made on it is
+    not biased by the search's own choice (the winner's curse of picking on val).
     """
 
     name: str
@@ -151,10 +154,13 @@ class DataBundle:
     num_classes: int
     input_shape: tuple[int, int, int]
     class_names: tuple[str, ...] = ()
+    select: Split | None = None
 
     def __post_init__(self) -> None:
-        for split_name in ("train", "val", "test"):
-            split: Split = getattr(self, split_name)
+        for split_name in ("train", "val", "test", "select"):
+            split: Split | None = getattr(self, split_name)
+            if split is None:
+                continue
             if tuple(split.x.shape[1:]) != self.input_shape:
                 raise ValueError(f"{split_name} samples are {tuple(split.x.shape[1:])}, expected {self.input_shape}")
             if len(split) and (int(split.y.min()) < 0 or int(split.y.max()) >= self.num_classes):
