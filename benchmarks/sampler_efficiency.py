@@ -7,7 +7,7 @@ What a trial is: the search space of ``search.space.suggest`` (one keep ratio pe
 mode) and finetuned for one epoch; objectives: maximise val accuracy, minimise MACs. The
 point is the sampler's efficiency, not Ray's, so trials run **in-process** with an Optuna study
 per (sampler, seed) (``study.optimize``, one trial at a time, samplers built by
-``search.samplers.make_sampler``), not through Ray Tune, and a trial skips ``run_trial``'s test
+``search.study.samplers.make_sampler``), not through Ray Tune, and a trial skips ``run_trial``'s test
 and latency measurement (seconds per trial that no sampler sees). Two worker processes of one
 thread run the studies.
 
@@ -84,7 +84,7 @@ def train_base(s: Settings, ckpt: str) -> dict:
     from pruning.cost import count_macs
     from pruning.models import create_model
     from pruning.train import TrainConfig, evaluate, save_checkpoint, train
-    from search.materialize import experiment_data
+    from search.trial.materialize import experiment_data
 
     data = experiment_data(make_config(s, "random", None))
     torch.manual_seed(0)
@@ -101,9 +101,10 @@ def run_study(s: Settings, sampler: str, seed: int, ckpt: str) -> list[tuple[flo
     from pruning.cost import count_macs
     from pruning.iterative import PruneSpec, prune_iteratively
     from pruning.train import TrainConfig, evaluate, load_checkpoint
-    from search import space
-    from search.materialize import experiment_data
-    from search.samplers import make_sampler
+    from search.study import space
+    from search.trial.params import ratios_from_params
+    from search.trial.materialize import experiment_data
+    from search.study.samplers import make_sampler
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -117,7 +118,7 @@ def run_study(s: Settings, sampler: str, seed: int, ckpt: str) -> list[tuple[flo
     def objective(trial: optuna.Trial) -> tuple[float, float]:
         t0 = time.perf_counter()
         params = space.suggest(trial, cfg, groups)
-        ratios = space.ratios_from_params(params, groups)
+        ratios = ratios_from_params(params, groups)
         model = copy.deepcopy(base)
         spec = PruneSpec(criterion="l1", ratios={g: r for g, r in ratios.items() if r < 1.0})
         prune_iteratively(model, data, spec, TrainConfig(epochs=1, lr=0.01, seed=0, device="cpu"))
@@ -125,7 +126,7 @@ def run_study(s: Settings, sampler: str, seed: int, ckpt: str) -> list[tuple[flo
         out.append((val, macs, time.perf_counter() - t0))
         return val, macs
 
-    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(cfg, seed=seed))
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=make_sampler(**cfg.sampler.model_dump(), seed=seed))
     study.optimize(objective, n_trials=s.trials)
     return out
 
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
           f"1 finetune epoch ({trial_s:.1f} s per trial on average). Objectives: max val accuracy, min MACs. "
           f"{s.trials} trials per study, seeds {', '.join(map(str, s.seeds))}; TPE (multivariate, "
           f"{s.startup} start-up trials) and NSGA-II (population {s.startup}) as built by "
-          f"`search.samplers`. Hypervolume: Optuna's `compute_hypervolume` on (1 − val acc, MACs ratio), "
+          f"`search.study.samplers`. Hypervolume: Optuna's `compute_hypervolume` on (1 − val acc, MACs ratio), "
           f"reference (0.9, 1.0) (chance-level error, dense MACs); the maximum possible is 0.9.\n")
     marks = [n for n in (8, 16, 32, 48, 64) if n <= s.trials] + ([s.trials] if s.trials not in (8, 16, 32, 48, 64) else [])
     print("| sampler | " + " | ".join(f"HV @{n}" for n in marks) + f" | trials to reach random's HV @{s.trials} |")

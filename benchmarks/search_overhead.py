@@ -99,12 +99,12 @@ def run_plain(root: Path, seconds: float, reuse: bool, cfg, groups: list[str]) -
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
-    from search import space
-    from search.samplers import make_sampler
+    from search.study import space
+    from search.study.samplers import make_sampler
 
     record = tempfile.mkdtemp(dir=root)
     searcher = OptunaSearch(functools.partial(space.suggest, cfg=cfg, groups=groups), metric=["val_acc", "macs"],
-                            mode=["max", "min"], sampler=make_sampler(cfg))
+                            mode=["max", "min"], sampler=make_sampler(**cfg.sampler.model_dump(), seed=cfg.experiment.seed))
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(plain_trainable, seconds=seconds, record_dir=record), {"cpu": 1}),
         tune_config=tune.TuneConfig(search_alg=searcher, num_samples=TRIALS, max_concurrent_trials=CONCURRENCY,
@@ -166,7 +166,7 @@ def main() -> int:
     init_s = time.perf_counter() - t
     log(f"ray.init {init_s:.1f} s; {TRIALS} trials x {seconds:g} s, {CONCURRENCY} at a time")
 
-    from search import space
+    from search.study import space
 
     results = {}
     cfg = _config(root, "plain")

@@ -116,7 +116,8 @@ def arm_finalize(cfg: Any, s: Settings, seed: int, chosen: dict) -> dict:
     """(e) after finalize: ``search.finalize`` (``prunetune finalize NAME --top 1 --epochs E``) on the
     search's experiment. With the MACs budget in the search's config, its top-1 source is the best
     trial within the budget on val, i.e. the trial (e) chose: checked, not assumed."""
-    from search.finalize import SOURCE_KEY, finalize, read_final
+    from search.finalize import finalize
+    from search.results.final import SOURCE_KEY, read_final
     from search.tuner import SearchOptions
 
     t0 = time.perf_counter()
@@ -134,7 +135,7 @@ def arm_finalize(cfg: Any, s: Settings, seed: int, chosen: dict) -> dict:
 
 def arm_search(cfg: Any, s: Settings, seed: int, budget: int) -> tuple[dict, dict]:
     """(e) before finalize: run the search, pick the best feasible trial on val. Returns (result, params)."""
-    from search.ledger import read_trials
+    from search.results.ledger import read_trials
     from search.tuner import SearchOptions, run_search
 
     t0 = time.perf_counter()

@@ -44,7 +44,7 @@ def dying_trial(cfg, params, reporter=None, *, base=None, resume=None, checkpoin
     import torch
     from ray import tune
 
-    from search.trial import run_trial
+    from search.trial.run import run_trial
 
     marker = Path(os.environ["PRUNETUNE_BENCH_MARKERS"]) / tune.get_context().get_trial_id()
 

@@ -66,9 +66,25 @@ def keep_by_ratios(
 
 
 def normalize(s: torch.Tensor) -> torch.Tensor:
-    """ŝ = s / ‖s‖₂ (a zero vector stays zero)."""
+    """ŝ = s / ‖s‖₂ in float64 (the norm too, so tiny vectors still normalise); a zero vector stays zero.
+
+    The one per-group L2 normalisation: the global ranking here and the per-layer sums of
+    the attribution criteria (``pruning.criteria.base``) both use it."""
     norm = torch.linalg.vector_norm(s.double())
     return (s.double() / norm) if norm > 0 else s.double()
+
+
+def grow_counts(ratios: Mapping[str, float], widths: Mapping[str, int], round_to: int) -> dict[str, int]:
+    """Channels to add to each group whose ratio (width multiplier) is above 1: the growing
+    counterpart of :func:`keep_by_ratios` (the target width rounded up to ``round_to``)."""
+    add = {}
+    for g, r in ratios.items():
+        if r > 1.0:
+            # 1e-9: a ratio rebuilt from widths (finalize --from-scratch) must not round up a whole step
+            target = math.ceil(r * widths[g] / round_to - 1e-9) * round_to if round_to > 1 else round(r * widths[g])
+            if target > widths[g]:
+                add[g] = int(target - widths[g])
+    return add
 
 
 def keep_global(

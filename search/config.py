@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pruning.errors import UsageError
-from search.samplers import SamplerName
+from search.study.samplers import SamplerName
 
 
 class _Section(BaseModel):
@@ -38,7 +38,7 @@ class ExperimentSection(_Section):
     @field_validator("results_dir")
     @classmethod
     def _results_location(cls, v: str) -> str:
-        from search.storage import parse_results_dir  # pyarrow: not for every importer of the config
+        from search.results.storage import parse_results_dir  # pyarrow: not for every importer of the config
 
         return parse_results_dir(v)
 
@@ -280,7 +280,7 @@ class ExperimentConfig(_Section):
         ``gs://``), a local cache of what must be a file (the base model); its files
         live in ``search.expdir.store(cfg)``."""
         if "://" in self.experiment.results_dir:
-            from search.cachedir import remote_experiment_cache
+            from search.results.cachedir import remote_experiment_cache
 
             return remote_experiment_cache(f"{self.experiment.results_dir}/{self.experiment.name}")
         return Path(self.experiment.results_dir) / self.experiment.name

@@ -33,26 +33,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
 
-from pruning.errors import UsageError
 from pruning.atomic import check_writable
-from search import expdir, ledger
+from pruning.errors import UsageError
 from search.config import ExperimentConfig
-from search.ledger import TRIALS_SCHEMA, Ledger, params_of, pareto_front, read_trials
-from search.ledger_schema import validate_row
-from search.storage import Store, as_store
+from search.options import SearchOptions
+from search import tuner
+from search.results import expdir
+from search.results.final import FINAL_EPOCHS_FILE, FINAL_FILE, SOURCE_KEY, read_final
+from search.results.ledger import params_of, pareto_front, read_trials
+from search.results.storage import as_store
+from search.trial.params import ratio_key
 
-__all__ = ["FINAL_EPOCHS_FILE", "FINAL_FILE", "FINAL_SCHEMA", "FinalLedger", "FinalizeSummary", "SOURCE_KEY",
-           "check_finalize", "choose_sources", "final_params", "finalize", "read_final"]
+__all__ = ["FinalizeSummary", "check_finalize", "choose_sources", "final_params", "finalize"]
 
 progress_log = logging.getLogger("search.progress")
 
-FINAL_FILE = expdir.FINAL_FILE
-FINAL_EPOCHS_FILE = expdir.FINAL_EPOCHS_FILE
-#: The params key (and column) naming the search trial a final run was made from.
-SOURCE_KEY = "source_trial_id"
-FINAL_SCHEMA = TRIALS_SCHEMA.append(pa.field(SOURCE_KEY, pa.string()))
 #: Params of a trial that the from-scratch run keeps (distillation); the widths come from the row.
 _SCRATCH_KEEPS = ("distill", "distill_alpha", "distill_temperature")
 
@@ -64,54 +60,6 @@ class FinalizeSummary:
     ran: list[str]  # of which run by this call
     skipped: list[str]  # of which already in final.parquet
     wall_s: float
-
-
-# --------------------------------------------------------------------------- the final ledger
-
-
-def read_final(exp_dir: Store | str | os.PathLike[str]) -> pd.DataFrame:
-    """``final.parquet`` as a DataFrame with the columns of :data:`FINAL_SCHEMA` (empty if absent)."""
-    return ledger._to_frame(ledger._read_table(as_store(exp_dir), FINAL_FILE, FINAL_SCHEMA))
-
-
-class FinalLedger(Ledger):
-    """The :class:`~search.ledger.Ledger` of ``final.parquet``/``final_epochs.parquet``.
-
-    Rows are unique by ``source_trial_id`` (taken from the row, else from its params):
-    a source recorded again replaces its row. ``flush`` writes no Pareto file.
-    """
-
-    def __init__(self, exp_dir: Store | str | os.PathLike[str], experiment: str) -> None:
-        if not experiment:
-            raise ValueError("experiment name must be a non-empty string")
-        self.store = as_store(exp_dir)
-        self.exp_dir = self.store.local_path()
-        self.experiment = experiment
-        self._trials: dict[str, dict[str, Any]] = {}
-        self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
-        for row in ledger._read_table(self.store, FINAL_FILE, FINAL_SCHEMA).to_pylist():
-            self._trials[row[SOURCE_KEY] or row["trial_id"]] = row
-        for row in ledger._read_table(self.store, FINAL_EPOCHS_FILE, ledger.EPOCHS_SCHEMA).to_pylist():
-            self._epochs[(row["trial_id"], row["epoch"])] = row
-
-    def add_trial(self, row: Mapping[str, Any]) -> None:
-        row = dict(row)
-        row.setdefault("experiment", self.experiment)
-        row.setdefault(SOURCE_KEY, params_of(row).get(SOURCE_KEY))
-        checked = validate_row(row, FINAL_SCHEMA, "final trial")
-        self._trials[checked[SOURCE_KEY] or checked["trial_id"]] = checked
-
-    def trials(self) -> pd.DataFrame:
-        return ledger._to_frame(pa.Table.from_pylist(list(self._trials.values()), schema=FINAL_SCHEMA))
-
-    def flush(self) -> None:
-        """Write final_epochs.parquet, then final.parquet (each atomically)."""
-        epochs = ledger._to_table(self.epochs(), ledger.EPOCHS_SCHEMA)
-        ledger._write_table_atomic(self.store, FINAL_EPOCHS_FILE, epochs)
-        ledger._write_table_atomic(self.store, FINAL_FILE, ledger._to_table(self.trials(), FINAL_SCHEMA))
-
-    def __contains__(self, trial_id: object) -> bool:
-        return any(r["trial_id"] == trial_id for r in self._trials.values())
 
 
 # --------------------------------------------------------------------------- what to run
@@ -133,8 +81,6 @@ def choose_sources(trials: pd.DataFrame, top: int, macs_budget: int | None = Non
 def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_names: Sequence[str],
                  base_widths: Sequence[int]) -> dict[str, Any]:
     """The params of the final run of the trials row ``row`` (see the module docstring)."""
-    from search.space import ratio_key  # imports Optuna: not at the top (pareto --final reads this module)
-
     params = params_of(row)
     if from_scratch:
         widths = dict(zip(row["group_names"], (int(w) for w in row["widths"])))
@@ -178,7 +124,7 @@ def _config(exp_dir: Path) -> ExperimentConfig:
 
 
 def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_scratch: bool = False,
-             fresh: bool = False, options: Any = None) -> FinalizeSummary:
+             fresh: bool = False, options: SearchOptions | None = None) -> FinalizeSummary:
     """Train the ``top`` best front trials of ``experiment`` for ``epochs`` into ``final.parquet``.
 
     ``experiment`` is ``results/NAME`` or ``NAME``; ``from_scratch`` trains their widths
@@ -203,11 +149,11 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     if skipped:
         progress_log.info("%d of %d already in %s: %s", len(skipped), len(sources), FINAL_FILE, ", ".join(skipped))
     if not todo.empty:
-        from search._ray import final
-        from search.tuner import SearchOptions
+        from search._ray import final  # the Ray layer: loaded only when a finalize runs
 
         options = options or SearchOptions()
         final.run_final(cfg, exp_dir, options, todo.to_dict("records"), total=len(sources),
+                        prepare=lambda: tuner.prepare_base(cfg, as_store(exp_dir), options),
                         make_params=lambda row, names, widths: final_params(row, epochs, from_scratch, names, widths))
     return FinalizeSummary(exp_dir=exp_dir, sources=sources, ran=[str(t) for t in todo["trial_id"]],
                            skipped=skipped, wall_s=time.perf_counter() - t0)

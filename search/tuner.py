@@ -3,16 +3,17 @@
 The public front, like Ray's ``tune/tuner.py`` over ``tune/impl``: :func:`run_search`
 and :func:`resume_search` with their :class:`SearchOptions` and :class:`SearchSummary`.
 The work happens in the Ray layer ``search._ray`` (the only place that imports Ray),
-which this module imports inside :func:`_ray_layer` when a search actually runs.
+which this module imports inside :func:`_ray_layer` when a search actually runs;
+the options are :mod:`search.options`'s.
 
-One search session is: prepare the base model once in the driver (``trial.prepare_base``),
-put it in the object store, and let a Ray Tune ``Tuner`` run ``trial.run_trial`` for the
+One search session is: prepare the base model once in the driver (``trial.base.prepare_base``),
+put it in the object store, and let a Ray Tune ``Tuner`` run ``trial.run.run_trial`` for the
 parameters that ``LedgerSearch`` (an ``OptunaSearch``) proposes. A driver-side
 ``Recorder`` callback appends each finished trial to ``trials.parquet`` (and its epochs
 to ``epochs.parquet``) with atomic writes, so a killed driver leaves valid files. The
-experiment directory's layout is in :mod:`search.expdir`.
+experiment directory's layout is in :mod:`search.results.expdir`.
 
-Resume (see ARCHITECTURE.md, failure model): the ledger is the source of truth and Ray's
+Resume: the ledger is the source of truth and Ray's
 experiment state a cache. ``resume_search`` restores the newest Ray session with
 ``Tuner.restore`` when the config is unchanged; otherwise (no Ray state yet, or a changed
 config accepted with ``force``) it starts a new session whose sampler is warm-started
@@ -25,66 +26,26 @@ Ray never saved is replaced by a new proposal.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from pruning.errors import UsageError
 from pruning.atomic import check_writable
-from search import expdir, space, trial
+from search.results import expdir
+from search.trial import base as trial_base
+from search.trial.materialize import group_names
 from search.config import ExperimentConfig
-from search.ledger import Ledger, read_trials
-from search.storage import Store
+from search.options import SearchOptions, SearchSummary
+from search.results.ledger import Ledger, read_trials
+from search.results.storage import Store
 
-__all__ = ["SearchOptions", "SearchSummary", "resume_search", "run_search"]
+__all__ = ["SearchOptions", "SearchSummary", "resume_search", "run_search"]  # the options: re-exported, the front's API
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("search.progress")
-
-TrialFn = Callable[..., Mapping[str, Any]]  # run_trial(cfg, params, reporter=None, *, base=None)
-PrepareFn = Callable[..., Any]  # prepare_base(cfg, log_progress=None) -> BaseArtifacts
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchOptions:
-    """How to run a search session (what to search is the :class:`ExperimentConfig`).
-
-    ``address``: join a running Ray cluster (``auto``, ``host:6379`` or
-    ``ray://host:10001``) instead of starting a local one. ``verbose``: show Ray's own
-    output (status tables, worker logs). ``trial_fn``/``prepare_fn`` replace
-    ``search.trial.run_trial``/``prepare_base`` (tests and benchmarks inject fixed-cost
-    trials; they must be importable or picklable by value on the workers).
-    ``retry_errored``: on resume, run trials again that ended with an error.
-    ``on_base_epoch(metrics, model)``: called after every epoch of base training in the
-    driver (the CLI's progress; passed to ``prepare_fn`` as ``on_epoch`` only when set).
-    """
-
-    address: str | None = None
-    verbose: bool = False
-    trial_fn: TrialFn | None = None
-    prepare_fn: PrepareFn | None = None
-    retry_errored: bool = False
-    on_base_epoch: Callable[..., None] | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class SearchSummary:
-    exp_dir: Path | str  # the local dir, or the s3:// / gs:// URI of an experiment on object storage
-    total: int  # num_samples
-    done: int  # trials in the ledger
-    errored: int
-    stopped: int
-    front: int  # trials on the Pareto front
-    wall_s: float  # this session's wall time
-    fit_s: float  # of which Tuner.fit()
-    fit_started_at: float  # time.time() when Tuner.fit() started (0 if it did not run)
-    resumed_from: str | None  # "restore" (Ray state) or "warm-start", None for a fresh run
-
 
 def _ray_layer() -> tuple[ModuleType, ModuleType]:
     """The Ray layer (``session``, ``fit``): the one lazy import of Ray, so that merely
@@ -94,15 +55,15 @@ def _ray_layer() -> tuple[ModuleType, ModuleType]:
     return session, fit
 
 
-def prepare_base(cfg: ExperimentConfig, exp: Store, options: SearchOptions) -> Any:
-    """The base model (``options.prepare_fn`` or ``trial.prepare_base``). For an experiment on object
-    storage the cached ``base-HASH.pt`` is fetched from it first and uploaded after it was
-    trained: training and ``torch.load`` need a local file (``cfg.exp_dir``, a local cache)."""
-    cached = trial.base_cache_path(cfg)
+def prepare_base(cfg: ExperimentConfig, exp: Store, options: SearchOptions = SearchOptions()) -> Any:
+    """The base model of a search, a finalize and an export: ``options.prepare_fn`` or
+    ``search.trial.base.prepare_base``. For an experiment on object storage the cached
+    ``base-HASH.pt`` is fetched from it first and uploaded after it was trained: training and
+    ``torch.load`` need a local file (``cfg.exp_dir``, a local cache)."""
+    cached = trial_base.base_cache_path(cfg)
     expdir.fetch_cached(exp, cached)
-    prepare = options.prepare_fn or trial.prepare_base
-    extra = {"on_epoch": options.on_base_epoch} if options.on_base_epoch is not None else {}  # stubs lack it
-    base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg), **extra)
+    prepare = options.prepare_fn or trial_base.prepare_base
+    base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg), on_epoch=options.on_base_epoch)
     expdir.keep_cached(exp, cached)
     return base
 
@@ -118,7 +79,7 @@ def _session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, mode
         t_prep = time.perf_counter()
         base = prepare_base(cfg, exp_dir, options)
         expdir.write_base(exp_dir, base)
-        groups = list(getattr(base, "group_names", None) or space.group_names(cfg))
+        groups = list(getattr(base, "group_names", None) or group_names(cfg))
         logger.info("base model ready in %.1f s", time.perf_counter() - t_prep)
         return fit.fit_session(cfg, exp_dir, options, base, groups, mode)
 

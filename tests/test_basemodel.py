@@ -13,7 +13,7 @@ import torch
 from pruning.data import load_data
 from pruning.models import create_model
 from search.config import config_from_dict
-from search.materialize import untrained_model
+from search.trial.materialize import untrained_model
 
 # Runs in a fresh process (no conftest autouse seed): first draws a process-dependent amount
 # from the global RNG, as an earlier trial in a reused worker would, then trains the base.

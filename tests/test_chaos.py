@@ -52,7 +52,7 @@ def test_driver_killed_at_three_random_points_resumes_to_a_consistent_experiment
     import optuna
     import pandas as pd
 
-    from search.ledger import pareto_front
+    from search.results.ledger import pareto_front
 
     seed = int(os.environ.get("PRUNETUNE_CHAOS_SEED", random.SystemRandom().randrange(10**6)))
     print(f"chaos seed {seed} (rerun with PRUNETUNE_CHAOS_SEED={seed})")

@@ -241,7 +241,7 @@ def _synthetic_experiment(tmp_path: Path) -> Path:
     import datetime as dt
 
     from search.config import load_config
-    from search.ledger import Ledger
+    from search.results.ledger import Ledger
 
     cfg = load_config(write_config(tmp_path))
     exp = cfg.exp_dir

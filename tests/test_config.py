@@ -191,7 +191,7 @@ def test_shipped_configs_load(path: Path) -> None:
 
 
 def test_data_val_limit_cuts_validation_and_enters_the_data_key():
-    from search.materialize import data_key, experiment_data
+    from search.trial.materialize import data_key, experiment_data
 
     cfg = load_config(None, ["data.name=digits", "data.val_limit=50"])
     assert len(experiment_data(cfg).val) == 50

@@ -17,10 +17,10 @@ import pandas as pd
 import pytest
 
 from search.config import config_from_dict
-from search.expdir import save_config
-from search.finalize import (FINAL_SCHEMA, SOURCE_KEY, FinalLedger, check_finalize, choose_sources, final_params,
-                             read_final)
-from search.ledger import Ledger, read_trials
+from search.results.expdir import save_config
+from search.finalize import check_finalize, choose_sources, final_params
+from search.results.final import FINAL_SCHEMA, SOURCE_KEY, FinalLedger, read_final
+from search.results.ledger import Ledger, read_trials
 from test_cli_search import Cli, assert_usage_error, kill_ours, main_in_process
 
 GROUPS = ["features.0", "features.4", "features.8"]

@@ -18,7 +18,7 @@ import pytest
 
 from search.cli import main
 from search.config import config_from_dict
-from search.html_report import (
+from search.report.html import (
     PLOT_IDS,
     ReportInputs,
     choice_counts,
@@ -27,7 +27,7 @@ from search.html_report import (
     widths_heatmap,
     write_html_report,
 )
-from search.ledger import Ledger, pareto_front, read_epochs, read_trials
+from search.results.ledger import Ledger, pareto_front, read_epochs, read_trials
 
 CHROMIUM = Path("/usr/bin/chromium")
 GROUPS = ["features.0", "features.4", "features.8"]

@@ -3,7 +3,7 @@ tests would hide a violation):
 
 - ``pruning`` never loads ``search``, Ray, Optuna, pandas or pyarrow;
 - ``prunetune status`` and ``prunetune pareto`` on an existing experiment never load Ray
-  (nor Optuna): they read the experiment directory (``search.expdir``) and the ledger only.
+  (nor Optuna): they read the experiment directory (``search.results.expdir``) and the ledger only.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def test_pruning_loads_no_search_ray_optuna_pandas_or_pyarrow() -> None:
 def _tiny_experiment(tmp_path: Path) -> Path:
     """An experiment directory as a finished search leaves it, written without running one."""
     from search.config import load_config
-    from search.expdir import BASE_FILE, save_config
-    from search.ledger import Ledger
+    from search.results.expdir import BASE_FILE, save_config
+    from search.results.ledger import Ledger
 
     cfg = load_config(None, ["experiment.name=tiny", f"experiment.results_dir={tmp_path}", "model.name=tiny_vgg",
                              "num_samples=3"])

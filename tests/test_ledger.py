@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from search import ledger as ledger_mod
-from search.ledger import (
+from search.results import ledger as ledger_mod
+from search.results.ledger import (
     EPOCHS_FILE,
     EPOCHS_SCHEMA,
     PARETO_FILE,
@@ -305,7 +305,7 @@ def test_ledger_on_object_storage_round_trips_and_reloads(s3_uri: str) -> None:
     again = Ledger(s3_uri, "exp")
     pd.testing.assert_frame_equal(again.trials(), led.trials())
     pd.testing.assert_frame_equal(again.epochs(), led.epochs())
-    from search.storage import Store
+    from search.results.storage import Store
 
     assert Store.from_uri(s3_uri).list() == sorted([TRIALS_FILE, EPOCHS_FILE, PARETO_FILE])
     with pytest.raises(UsageError, match="exp"):

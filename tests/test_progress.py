@@ -5,7 +5,7 @@ import io
 import pytest
 
 from pruning.train import EpochMetrics
-from search.progress import EpochProgress, SearchTally, epoch_stride, fmt_duration, shown, tally_line
+from search.report.progress import EpochProgress, SearchTally, epoch_stride, fmt_duration, shown, tally_line
 
 
 def epochs_shown(total: int) -> list[int]:

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from search.ledger import Ledger, pareto_front
-from search.report import _use_log_x, human_count, pareto_figure, pareto_table, plot_pareto, tick_label
+from search.results.ledger import Ledger, pareto_front
+from search.report.table import _use_log_x, human_count, pareto_figure, pareto_table, plot_pareto, tick_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE = dict(val_acc=0.9512, test_acc=0.9487, macs=313_730_000, params=14_730_000, latency_ms=3.1)

@@ -38,8 +38,8 @@ def _finished_without_epoch_checkpoint(exp) -> bool:
 
 @pytest.mark.slow
 def test_search_on_s3_killed_part_way_resumes_to_exactly_num_samples(tmp_path, s3_cli, s3_uri):
-    from search.ledger import read_epochs, read_trials
-    from search.storage import Store
+    from search.results.ledger import read_epochs, read_trials
+    from search.results.storage import Store
 
     n = 4
     exp_uri = f"{s3_uri}/tiny"
@@ -114,7 +114,7 @@ def test_repair_recreates_deleted_checkpoints_rays_s3_snapshot_names(tmp_path, s
     """On S3 too, a checkpoint Ray deleted after its last (uploaded) snapshot is recreated
     before Tuner.restore, which would otherwise fail the trial before it runs (issue 11)."""
     from search._ray.fit import repair_checkpoints
-    from search.storage import Store
+    from search.results.storage import Store
 
     session = Store.from_uri(f"{s3_uri}/ray/session-001")
     session.upload_file(__file__, "trial_abc/checkpoint_000002/resume.pt")  # the newest; 000001 was deleted
@@ -148,7 +148,7 @@ def test_results_dir_must_be_a_path_or_an_object_store_uri() -> None:
 
 
 def test_run_into_a_missing_bucket_is_one_line_and_writes_nothing(tmp_path, s3_server, monkeypatch) -> None:
-    from search.storage import Store
+    from search.results.storage import Store
     from test_cli_search import assert_usage_error, main_in_process
 
     monkeypatch.setenv("PRUNETUNE_CACHE_DIR", str(tmp_path / "cache"))
@@ -169,8 +169,8 @@ def test_status_and_pareto_of_an_s3_experiment_load_no_ray(tmp_path, s3_server, 
     import textwrap
 
     from search.config import load_config
-    from search.expdir import save_config, store, write_base
-    from search.ledger import Ledger
+    from search.results.expdir import save_config, store, write_base
+    from search.results.ledger import Ledger
 
     cfg = load_config(None, ["experiment.name=tiny", f"experiment.results_dir={s3_uri}", "num_samples=3"])
     exp = store(cfg)

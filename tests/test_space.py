@@ -10,9 +10,10 @@ import optuna
 import pytest
 
 from pruning.errors import UsageError
-from search import space
+from search.study import space
+from search.trial.params import ratios_from_params
 from search.config import ExperimentConfig, config_from_dict
-from search.materialize import experiment_data, untrained_model
+from search.trial.materialize import experiment_data, untrained_model
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -79,7 +80,7 @@ def test_tie_sets_the_number_of_ratio_params(model: str, tie: str, expected: int
     assert len(set(keys.values())) == expected
     for params in ask(cfg, 3):
         assert len(r_keys(params)) == expected
-        ratios = space.ratios_from_params(params, groups)
+        ratios = ratios_from_params(params, groups)
         assert list(ratios) == groups
         assert all(ratios[g] == params[keys[g]] for g in groups)
 
@@ -88,7 +89,7 @@ def test_stage_tie_shares_ratios_within_a_stage() -> None:
     cfg = make_cfg("tiny_resnet", tie="stage")
     groups = space.group_names(cfg)
     (params,) = ask(cfg, 1)
-    ratios = space.ratios_from_params(params, groups)
+    ratios = ratios_from_params(params, groups)
     assert ratios["conv1"] == ratios["layer1.0.conv1"]
     assert ratios["layer2.0.conv1"] == ratios["layer2.0.conv2"]
     assert ratios["conv1"] != ratios["layer2.0.conv1"]
@@ -131,7 +132,7 @@ def test_conditional_params_per_mode() -> None:
             assert not {"criterion", "steps"} & set(params) and not r_keys(params)
             assert a.gamma[0] <= params["gamma"] <= a.gamma[1]
             assert params["patience"] in a.patience and params["grow_method"] in a.grow_method
-            assert space.ratios_from_params(params, space.group_names(cfg)) == {}
+            assert ratios_from_params(params, space.group_names(cfg)) == {}
         assert {"finetune_epochs", "finetune_lr"} <= set(params)
     assert seen["prune"] and seen["adaptive"]
 
@@ -158,7 +159,7 @@ def test_baselines_are_complete_points_of_the_space(tie: str) -> None:
         assert point["baseline"] == b["ranking"] and point["ratio"] == b["ratio"]
         assert point["criterion"] == b["criterion"] and point["finetune_epochs"] == 3
         assert all(point[k] == max(b["ratio"], 0.2) for k in r_keys(point))  # clipped into the space
-        assert space.ratios_from_params(point, groups) == {g: b["ratio"] for g in groups}
+        assert ratios_from_params(point, groups) == {g: b["ratio"] for g in groups}
 
     # Enqueued as Ray's points_to_evaluate are: the suggested dict is the point itself.
     study = optuna.create_study()
@@ -205,10 +206,10 @@ def test_baseline_marker_reaches_the_trial_through_a_ray_style_wrapper() -> None
 
 def test_ratios_from_params_needs_a_ratio_for_every_group() -> None:
     groups = ["a", "b"]
-    assert space.ratios_from_params({"mode": "prune", "r_a": 0.5}, groups) == {"a": 0.5, "b": 0.5}
-    assert space.ratios_from_params({"r_a": 0.5, "r_b": 0.7}, groups) == {"a": 0.5, "b": 0.7}
+    assert ratios_from_params({"mode": "prune", "r_a": 0.5}, groups) == {"a": 0.5, "b": 0.5}
+    assert ratios_from_params({"r_a": 0.5, "r_b": 0.7}, groups) == {"a": 0.5, "b": 0.7}
     with pytest.raises(UsageError, match="no keep ratio for group 'a'"):
-        space.ratios_from_params({"mode": "prune", "r_b": 0.5}, groups)
+        ratios_from_params({"mode": "prune", "r_b": 0.5}, groups)
 
 
 def test_ratio_keys_are_safe_for_ray_configs() -> None:

@@ -1,4 +1,4 @@
-"""search.storage and search.journal on a local dir and on a real S3 server (moto, 127.0.0.1)."""
+"""search.results.storage and search.study.journal on a local dir and on a real S3 server (moto, 127.0.0.1)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pruning.errors import UsageError
-from search.journal import SyncedJournalBackend, flush_journal, open_journal
-from search.storage import Store, ensure_private_dir, parse_results_dir
+from search.study.journal import SyncedJournalBackend, flush_journal, open_journal
+from search.results.storage import Store, ensure_private_dir, parse_results_dir
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

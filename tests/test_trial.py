@@ -14,9 +14,12 @@ import torch
 
 import pruning.basemodel
 from pruning.errors import TrialError
-from search import space, trial, trial_modes
+from search.study import space
+from search.trial.params import ratios_from_params
+from search.trial import modes as trial_modes
+from search.trial import base as trial_base
 from search.config import ExperimentConfig, config_from_dict
-from search.trial import BaseArtifacts, prepare_base, run_trial
+from search.trial.run import BaseArtifacts, prepare_base, run_trial
 
 RESULT_KEYS = {"val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "widths", "group_names", "epochs",
                "wall_s", "mode", "criterion", "base_val_acc", "val_acc_pruned", "stop_step", "stop_reason",
@@ -56,7 +59,7 @@ def test_prepare_base_trains_measures_and_caches(cfg: ExperimentConfig, base: Ba
     assert set(base.metrics) == {"val_acc", "test_acc", "macs", "params", "latency_ms"}
     assert base.metrics["val_acc"] > 0.3  # learned something in 2 epochs (chance is 0.1)
     assert base.metrics["macs"] > 0 and base.metrics["latency_ms"] > 0
-    assert base.checkpoint == str(trial.base_cache_path(cfg)) and Path(base.checkpoint).is_file()
+    assert base.checkpoint == str(trial_base.base_cache_path(cfg)) and Path(base.checkpoint).is_file()
     assert Path(base.checkpoint).parent == cfg.exp_dir and Path(base.checkpoint).name.startswith("base-")
     assert next(base.model.parameters()).device.type == "cpu"
     again = pickle.loads(pickle.dumps(base))  # what ray.put does
@@ -82,7 +85,7 @@ def test_second_prepare_base_loads_the_cache(
 
     # A different training recipe is a different cache entry.
     other = config_from_dict({**cfg.model_dump(mode="json"), "train": {**cfg.train.model_dump(), "epochs": 1}})
-    assert trial.base_cache_path(other) != trial.base_cache_path(cfg)
+    assert trial_base.base_cache_path(other) != trial_base.base_cache_path(cfg)
 
 
 def test_prune_trial_reports_every_epoch_and_returns_documented_metrics(
@@ -126,7 +129,7 @@ def test_suggested_params_run(cfg: ExperimentConfig, base: BaseArtifacts) -> Non
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     params = space.suggest(study.ask(), cfg, base.group_names)
     result = run_trial(cfg, params, base=base)
-    expected = [round(space.ratios_from_params(params, base.group_names)[g] * w) for g, w in
+    expected = [round(ratios_from_params(params, base.group_names)[g] * w) for g, w in
                 zip(base.group_names, base.widths)]  # fmt: skip
     assert result["widths"] == [max(1, e) for e in expected]
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from pruning.errors import UsageError
-from search import space
+from search.study import space
 from search.config import ExperimentConfig, config_from_dict
-from search.materialize import data_key, experiment_data
-from search.trial import BaseArtifacts, prepare_base, run_trial
-from search.trial_epochs import TRAIN_STEP_FORWARDS
+from search.trial.materialize import data_key, experiment_data
+from search.trial.run import BaseArtifacts, prepare_base, run_trial
+from search.trial.epochs import TRAIN_STEP_FORWARDS
 
 
 def make_cfg(results_dir: Path, data: dict | None = None, **search: Any) -> ExperimentConfig:
@@ -63,7 +63,7 @@ def test_scratch_trial_trains_the_sampled_widths_from_new_weights(results: Path,
 
 def test_scratch_weights_are_reinitialised_before_training(results: Path, base: BaseArtifacts,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    import search.trial_modes as trial_modes
+    import search.trial.modes as trial_modes
 
     seen: list[torch.nn.Module] = []
     monkeypatch.setattr(trial_modes, "train", lambda model, *a, **k: seen.append(model) or [])

@@ -20,7 +20,7 @@ import pytest
 
 from pruning.errors import TrialError, UsageError
 from search.config import load_config
-from search.ledger import STATUSES, read_epochs, read_trials
+from search.results.ledger import STATUSES, read_epochs, read_trials
 
 ray = pytest.importorskip("ray")
 
@@ -36,7 +36,7 @@ def _cfg(tmp_path: Path, *overrides: str):
 
 def fake_trial(cfg, params, reporter=None, *, base=None, record_dir=None, barrier=0, epoch_s=0.05):
     """A fixed-cost stand-in for ``run_trial``: val_acc grows with the mean keep ratio."""
-    from search.space import ratios_from_params
+    from search.trial.params import ratios_from_params
 
     ratios = ratios_from_params(params, base.group_names)
     if params.get("baseline") == "uniform" and abs(float(params["ratio"]) - 0.3) < 1e-9:
@@ -95,7 +95,7 @@ def _study(exp_dir: Path, cfg):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    from search.expdir import JOURNAL_FILE, study_name
+    from search.results.expdir import JOURNAL_FILE, study_name
 
     storage = JournalStorage(JournalFileBackend(str(exp_dir / JOURNAL_FILE)))
     return optuna.load_study(study_name=study_name(cfg), storage=storage)
@@ -108,17 +108,17 @@ def _study(exp_dir: Path, cfg):
 def test_every_sampler_builds_and_proposes_in_the_space(tmp_path, name):
     import optuna
 
-    from search import space
-    from search.samplers import make_sampler
+    from search.study import space
+    from search.study.samplers import make_sampler
 
     objectives = ["objectives.objectives=[{metric: val_acc, mode: max}]"] if name == "cmaes" else []
     cfg = _cfg(tmp_path, f"sampler.name={name}", "objectives.macs_budget=200000", "sampler.n_startup_trials=2",
                "sampler.population_size=2", *objectives)
     if name == "cmaes" and importlib.util.find_spec("cmaes") is None:
         with pytest.raises(UsageError, match=r"needs the 'cmaes' package \(pip install cmaes\)"):
-            make_sampler(cfg)
+            make_sampler(**cfg.sampler.model_dump(), seed=cfg.experiment.seed)
         return
-    sampler = make_sampler(cfg)
+    sampler = make_sampler(**cfg.sampler.model_dump(), seed=cfg.experiment.seed)
     directions = ["maximize"] if name == "cmaes" else ["maximize", "minimize"]
     study = optuna.create_study(directions=directions, sampler=sampler)
     groups = space.group_names(cfg)
@@ -134,7 +134,7 @@ def test_every_sampler_builds_and_proposes_in_the_space(tmp_path, name):
 
 
 def test_find_experiment_rejects_a_directory_without_config(tmp_path):
-    from search.expdir import find_experiment
+    from search.results.expdir import find_experiment
 
     with pytest.raises(UsageError, match="not an experiment directory"):
         find_experiment(tmp_path)
@@ -370,7 +370,7 @@ def test_uniform_and_global_baselines_each_run_once_across_a_driver_kill_and_a_w
     """Two baselines that differ only in ranking are different trials: after the driver is
     killed while the second runs and Ray's state is lost (a warm start from the ledger),
     the second still runs, and neither runs twice."""
-    from search import expdir
+    from search.results import expdir
     from search.tuner import resume_search
 
     n = 4

@@ -14,7 +14,7 @@ from pruning.criteria.base import (
     Batch,
     Criterion,
     check_batches,
-    finalize,
+    finite_scores,
     register_criterion,
     safe_divide,
     site_means,
@@ -61,4 +61,4 @@ class Attribution(Criterion):
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
         check_batches(self, batches)
         sites, values = site_means(model, groups, batches, "true_logit", _attribution_stat, per_sample=True)
-        return finalize(sum_normalized_sites(groups, sites, values))
+        return finite_scores(sum_normalized_sites(groups, sites, values))

@@ -29,7 +29,7 @@ from pruning.criteria.base import (
     _first_output,
     channels_last_flat,
     check_batches,
-    finalize,
+    finite_scores,
     find_sites,
     grad_eval_mode,
     register_criterion,
@@ -188,4 +188,4 @@ class AttributionIBA(Criterion):
                     sums[i] = v if sums[i] is None else sums[i] + v
                 samples += len(y)
         values = [None if v is None else v / samples for v in sums]
-        return finalize(sum_normalized_sites(groups, sites, values))
+        return finite_scores(sum_normalized_sites(groups, sites, values))

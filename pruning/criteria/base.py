@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from pruning.errors import TrialError, UsageError
 from pruning.registry import Registry
+from pruning.selection import normalize
 from pruning.surgery import ChannelGroup
 
 logger = logging.getLogger(__name__)
@@ -100,19 +101,12 @@ def pool_families(v: Tensor, family: Tensor) -> Tensor:
     return pooled[fam]
 
 
-def l2_normalize(v: Tensor) -> Tensor:
-    """``v / ‖v‖₂`` (norm taken in float64, so tiny vectors still normalise); zeros stay zeros."""
-    v64 = v.to(torch.float64)
-    n = torch.linalg.vector_norm(v64)
-    return (v64 / n).to(v.dtype) if n > 0 else v.clone()
-
-
 def safe_divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` where ``den > 0``, else 0 (for non-negative sums, ``den == 0`` means ``num == 0``)."""
     return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-def finalize(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def finite_scores(scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """Cast to float32 CPU. Divisions are guarded, so a non-finite score means the model
     itself produced NaN/inf on the calibration data: raise ``TrialError``."""
     out = {}
@@ -383,5 +377,5 @@ def sum_normalized_sites(
     scores = zeros_like_groups(groups)
     for site, v in zip(sites, values):
         if v is not None:
-            scatter_to_group(scores[site.group], site.idxs, site.root_idxs, l2_normalize(v))
+            scatter_to_group(scores[site.group], site.idxs, site.root_idxs, normalize(v).to(v.dtype))
     return scores

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from pruning.criteria.base import (
     Batch,
     Criterion,
-    finalize,
+    finite_scores,
     out_channel_rows,
     register_criterion,
     scatter_to_group,
@@ -57,7 +57,7 @@ class L1(Criterion):
     requires_data = False
 
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
-        return finalize(l1_scores(groups))
+        return finite_scores(l1_scores(groups))
 
 
 @register_criterion
@@ -68,7 +68,7 @@ class L2(Criterion):
     requires_data = False
 
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
-        return finalize(_per_producer(groups, lambda rows: torch.linalg.vector_norm(rows.double(), dim=1)))
+        return finite_scores(_per_producer(groups, lambda rows: torch.linalg.vector_norm(rows.double(), dim=1)))
 
 
 def _fpgm_rows(rows: Tensor) -> Tensor:
@@ -90,7 +90,7 @@ class FPGM(Criterion):
     requires_data = False
 
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
-        return finalize(_per_producer(groups, _fpgm_rows))
+        return finite_scores(_per_producer(groups, _fpgm_rows))
 
 
 @register_criterion
@@ -118,7 +118,7 @@ class BNScale(Criterion):
         if fallback:
             logger.debug("bn_scale: no affine BatchNorm in %s; using l1", [g.name for g in fallback])
             scores.update(l1_scores(fallback))
-        return finalize(scores)
+        return finite_scores(scores)
 
 
 @register_criterion
@@ -144,4 +144,4 @@ class Random(Criterion):
             digest = hashlib.sha256(f"{self.seed}\0{g.name}".encode()).digest()
             gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
             scores[g.name] = torch.rand(g.size, generator=gen, dtype=torch.float32)
-        return finalize(scores)
+        return finite_scores(scores)

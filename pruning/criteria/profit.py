@@ -27,7 +27,7 @@ from pruning.criteria.base import (
     Batch,
     Criterion,
     check_batches,
-    finalize,
+    finite_scores,
     input_column_sq_norms,
     pool_families,
     register_criterion,
@@ -47,7 +47,7 @@ def p_self(
 
     With ``families``, a family's gate terms are summed before squaring (module docstring).
     """
-    return finalize(taylor_fo_scores(model, groups, batches, families))
+    return finite_scores(taylor_fo_scores(model, groups, batches, families))
 
 
 def p_next(groups: Sequence[ChannelGroup], families: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
@@ -75,7 +75,7 @@ def p_next(groups: Sequence[ChannelGroup], families: Mapping[str, Tensor] | None
                     scores[g.name] += pool_families(one, family)
                 else:
                     scatter_to_group(scores[g.name], c.idxs, c.root_idxs, per_column)
-    return finalize(scores)
+    return finite_scores(scores)
 
 
 def _poolable(c: Member) -> bool:
@@ -175,4 +175,4 @@ class Profit(Criterion):
             own = p_self(model, groups, batches)
         else:
             own = {name: torch.zeros_like(v) for name, v in nxt.items()}
-        return finalize(combine_profit(own, nxt, self.gamma))
+        return finite_scores(combine_profit(own, nxt, self.gamma))

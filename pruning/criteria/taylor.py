@@ -18,7 +18,7 @@ from pruning.criteria.base import (
     BackwardPass,
     Criterion,
     check_batches,
-    finalize,
+    finite_scores,
     find_sites,
     pool_families,
     register_criterion,
@@ -55,7 +55,7 @@ class Taylor(Criterion):
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
         check_batches(self, batches)
         sites, values = site_means(model, groups, batches, "loss", _taylor_stat, per_sample=True)
-        return finalize(sum_normalized_sites(groups, sites, values))
+        return finite_scores(sum_normalized_sites(groups, sites, values))
 
 
 def _guided_stat(a: Tensor, g: Tensor) -> Tensor:
@@ -77,7 +77,7 @@ class TaylorGuided(Criterion):
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
         check_batches(self, batches)
         sites, values = site_means(model, groups, batches, "true_logit", _guided_stat, per_sample=True)
-        return finalize(sum_normalized_sites(groups, sites, values))
+        return finite_scores(sum_normalized_sites(groups, sites, values))
 
 
 def taylor_fo_scores(
@@ -141,4 +141,4 @@ class TaylorFO(Criterion):
 
     def score(self, model: nn.Module, groups: Sequence[ChannelGroup], batches: Sequence[Batch]) -> dict[str, Tensor]:
         check_batches(self, batches)
-        return finalize(taylor_fo_scores(model, groups, batches))
+        return finite_scores(taylor_fo_scores(model, groups, batches))

@@ -3,27 +3,26 @@
 Called by :func:`search.finalize.finalize`. ``FixedParams`` (a Tune ``Searcher``) hands out
 the params dicts, one per trial, so a trial's config is exactly its params (as in a
 search); ``FinalRecorder`` is the search's ``Recorder`` writing to ``final.parquet``
-(:class:`search.finalize.FinalLedger`).
+(:class:`search.results.final.FinalLedger`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ray import tune
 from ray.tune.search import Searcher
 
-from search import expdir, trial
 from search.config import ExperimentConfig
-from search.finalize import FinalLedger
+from search.options import SearchOptions
+from search.results import expdir
+from search.results.final import FinalLedger
+from search.results.storage import as_store
+from search._ray.fit import build_tuner
 from search._ray.recorder import Recorder
 from search._ray.session import ray_session
-from search._ray.trainable import make_trainable, trial_dirname
-
-progress_log = logging.getLogger("search.progress")
+from search._ray.trainable import make_trainable
 
 _PREFIX = "final-"
 
@@ -64,35 +63,18 @@ def _session_name(exp_dir: Path) -> str:
     return f"{_PREFIX}{n + 1:03d}"
 
 
-def run_final(cfg: ExperimentConfig, exp_dir: Path, options: Any, rows: Sequence[Mapping[str, Any]], *, total: int,
+def run_final(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, rows: Sequence[Mapping[str, Any]], *,
+              total: int, prepare: Callable[[], Any],
               make_params: Callable[[Mapping[str, Any], list[str], list[int]], dict[str, Any]]) -> None:
-    """Start Ray, prepare the base model, run one trial per trials ``row`` with
-    ``make_params(row, base group names, base widths)``, record them, stop Ray."""
+    """Start Ray, prepare the base model (``prepare()``: the search's builder), run one trial per
+    trials ``row`` with ``make_params(row, base group names, base widths)``, record them, stop Ray."""
     with ray_session(cfg, options.address, options.verbose):
-        prepare = options.prepare_fn or trial.prepare_base
-        base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg))
+        base = prepare()
         names, widths = list(base.group_names), [int(w) for w in base.widths]
         points = [make_params(row, names, widths) for row in rows]
         recorder = FinalRecorder(exp_dir, cfg.model_copy(update={"num_samples": total}), expdir.run_meta())
-        tuner = tune.Tuner(
-            make_trainable(cfg, base, options.trial_fn, replay={}),
-            tune_config=tune.TuneConfig(
-                search_alg=FixedParams(points),
-                num_samples=len(points),
-                max_concurrent_trials=cfg.max_concurrent,
-                reuse_actors=True,
-                trial_name_creator=trial_dirname,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=_session_name(exp_dir),
-                storage_path=str((exp_dir / expdir.RAY_DIR).resolve()),
-                callbacks=[recorder],
-                verbose=2 if options.verbose else 0,
-                failure_config=tune.FailureConfig(max_failures=cfg.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                log_to_file=True,
-            ),
-        )
+        trainable = make_trainable(cfg, base, options.trial_fn, replay={})
+        tuner = build_tuner(cfg, as_store(exp_dir), trainable, FixedParams(points), recorder, options.verbose,
+                            name=_session_name(exp_dir), num_samples=len(points))
         tuner.fit()
     FinalLedger(exp_dir, cfg.experiment.name).flush()

@@ -11,22 +11,20 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ray import tune
 
-from search import expdir
+from search.results import expdir
 from search.config import ExperimentConfig
-from search.ledger import is_missing, read_trials
-from search.result import OBJECTIVE_KEYS, plain
+from search.options import SearchOptions
+from search.results.ledger import is_missing, read_trials
+from search.trial.result import OBJECTIVE_KEYS, plain
 from search._ray.recorder import Recorder
 from search._ray.searcher import flush_searchers, make_searcher
 from search._ray.schedulers import make_scheduler
 from search._ray.trainable import RESUME_FILE, make_trainable, trial_dirname
-from search.storage import Store, as_store
-
-if TYPE_CHECKING:
-    from search.tuner import SearchOptions
+from search.results.storage import Store, as_store
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +136,10 @@ def make_search_scheduler(cfg: ExperimentConfig) -> Any:
                           reduction_factor=cfg.scheduler.reduction_factor)
 
 
-def _new_tuner(cfg: ExperimentConfig, exp_dir: Store, trainable: Any, searcher: Any, callback: Any,
-               verbose: bool) -> Any:
+def build_tuner(cfg: ExperimentConfig, exp_dir: Store, trainable: Any, searcher: Any, callback: Any, verbose: bool,
+                *, name: str, num_samples: int, scheduler: Any = None) -> Any:
+    """The Ray Tune ``Tuner`` of a search session and of a finalize run (the same settings):
+    session ``name`` below ``<exp_dir>/ray``, ``num_samples`` trials from ``searcher``."""
     # Local: an absolute path. Object storage: the path in the bucket and its filesystem;
     # Ray's driver and workers then write state and checkpoints there directly.
     storage_path, storage_fs = exp_dir.ray_storage(expdir.RAY_DIR)
@@ -147,15 +147,15 @@ def _new_tuner(cfg: ExperimentConfig, exp_dir: Store, trainable: Any, searcher: 
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=make_search_scheduler(cfg),
-            num_samples=cfg.num_samples,
+            scheduler=scheduler,
+            num_samples=num_samples,
             max_concurrent_trials=cfg.max_concurrent,
             reuse_actors=True,
             trial_name_creator=trial_dirname,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=expdir.next_session_name(exp_dir),
+            name=name,
             storage_path=storage_path,
             storage_filesystem=storage_fs,
             callbacks=[callback],
@@ -187,7 +187,9 @@ def fit_session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, b
     if tuner is None:
         resumed_from = None if mode == "fresh" else "warm-start"
         searcher = make_searcher(cfg, exp_dir, groups, session_index=len(sessions))
-        tuner = _new_tuner(cfg, exp_dir, trainable, searcher, recorder, options.verbose)
+        tuner = build_tuner(cfg, exp_dir, trainable, searcher, recorder, options.verbose,
+                            name=expdir.next_session_name(exp_dir), num_samples=cfg.num_samples,
+                            scheduler=make_search_scheduler(cfg))
     started = time.time()
     t0 = time.perf_counter()
     try:

@@ -7,7 +7,6 @@ It reads the result protocol :class:`search.result.TrialResult`; rows are built 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 import signal
@@ -18,21 +17,17 @@ from typing import Any
 
 from ray import tune
 
-from search.expdir import write_progress
-from search.ledger import Ledger, epoch_row, pareto_front, trial_row
+from search.results.expdir import write_progress
+from search.results.ledger import Ledger, epoch_row, pareto_front, trial_row
 from search.config import ExperimentConfig
-from search.progress import SearchTally
-from search.report import human_count
-from search.result import TrialResult
-from search.storage import Store, as_store
+from search.report.progress import SearchTally
+from search.report.table import human_count
+from search.trial.result import TrialResult, now
+from search.results.storage import Store, as_store
 
 logger = logging.getLogger(__name__)
 #: Progress lines ("trial 5/16 <id>: val ... | front: ...") go to this logger; the CLI prints it to stdout.
 progress_log = logging.getLogger("search.progress")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
 
 
 def _error_text(trial: Any) -> str:
@@ -148,7 +143,7 @@ class Recorder(tune.Callback):
         return self._ledger
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._running[trial.trial_id] = _now()
+        self._running[trial.trial_id] = now()
         self._write_progress()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: TrialResult, **info: Any) -> None:
@@ -256,7 +251,7 @@ class Recorder(tune.Callback):
         state = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            "updated_at": _now(),
+            "updated_at": now(),
             "finished": finished,
             "num_samples": self.cfg.num_samples,
             "running": sorted(self._running),

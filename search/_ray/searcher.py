@@ -20,13 +20,14 @@ from optuna.trial import TrialState, create_trial
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from search import ledger, space
+from search.results import ledger
+from search.study import space
 from search.config import ExperimentConfig
-from search.expdir import JOURNAL_FILE, study_name
-from search.journal import flush_journal, open_journal
-from search.storage import Store, as_store
-from search.ledger import is_missing, params_of
-from search.samplers import PENALISES_MACS, make_sampler
+from search.results.expdir import JOURNAL_FILE, study_name
+from search.study.journal import flush_journal, open_journal
+from search.results.storage import Store, as_store
+from search.results.ledger import is_missing, params_of
+from search.study.samplers import PENALISES_MACS, make_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +311,7 @@ def make_searcher(cfg: ExperimentConfig, exp_dir: Store | Path, groups: list[str
     metric, mode = _metric_mode(cfg)
     # Each session seeds its sampler differently: a random sampler seeded as in session 1
     # would propose session 1's points again.
-    sampler = make_sampler(cfg, seed=cfg.experiment.seed + 1000 * session_index)
+    sampler = make_sampler(**cfg.sampler.model_dump(), seed=cfg.experiment.seed + 1000 * session_index)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return LedgerSearch(

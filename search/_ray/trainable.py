@@ -8,7 +8,6 @@ add ~1 s to every worker's start).
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
 import logging
 import socket
@@ -22,19 +21,12 @@ import torch
 from ray import tune
 
 from pruning.errors import TrialError
-from search import trial as trial_mod
+from search.trial import run as trial_mod
 from search.config import ExperimentConfig
-from search.result import EPOCH_KEYS, OBJECTIVE_KEYS, RUNG_KEYS, TRIAL_KEYS, TrialResult, plain
+from search.options import TrialFn
+from search.trial.result import EPOCH_KEYS, OBJECTIVE_KEYS, RUNG_KEYS, TRIAL_KEYS, TrialResult, now, plain
 
 logger = logging.getLogger(__name__)
-
-TrialFn = Callable[..., Mapping[str, Any]]  # run_trial(cfg, params, reporter=None, *, base=None)
-
-
-def now() -> str:
-    """The current UTC time, ISO 8601 (``started_at``/``finished_at`` of a result)."""
-    return dt.datetime.now(dt.timezone.utc).isoformat()
-
 
 def _trial_resources_cpu() -> int:
     try:

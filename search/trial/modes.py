@@ -22,36 +22,25 @@ from torch import nn
 from pruning.data import DataBundle
 from pruning.errors import UsageError
 from pruning.iterative import PruneResult, PruneSpec, ResumePoint, prune_iteratively
-from pruning.selection import keep_by_ratios
+from pruning.selection import grow_counts, keep_by_ratios
 from pruning.surgery import GroupGraph, grow
 from pruning.train import DistillConfig, TrainConfig, train
 from search.config import ExperimentConfig
-from search.materialize import untrained_model
-from search.space import ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, BUDGET_KEY, ratios_from_params
-from search.trial_base import BaseArtifacts, base_train_config
-from search.trial_epochs import EpochRows
+from search.trial.materialize import untrained_model
+from search.trial.params import (ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, BUDGET_KEY, baseline_defaults,
+                                 ratios_from_params)
+from search.trial.base import BaseArtifacts, base_train_config
+from search.trial.epochs import EpochRows
 
-__all__ = ["adaptive_budget", "grow_counts", "run_adaptive", "run_prune", "run_scratch"]
+__all__ = ["adaptive_budget", "run_adaptive", "run_prune", "run_scratch"]
 
 log = logging.getLogger(__name__)
 
 
-def grow_counts(ratios: Mapping[str, float], widths: Mapping[str, int], round_to: int) -> dict[str, int]:
-    """Channels to add to each group whose ratio (width multiplier) is above 1."""
-    add = {}
-    for g, r in ratios.items():
-        if r > 1.0:
-            # 1e-9: a ratio rebuilt from widths (finalize --from-scratch) must not round up a whole step
-            target = math.ceil(r * widths[g] / round_to - 1e-9) * round_to if round_to > 1 else round(r * widths[g])
-            if target > widths[g]:
-                add[g] = int(target - widths[g])
-    return add
-
-
 def _finetune_config(cfg: ExperimentConfig, params: Mapping[str, Any]) -> tuple[TrainConfig, int]:
-    s = cfg.search
-    epochs = int(params.get("finetune_epochs", s.finetune_epochs[1]))
-    lr = float(params.get("finetune_lr", math.sqrt(s.finetune_lr[0] * s.finetune_lr[1])))
+    default = baseline_defaults(cfg)
+    epochs = int(params.get("finetune_epochs", default["finetune_epochs"]))
+    lr = float(params.get("finetune_lr", default["finetune_lr"]))
     return replace(base_train_config(cfg), epochs=epochs, lr=lr, distill=_distill(cfg, params)), epochs
 
 
@@ -59,9 +48,9 @@ def _distill(cfg: ExperimentConfig, params: Mapping[str, Any]) -> DistillConfig 
     """The trial's distillation settings (params ``distill``, ``distill_alpha``, ``distill_temperature``)."""
     if not params.get("distill"):
         return None
-    s = cfg.search
-    alpha = float(params.get("distill_alpha", sum(s.distill_alpha) / 2))
-    temperature = float(params.get("distill_temperature", sum(s.distill_temperature) / 2))
+    default = baseline_defaults(cfg)
+    alpha = float(params.get("distill_alpha", default["distill_alpha"]))
+    temperature = float(params.get("distill_temperature", default["distill_temperature"]))
     return DistillConfig(alpha=alpha, temperature=temperature)
 
 
@@ -77,10 +66,10 @@ def run_prune(
     """Grow groups with ratio > 1, prune the others, finetune; returns the criterion used and what
     ``prune_iteratively`` did (BN recalibration, distillation and the max-drop guard from ``search``).
     With ``resume`` (``model`` is its module, already grown and cut) the schedule continues there."""
-    s = cfg.search
-    criterion = str(params.get("criterion", s.criteria[0]))
+    s, default = cfg.search, baseline_defaults(cfg)
+    criterion = str(params.get("criterion", default["criterion"]))
     common: dict[str, Any] = dict(
-        criterion=criterion, steps=int(params.get("steps", s.steps[0])), min_channels=s.min_channels,
+        criterion=criterion, steps=int(params.get("steps", default["steps"])), min_channels=s.min_channels,
         round_to=s.round_to, calib_batches=cfg.train.calib_batches, calib_batch_size=cfg.train.batch_size,
         recalib_batches=s.recalib_batches, max_drop_pts=s.max_drop_pts,
     )  # fmt: skip
@@ -93,7 +82,7 @@ def run_prune(
             if not s.grow:
                 g = next(iter(add))
                 raise UsageError(f"ratio {ratios[g]} > 1 for group {g!r} needs search.grow: true")
-            method = str(params.get("grow_method", s.adaptive.grow_method[0]))
+            method = str(params.get("grow_method", default["grow_method"]))
             record = grow(model, add, data.example_input(), method=method, seed=cfg.experiment.seed)
             log.info("grew %s", {g: f"{record.before[g]}->{record.after[g]}" for g in add})
         spec = PruneSpec(ratios={g: r for g, r in ratios.items() if r < 1.0}, **common)

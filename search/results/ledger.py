@@ -11,8 +11,8 @@ An experiment directory holds three files, all written by :class:`Ledger`:
     The non-dominated TERMINATED trials on (val_acc max, macs min) plus ``rank``.
     Derived: it is recomputed from the trials on every flush.
 
-Their columns, units and row builders live in :mod:`search.ledger_schema`; this module
-re-exports them, so ``search.ledger`` stays the ledger's one public entry point.
+Their columns, units and row builders live in :mod:`search.results.schema`; this module
+re-exports them, so ``search.results.ledger`` stays the ledger's one public entry point.
 
 The experiment lives in a :class:`search.storage.Store`: a local (or NFS) directory or an
 ``s3://``/``gs://`` prefix. Every write is :meth:`Store.write_bytes_atomic` (locally a
@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from pruning.atomic import atomic_write
 from pruning.errors import UsageError
-from search.ledger_schema import (
+from search.results.schema import (
     EPOCHS_SCHEMA,
     PARETO_SCHEMA,
     STATUSES,
@@ -46,8 +46,8 @@ from search.ledger_schema import (
     trial_row,
     validate_row,
 )
-from search.pareto import non_dominated_ranks, pareto_front
-from search.storage import Store, as_store
+from search.results.pareto import non_dominated_ranks, pareto_front
+from search.results.storage import Store, as_store
 
 __all__ = [
     "EPOCHS_FILE",
@@ -168,7 +168,17 @@ class Ledger:
     continues the same ledger. Rows are unique by ``trial_id`` (a retried trial replaces
     its row) and epochs by (``trial_id``, ``epoch``). Nothing reaches disk until
     :meth:`flush`.
+
+    Its files and its trials schema are class attributes, so that a subclass keeps another
+    ledger of the same experiment (``search.results.final.FinalLedger``); a subclass with no
+    ``pareto_file`` writes no front.
     """
+
+    trials_file: str = TRIALS_FILE
+    epochs_file: str = EPOCHS_FILE
+    pareto_file: str | None = PARETO_FILE
+    schema: pa.Schema = TRIALS_SCHEMA
+    row_kind: str = "trial"  # names the row in validation errors
 
     def __init__(self, exp_dir: Store | str | os.PathLike[str], experiment: str) -> None:
         if not experiment:
@@ -178,18 +188,22 @@ class Ledger:
         self.experiment = experiment
         self._trials: dict[str, dict[str, Any]] = {}
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
-        trials = _read_table(self.store, TRIALS_FILE, TRIALS_SCHEMA)
+        trials = _read_table(self.store, self.trials_file, self.schema)
         others = sorted(set(trials.column("experiment").to_pylist()) - {experiment})
         if others:
-            raise UsageError(f"{self.store.uri(TRIALS_FILE)} belongs to experiment(s) {others}, not {experiment!r}")
+            raise UsageError(f"{self.store.uri(self.trials_file)} belongs to experiment(s) {others}, not {experiment!r}")
         for row in trials.to_pylist():
-            self._trials[row["trial_id"]] = row
-        for row in _read_table(self.store, EPOCHS_FILE, EPOCHS_SCHEMA).to_pylist():
+            self._trials[self._key(row)] = row
+        for row in _read_table(self.store, self.epochs_file, EPOCHS_SCHEMA).to_pylist():
             self._epochs[(row["trial_id"], row["epoch"])] = row
         if self._trials or self._epochs:
             logger.info(
                 "ledger %s: loaded %d trials, %d epoch rows", self.store, len(self._trials), len(self._epochs)
             )
+
+    def _key(self, row: Mapping[str, Any]) -> str:
+        """What makes a row unique in this ledger: its ``trial_id``."""
+        return row["trial_id"]
 
     def add_trial(self, row: Mapping[str, Any]) -> None:
         """Record one finished trial (keys of :data:`TRIALS_SCHEMA`; ``experiment`` may be
@@ -202,10 +216,10 @@ class Ledger:
         row.setdefault("experiment", self.experiment)
         if row["experiment"] != self.experiment:
             raise ValueError(f"field 'experiment' = {row['experiment']!r} but this ledger is {self.experiment!r}")
-        checked = validate_row(row, TRIALS_SCHEMA, "trial")
-        if checked["trial_id"] in self._trials:
-            logger.info("trial %s recorded again (%s); replacing its row", checked["trial_id"], checked["status"])
-        self._trials[checked["trial_id"]] = checked
+        checked = validate_row(row, self.schema, self.row_kind)
+        if self._key(checked) in self._trials:
+            logger.info("trial %s recorded again (%s); replacing its row", self._key(checked), checked["status"])
+        self._trials[self._key(checked)] = checked
 
     def add_epochs(self, rows: Iterable[Mapping[str, Any]]) -> None:
         """Record per-epoch rows (keys of :data:`EPOCHS_SCHEMA`). A row for an existing
@@ -216,8 +230,8 @@ class Ledger:
             self._epochs[(r["trial_id"], r["epoch"])] = r
 
     def trials(self) -> pd.DataFrame:
-        """All trial rows, columns of :data:`TRIALS_SCHEMA`, in the order first added."""
-        return _to_frame(pa.Table.from_pylist(list(self._trials.values()), schema=TRIALS_SCHEMA))
+        """All trial rows, columns of :attr:`schema` (:data:`TRIALS_SCHEMA`), in the order first added."""
+        return _to_frame(pa.Table.from_pylist(list(self._trials.values()), schema=self.schema))
 
     def epochs(self) -> pd.DataFrame:
         """All epoch rows, columns of :data:`EPOCHS_SCHEMA`."""
@@ -235,10 +249,12 @@ class Ledger:
         files leaves at worst a stale front that the next flush recomputes.
         """
         trials = self.trials()
-        _write_table_atomic(self.store, EPOCHS_FILE, _to_table(self.epochs(), EPOCHS_SCHEMA))
-        _write_table_atomic(self.store, TRIALS_FILE, _to_table(trials, TRIALS_SCHEMA))
+        _write_table_atomic(self.store, self.epochs_file, _to_table(self.epochs(), EPOCHS_SCHEMA))
+        _write_table_atomic(self.store, self.trials_file, _to_table(trials, self.schema))
+        if self.pareto_file is None:
+            return
         front = pareto_front(trials)
-        _write_table_atomic(self.store, PARETO_FILE, _to_table(front, PARETO_SCHEMA))
+        _write_table_atomic(self.store, self.pareto_file, _to_table(front, PARETO_SCHEMA))
         logger.debug("ledger %s: flushed %d trials, %d on the front", self.store, len(trials), len(front))
 
     def __len__(self) -> int:

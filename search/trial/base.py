@@ -19,7 +19,7 @@ from pruning.measure import measure
 from pruning.surgery import GroupGraph
 from pruning.train import EpochMetrics, TrainConfig, resolve_device
 from search.config import ExperimentConfig
-from search.materialize import data_key, experiment_data
+from search.trial.materialize import data_key, experiment_data
 
 __all__ = ["LATENCY_RUNS", "BaseArtifacts", "base_cache_path", "base_train_config", "prepare_base"]
 

@@ -16,23 +16,19 @@ from pruning.cost import measure_latency_ms
 from pruning.criteria import CRITERIA
 from pruning.data import DATASETS, dataset_line, load_data
 from pruning.errors import UsageError
-from pruning.export import check_writable, export_model
+from pruning.export import export_model
 from pruning.iterative import RANKINGS, PruneSpec, prune_iteratively
 from pruning.measure import Measurement, measure
-from pruning.models import create_model
 from pruning.surgery import widths
 from pruning.train import TrainConfig, resolve_device
-from search.progress import EpochProgress, add_quiet, say_unless
+from search.cli._args import add_one_model, check_one_model, parse_macs
+from search.report.progress import EpochProgress, say_unless
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("prune", help="prune one model with one criterion (no search)",
                        description="Train (or load) a model, prune it, finetune, and print before/after.")
-    p.add_argument("--model", required=True, help="model name (e.g. small_vgg, cifar_vgg16, resnet18, pkg.mod:fn)")
-    p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS.names())})")
-    p.add_argument("--root", help="directory holding the dataset files (cifar10/100, fashion_mnist, flowers102, imagefolder)")
-    p.add_argument("--image-size", type=int, help="resize images to N x N pixels (default: the dataset's; "
-                                                  "imagefolder: the images' own size)")
+    add_one_model(p, "small_vgg, cifar_vgg16, resnet18", DATASETS.names())
     p.add_argument("--criterion", default="l1", help=f"importance criterion ({', '.join(CRITERIA.names())})")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--ratio", type=float, help="keep ratio in (0, 1]: per group, or of all channels with --ranking global")
@@ -48,14 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="start from this trained model instead of training one")
     p.add_argument("--lr", type=float, default=0.05, help="base training peak LR (cosine)")
     p.add_argument("--finetune-lr", type=float, default=0.01, help="finetune peak LR (cosine)")
-    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--min-channels", type=int, default=1)
     p.add_argument("--round-to", type=int, default=1, help="round kept channels up to a multiple (e.g. 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="use at most this many training samples")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", help="output directory (default results/prune-<model>-<data>-<criterion>)")
-    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -72,15 +63,6 @@ def parse_ratios(text: str) -> dict[str, float]:
     if not out:
         raise UsageError("--ratios is empty; expected group=ratio,group=ratio,...")
     return out
-
-
-def parse_macs(text: str, base_macs: int) -> int:
-    try:
-        if text.endswith("%"):
-            return int(round(float(text[:-1]) / 100.0 * base_macs))
-        return int(float(text))
-    except ValueError:
-        raise UsageError(f"bad --target-macs {text!r}; expected a count (2.5e6) or a share of the base (40%)") from None
 
 
 def _fmt_row(label: str, m: Measurement) -> str:
@@ -106,16 +88,12 @@ def onnxruntime_latency_ms(model: nn.Module, input_shape: tuple[int, ...]) -> fl
 def _checked(args: argparse.Namespace) -> tuple[dict[str, float] | None, dict[str, Any], Path]:
     """Validate everything cheap before any work or any file: the per-group ratios, the
     ``PruneSpec`` keywords and the output directory."""
-    create_model(args.model, num_classes=2)  # unknown model -> UsageError listing names
-    DATASETS[args.data]
+    out = check_one_model(args, f"results/prune-{args.model.replace(':', '_')}-{args.data}-{args.criterion}")
     ratios = parse_ratios(args.ratios) if args.ratios else None
-    resolve_device(args.device)
     spec_kwargs = dict(criterion=args.criterion, ranking=args.ranking, steps=args.steps, step_epochs=args.step_epochs,
                        min_channels=args.min_channels, round_to=args.round_to, max_drop_pts=args.max_drop)
     if args.target_macs is None:
         PruneSpec(ratio=args.ratio, ratios=ratios, **spec_kwargs)
-    out = Path(args.out or f"results/prune-{args.model.replace(':', '_')}-{args.data}-{args.criterion}")
-    check_writable(out)
     return ratios, spec_kwargs, out
 
 

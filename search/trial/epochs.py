@@ -14,16 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.adaptive import TRAIN_STEP_FORWARDS  # train_macs: per-sample MACs x samples x this factor
 from pruning.cost import count_macs
 from pruning.data import DataBundle
 from pruning.surgery import GroupGraph
 from pruning.train import EpochMetrics
 
 __all__ = ["TRAIN_STEP_FORWARDS", "EpochRows", "Reporter", "group_widths"]
-
-#: A training step costs about 3 forward passes (forward, backward for activations and for
-#: weights); ``train_macs`` counts per-sample MACs x samples x this factor (as pruning.adaptive).
-TRAIN_STEP_FORWARDS = 3
 
 Reporter = Callable[[dict[str, Any], nn.Module | None], None]
 """``reporter(epoch_row, model)`` after every finetune epoch (Ray: ``tune.report`` + checkpoint)."""

@@ -12,6 +12,7 @@ This module imports neither Ray nor pandas: Ray workers import it.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any, TypedDict
 
@@ -45,7 +46,7 @@ class TrialResult(TypedDict, total=False):
     Metrics: every result carries every :data:`OBJECTIVE_KEYS` key, NaN when unknown
     (Tune checks that the searcher's metrics are present; ASHA multiplies them). A
     per-epoch result adds :data:`EPOCH_KEYS`; a final one :data:`TRIAL_KEYS` and the
-    ISO-8601 UTC ``started_at``/``finished_at``. Units as in ``search.ledger``.
+    ISO-8601 UTC ``started_at``/``finished_at``. Units as in ``search.results.ledger``.
 
     Final-result keys of pruning options (None when they do not apply): ``val_acc_pruned``
     (val accuracy right after the last cut and its BN recalibration, before finetuning;
@@ -121,3 +122,8 @@ def plain(v: Any) -> Any:
     if isinstance(v, Mapping):
         return {k: plain(x) for k, x in v.items()}
     return v
+
+
+def now() -> str:
+    """The current UTC time, ISO 8601 (a result's ``started_at``/``finished_at``, a trial's start)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat()

@@ -1,6 +1,6 @@
 """Pareto fronts of trials: non-dominated sorting on any number of objectives.
 
-Pure numpy/pandas; ``search.ledger`` writes the front to ``pareto.parquet`` on every
+Pure numpy/pandas; ``search.results.ledger`` writes the front to ``pareto.parquet`` on every
 flush (and re-exports these functions), ``report`` and the CLI show it.
 """
 

@@ -12,10 +12,13 @@ import functools
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from pruning.data import DataBundle, load_data
 from pruning.models import create_model
+from pruning.surgery import GroupGraph
+from pruning.train import load_checkpoint
 from search.config import ExperimentConfig
 
 
@@ -60,3 +63,22 @@ def untrained_model(cfg: ExperimentConfig, data: DataBundle, seed: int | None = 
         cfg.model.name, num_classes=data.num_classes, in_channels=data.input_shape[0], width_mult=cfg.model.width_mult,
         seed=cfg.experiment.seed if seed is None else seed,
     )
+
+
+def model_for_groups(cfg: ExperimentConfig) -> tuple[nn.Module, torch.Tensor]:
+    """The model whose groups the search is over (the checkpoint if one is given) and an example input."""
+    data = experiment_data(cfg)
+    if cfg.model.checkpoint is not None:
+        model = load_checkpoint(cfg.model.checkpoint)["model"]
+    else:
+        model = untrained_model(cfg, data)
+    return model, data.example_input()
+
+
+def group_names(cfg: ExperimentConfig) -> list[str]:
+    """Prunable channel groups of ``cfg.model`` on ``cfg.data``'s input, in model order.
+
+    Builds the model untrained (or loads ``model.checkpoint``); no training.
+    """
+    model, x = model_for_groups(cfg)
+    return GroupGraph(model, x).names()

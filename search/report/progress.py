@@ -14,7 +14,6 @@ the last epoch always), and a line at least every ``max_silence_s`` when epochs 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -26,12 +25,6 @@ MAX_LINES = 30
 
 #: Strides read better as round numbers: 1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, ...
 _NICE = (1, 2, 5, 10, 20, 25, 50)
-
-
-def add_quiet(p: argparse.ArgumentParser) -> None:
-    """The ``-q/--quiet`` flag shared by the commands that do long work."""
-    p.add_argument("-q", "--quiet", action="store_true",
-                   help="print only the summary at the end (no per-epoch or per-trial progress)")
 
 
 def say_unless(quiet: bool) -> Callable[[str], None]:

@@ -6,8 +6,8 @@ read and written through its :class:`~search.storage.Store`, :func:`store`)::
 
     config.yaml      the resolved config (``resume`` compares its search hash)
     base.json        the unpruned model's metrics and widths
-    trials.parquet   epochs.parquet   pareto.parquet   (search.ledger)
-    pareto.png       the accuracy-vs-MACs plot (search.report)
+    trials.parquet   epochs.parquet   pareto.parquet   (search.results.ledger)
+    pareto.png       the accuracy-vs-MACs plot (search.report.table)
     optuna.journal   the Optuna study (``optuna-dashboard optuna.journal``)
     progress.json    what the running driver is doing (for ``prunetune status``)
     ray/session-NNN  Ray Tune's experiment state and trial checkpoints, one per session
@@ -35,11 +35,11 @@ import yaml
 from pruning import __version__
 from pruning.errors import UsageError
 from pruning.atomic import check_writable
-from search import ledger
-from search.report import plot_pareto
+from search.results import ledger
+from search.report.table import plot_pareto
 from search.config import ExperimentConfig, config_from_dict, load_config
-from search.samplers import check_available
-from search.storage import Store, as_store, ensure_private_dir
+from search.study.samplers import check_available
+from search.results.storage import Store, as_store, ensure_private_dir
 
 __all__ = [
     "BASE_FILE", "CONFIG_FILE", "EXPERIMENT_FILES", "JOURNAL_FILE", "PARETO_PNG", "PROGRESS_FILE", "RAY_DIR",

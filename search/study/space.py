@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -52,40 +51,14 @@ from torch import nn
 
 from pruning.cost import count_macs
 from pruning.errors import UsageError
-from pruning.selection import keep_by_ratios
+from pruning.selection import grow_counts, keep_by_ratios
 from pruning.surgery import GroupGraph, grow
 from search.config import ExperimentConfig
-from search.materialize import experiment_data, untrained_model
+from search.trial.materialize import experiment_data, model_for_groups
+from search.trial.materialize import group_names  # noqa: F401 - the groups a search is over: space.group_names
+from search.trial.params import (ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, ALL_KEY, BASELINES, BUDGET_KEY,
+                                 baseline_defaults, ratio_key)
 
-MODES = ("prune", "adaptive", "scratch")
-BASELINES = ("uniform", "global")
-ALL_KEY = "r_all"
-#: Adaptive-mode knobs, each sampled from the ``search.adaptive`` field of the same name.
-ADAPTIVE_FLOAT_KNOBS = ("gamma", "prune_threshold", "grow_fraction")
-ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
-#: Adaptive mode: the trial's MACs budget as a fraction of the base model's MACs (``macs_budget_range``).
-BUDGET_KEY = "macs_budget_ratio"
-
-
-def _model_for_groups(cfg: ExperimentConfig) -> tuple[nn.Module, torch.Tensor]:
-    """The model whose groups the search is over (the checkpoint if one is given) and an example input."""
-    data = experiment_data(cfg)
-    if cfg.model.checkpoint is not None:
-        from pruning.train import load_checkpoint
-
-        model = load_checkpoint(cfg.model.checkpoint)["model"]
-    else:
-        model = untrained_model(cfg, data)
-    return model, data.example_input()
-
-
-def group_names(cfg: ExperimentConfig) -> list[str]:
-    """Prunable channel groups of ``cfg.model`` on ``cfg.data``'s input, in model order.
-
-    Builds the model untrained (or loads ``model.checkpoint``); no training.
-    """
-    model, x = _model_for_groups(cfg)
-    return GroupGraph(model, x).names()
 
 
 def stage_map(model: nn.Module, groups: Sequence[str], example_input: torch.Tensor) -> dict[str, str]:
@@ -123,11 +96,6 @@ def stage_map(model: nn.Module, groups: Sequence[str], example_input: torch.Tens
     return {g: f"s{levels.index(pixels[g])}" for g in groups}
 
 
-def ratio_key(group: str) -> str:
-    """The untied ratio key of ``group``: ``r_<group>`` with unsafe characters replaced."""
-    return "r_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", group)
-
-
 def ratio_keys(cfg: ExperimentConfig, groups: list[str]) -> dict[str, str]:
     """``{group: sampled parameter name}`` for ``cfg.search.tie`` (see the module docstring).
 
@@ -138,7 +106,7 @@ def ratio_keys(cfg: ExperimentConfig, groups: list[str]) -> dict[str, str]:
         return {g: ALL_KEY for g in groups}
     if tie == "none":
         return {g: ratio_key(g) for g in groups}
-    model, x = _model_for_groups(cfg)
+    model, x = model_for_groups(cfg)
     stages = stage_map(model, groups, x)
     keys: dict[str, str] = {}
     current, previous_stage = "", None
@@ -242,10 +210,8 @@ def macs_budget_range(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, 
 
 def _reach(cfg: ExperimentConfig, groups: list[str]) -> tuple[float, float, int]:
     """(MACs at ratio_min everywhere, at ratio_max everywhere) / base MACs, and base MACs."""
-    from search.trial_modes import grow_counts  # trial_modes imports this module: a local import
-
     s = cfg.search
-    model, x = _model_for_groups(cfg)
+    model, x = model_for_groups(cfg)
     shape = tuple(experiment_data(cfg).input_shape)
     base_macs = count_macs(model, shape)
     out = []
@@ -274,20 +240,21 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
     """
     s = cfg.search
     keys = _unique(ratio_keys(cfg, groups))
+    default = baseline_defaults(cfg)
     out = []
     for b in s.baselines:
         nominal = min(max(b.ratio, s.ratio_min), s.ratio_max)
-        params: dict[str, Any] = {"mode": "prune", "criterion": b.criterion, "steps": s.steps[0]}
+        params: dict[str, Any] = {"mode": "prune", "criterion": b.criterion, "steps": default["steps"]}
         params.update({k: nominal for k in keys})
         if s.grow:
-            params["grow_method"] = s.adaptive.grow_method[0]
-        params["finetune_epochs"] = s.finetune_epochs[1]
-        params["finetune_lr"] = math.sqrt(s.finetune_lr[0] * s.finetune_lr[1])
+            params["grow_method"] = default["grow_method"]
+        params["finetune_epochs"] = default["finetune_epochs"]
+        params["finetune_lr"] = default["finetune_lr"]
         if True in s.distill:  # a point of the space; without distillation when that is a choice
             params["distill"] = s.distill[0] if len(s.distill) == 1 else False
             if params["distill"]:
-                params["distill_alpha"] = sum(s.distill_alpha) / 2
-                params["distill_temperature"] = sum(s.distill_temperature) / 2
+                params["distill_alpha"] = default["distill_alpha"]
+                params["distill_temperature"] = default["distill_temperature"]
         params["baseline"] = b.ranking
         params["ratio"] = b.ratio
         out.append(params)
@@ -321,30 +288,6 @@ def missing_baselines(baselines: Sequence[Mapping[str, Any]],
             left[key] -= 1
         else:
             out.append(dict(b))
-    return out
-
-
-def ratios_from_params(params: Mapping[str, Any], groups: list[str]) -> dict[str, float]:
-    """``{group: keep ratio}`` for every group of a prune-mode params dict (module docstring rule).
-
-    A baseline maps every group to its ``ratio`` (for ``global`` that is the share of
-    all channels, nominal per group). Adaptive-mode params have no ratios: ``{}``.
-    """
-    if params.get("mode") == "adaptive":
-        return {}
-    if params.get("baseline") in BASELINES:
-        return {g: float(params["ratio"]) for g in groups}
-    if ALL_KEY in params:
-        return {g: float(params[ALL_KEY]) for g in groups}
-    out: dict[str, float] = {}
-    current: float | None = None
-    for g in groups:
-        key = ratio_key(g)
-        if key in params:
-            current = float(params[key])
-        if current is None:
-            raise UsageError(f"params give no keep ratio for group {g!r}: expected {key!r} or {ALL_KEY!r}")
-        out[g] = current
     return out
 
 

@@ -32,14 +32,14 @@ from typing import Any
 from optuna.storages import JournalStorage
 from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 
-from search.cachedir import cache_root
-from search.storage import Store, ensure_private_dir
+from search.results.cachedir import cache_root
+from search.results.expdir import JOURNAL_FILE
+from search.results.storage import Store, ensure_private_dir
 
 __all__ = ["JOURNAL_FILE", "SyncedJournalBackend", "flush_journal", "journal_cache_dir", "open_journal"]
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FILE = "optuna.journal"
 
 
 def journal_cache_dir() -> Path:

@@ -1,6 +1,6 @@
 """``prunetune report NAME``: write ``results/NAME/report.html``, one self-contained page.
 
-The page (see :mod:`search.html_report`) opens offline in any browser: interactive Pareto
+The page (see :mod:`search.report.html`) opens offline in any browser: interactive Pareto
 scatter, kept channels per group, learning curves and criterion/mode counts.
 """
 
@@ -8,6 +8,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from search.cli._args import add_experiment
+from search.report.html import ReportInputs, build_html, write_html_report
+from search.results.expdir import find_experiment, load_saved_config, read_base
+from search.results.ledger import read_epochs, read_trials
 
 REPORT_FILE = "report.html"
 
@@ -17,18 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Write one self-contained HTML file (opens offline) with the Pareto front "
                                    "against MACs, latency and params, the channels kept per group, the learning "
                                    "curves and the criteria/modes of the front trials.")
-    p.add_argument("experiment", help="experiment directory (results/NAME) or NAME")
+    add_experiment(p)
     p.add_argument("--out", help=f"output file (default results/NAME/{REPORT_FILE})")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from search.html_report import ReportInputs, build_html, write_html_report
-    from search.ledger import read_epochs, read_trials
-
-    # The experiment-directory helpers live in search.tuner for now (moving to search.expdir).
-    from search.expdir import find_experiment, load_saved_config, read_base
-
     exp_dir = find_experiment(args.experiment)  # not an experiment: UsageError, nothing written
     cfg = load_saved_config(exp_dir)
     trials = read_trials(exp_dir)

@@ -4,7 +4,7 @@
 trial and epoch) and :data:`PARETO_SCHEMA` (the trials columns plus ``rank``) are the one
 definition of the ledger's columns; :func:`validate_row` checks a row against them and
 :func:`trial_row` / :func:`epoch_row` turn a ``search.result.TrialResult`` into rows.
-Reading and writing the files is :mod:`search.ledger`'s (which re-exports these names).
+Reading and writing the files is :mod:`search.results.ledger`'s (which re-exports these names).
 
 Units: accuracies are fractions in [0, 1]; ``macs`` are multiply-accumulates of one
 forward pass on one sample (FLOPs would be 2·MACs); ``params`` is a count;
@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from search.result import EPOCH_KEYS, plain
+from search.trial.result import EPOCH_KEYS, plain
 
 __all__ = [
     "EPOCHS_SCHEMA",

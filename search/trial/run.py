@@ -10,8 +10,8 @@ It knows nothing of Ray: the reporter is any callable.
 
 This module is the trial's entry point: it picks the mode, handles the resume state of an
 interrupted prune trial, measures the result and returns its metrics. The base model is
-:mod:`search.trial_base`'s, the per-epoch rows :mod:`search.trial_epochs`'s and the mode
-bodies :mod:`search.trial_modes`'s.
+:mod:`search.trial.base`'s, the per-epoch rows :mod:`search.trial.epochs`'s and the mode
+bodies :mod:`search.trial.modes`'s.
 
 A trial that runs and fails (NaN loss, a group pruned to nothing, a target the pruning
 code rejects) raises ``TrialError``; the search records it and goes on.
@@ -33,11 +33,11 @@ from pruning.iterative import PruneResult, ResumePoint
 from pruning.measure import Measurement, measure
 from pruning.train import resolve_device
 from search.config import ExperimentConfig
-from search.materialize import experiment_data
-from search.space import MODES
-from search.trial_base import LATENCY_RUNS, BaseArtifacts, base_cache_path, prepare_base
-from search.trial_epochs import EpochRows, Reporter, group_widths
-from search.trial_modes import run_adaptive, run_prune, run_scratch
+from search.trial.materialize import experiment_data
+from search.trial.params import MODES
+from search.trial.base import LATENCY_RUNS, BaseArtifacts, base_cache_path, prepare_base
+from search.trial.epochs import EpochRows, Reporter, group_widths
+from search.trial.modes import run_adaptive, run_prune, run_scratch
 
 # BaseArtifacts, prepare_base and base_cache_path are part of the trial's contract (the tuner,
 # the finalize session and benchmarks use them through this module).
@@ -107,7 +107,7 @@ def run_trial(
     1 thread, batch ``train.latency_batch``), ``macs_ratio`` (of the base), ``widths``,
     ``group_names``, ``epochs`` (run), ``wall_s`` (whole trial), ``mode``, ``criterion``
     (``"profit"`` for adaptive, ``"none"`` for scratch), ``base_val_acc``, ``val_acc_pruned``,
-    ``stop_step``, ``stop_reason`` (prune mode, else None; see ``search.result``),
+    ``stop_step``, ``stop_reason`` (prune mode, else None; see ``search.trial.result``),
     ``train_macs`` and ``teacher_macs`` (MACs). Raises ``TrialError`` when the trial
     fails, including any ``UsageError`` raised while running it.
 

@@ -1,13 +1,15 @@
 """``prunetune`` command line: one sub-command per module, errors as one line + exit 2.
 
 Sub-commands: ``prune`` and ``grow`` (one model, no search), ``run``, ``resume``,
-``status``, ``pareto``, ``export``, ``report``, ``finalize`` (searches). Each lives in its own ``search/cmd_*.py``
-module exposing ``register(subparsers)``, which adds its parser and sets ``func``.
+``status``, ``pareto``, ``export``, ``report``, ``finalize`` (searches). Each lives in its own
+module of ``search.cli`` exposing ``register(subparsers)``, which adds its parser and sets
+``func``; no command module imports another (shared options: ``_args``, printing: ``_print``).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -16,13 +18,8 @@ from pruning.errors import UsageError
 
 #: Which module registers each sub-command. ``main`` imports only the module of the command
 #: it runs (``status`` and ``pareto`` then load no torch, Ray or Optuna); ``--help`` imports all.
-COMMANDS = {
-    "prune": "search.cmd_prune",
-    "grow": "search.cmd_grow",
-    **dict.fromkeys(("run", "resume", "status", "pareto", "export"), "search.cmd_experiment"),
-    "report": "search.cmd_report",
-    "finalize": "search.cmd_finalize",
-}
+COMMANDS = {name: f"search.cli.{name}" for name in
+            ("prune", "grow", "run", "resume", "status", "pareto", "export", "report", "finalize")}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -32,8 +29,6 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser with every sub-command, or only the module that registers ``command``."""
-    import importlib
-
     parser = _Parser(prog="prunetune", description="Find the best number of filters per layer of a CNN: prune or grow one model, or search per-layer widths with Optuna on Ray Tune (results in Parquet).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log library progress (INFO) to stderr")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -59,6 +54,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("prunetune: interrupted", file=sys.stderr)
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from search.ledger import atomic_write
-from search.ledger import is_missing as _is_missing
+from search.results.ledger import atomic_write
+from search.results.ledger import is_missing as _is_missing
 
 __all__ = ["human_count", "pareto_figure", "pareto_table", "plot_pareto", "tick_label"]
 

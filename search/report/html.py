@@ -34,8 +34,8 @@ import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from search.ledger import atomic_write, is_missing, pareto_front
-from search.report import _widths, human_count, pareto_table, tick_label
+from search.results.ledger import atomic_write, is_missing, pareto_front
+from search.report.table import _widths, human_count, pareto_table, tick_label
 
 __all__ = ["ReportInputs", "build_html", "write_html_report"]
 

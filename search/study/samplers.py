@@ -16,13 +16,10 @@ import importlib.util
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from pruning.errors import UsageError
 from pruning.registry import Registry
-
-if TYPE_CHECKING:
-    from search.config import ExperimentConfig, SamplerSection
 
 __all__ = ["PENALISES_MACS", "SAMPLERS", "SamplerName", "check_available", "make_sampler"]
 
@@ -35,38 +32,39 @@ PENALISES_MACS = frozenset({"cmaes"})
 
 @dataclass(frozen=True)
 class SamplerEntry:
-    """``build(section, seed)`` returns the sampler; ``requires`` names an extra package."""
+    """``build(seed, n_startup_trials, population_size)`` returns the sampler; ``requires`` names an
+    extra package."""
 
-    build: Callable[[SamplerSection, int], Any]
+    build: Callable[[int, int, int], Any]
     requires: str | None = None
 
 
 SAMPLERS: Registry[SamplerEntry] = Registry("sampler")
 
 
-def _tpe(s: SamplerSection, seed: int) -> Any:
+def _tpe(seed: int, n_startup_trials: int, population_size: int) -> Any:
     import optuna
 
-    return optuna.samplers.TPESampler(n_startup_trials=s.n_startup_trials, seed=seed, multivariate=True, group=True,
+    return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed, multivariate=True, group=True,
                                       constant_liar=True)
 
 
-def _nsga2(s: SamplerSection, seed: int) -> Any:
+def _nsga2(seed: int, n_startup_trials: int, population_size: int) -> Any:
     import optuna
 
-    return optuna.samplers.NSGAIISampler(population_size=s.population_size, seed=seed)
+    return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
 
 
-def _random(s: SamplerSection, seed: int) -> Any:
+def _random(seed: int, n_startup_trials: int, population_size: int) -> Any:
     import optuna
 
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _cmaes(s: SamplerSection, seed: int) -> Any:
+def _cmaes(seed: int, n_startup_trials: int, population_size: int) -> Any:
     import optuna
 
-    return optuna.samplers.CmaEsSampler(n_startup_trials=s.n_startup_trials, seed=seed,
+    return optuna.samplers.CmaEsSampler(n_startup_trials=n_startup_trials, seed=seed,
                                         warn_independent_sampling=False)
 
 
@@ -86,10 +84,12 @@ def check_available(name: str) -> None:
                          f"or choose one of: {others}")
 
 
-def make_sampler(cfg: ExperimentConfig, seed: int | None = None) -> Any:
-    """The Optuna sampler named by ``cfg.sampler``, seeded with ``seed`` (default: the experiment's)."""
-    check_available(cfg.sampler.name)
+def make_sampler(name: str, *, seed: int, n_startup_trials: int, population_size: int) -> Any:
+    """The Optuna sampler ``name`` (``sampler.name``), seeded with ``seed``; the other arguments are the
+    ``sampler`` section's (``make_sampler(**cfg.sampler.model_dump(), seed=...)``), each used by the
+    samplers that have it."""
+    check_available(name)
     with warnings.catch_warnings():
         # TPE's multivariate/group/constant_liar are "experimental" in Optuna: noise for our users.
         warnings.filterwarnings("ignore", message=".*experimental.*")
-        return SAMPLERS[cfg.sampler.name].build(cfg.sampler, cfg.experiment.seed if seed is None else seed)
+        return SAMPLERS[name].build(seed, n_startup_trials, population_size)

@@ -8,12 +8,12 @@ relative to the root with ``/`` (``"trials.parquet"``, ``"ray/session-001"``).
 Atomic replace, and how it differs between the two kinds of store:
 
 *Local / NFS* (POSIX). A temporary file in the same directory, fsynced, then ``os.replace``-d
-over the old file (:mod:`search.localfs`).
+over the old file (:mod:`search.results.localfs`).
 
 *Object storage* (S3, GCS). There is no rename, and an object overwritten in place can be
 read torn; a write puts a new, never-reused version object and then a small manifest naming
 it (the commit point), and readers follow the manifest. That protocol, and what it does not
-give compared with POSIX, is :mod:`search.objstore`'s.
+give compared with POSIX, is :mod:`search.results.objstore`'s.
 
 Endpoint: an S3-compatible server other than AWS (MinIO, moto, Ceph) is named by
 ``PRUNETUNE_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``
@@ -33,8 +33,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pruning.errors import UsageError
-from search.localfs import ensure_private_dir, is_temp_name, write_local_atomic
-from search.objstore import MANIFEST_SUFFIX, VERSIONS_SUFFIX, VersionedObjects
+from search.results.localfs import ensure_private_dir, is_temp_name, write_local_atomic
+from search.results.objstore import MANIFEST_SUFFIX, VERSIONS_SUFFIX, VersionedObjects
 
 __all__ = ["REMOTE_SCHEMES", "Store", "as_store", "ensure_private_dir", "parse_results_dir"]
 

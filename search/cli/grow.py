@@ -23,13 +23,13 @@ from pruning.basemodel import get_base_model
 from pruning.cost import count_macs
 from pruning.data import DATASETS, DataBundle, dataset_line, load_data
 from pruning.errors import UsageError
-from pruning.export import check_writable, export_model, write_json
+from pruning.export import export_model, write_json
 from pruning.measure import measure
 from pruning.models import create_model
 from pruning.surgery import GROW_METHODS, widths
 from pruning.train import TrainConfig, load_checkpoint, resolve_device
-from search.cmd_prune import parse_macs
-from search.progress import EpochProgress, add_quiet, say_unless
+from search.cli._args import add_one_model, check_one_model, parse_macs
+from search.report.progress import EpochProgress, say_unless
 
 _DEFAULTS = AdaptiveConfig()
 
@@ -56,11 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("grow", help="train while pruning and growing filters (online, no search)",
                        description="Online grow/prune training (after Ahmadluei et al. 2023): the network "
                                    "finds its own number of filters per layer.")
-    p.add_argument("--model", required=True, help="model name (e.g. small_vgg, tiny_resnet, cifar_resnet20)")
-    p.add_argument("--data", required=True, help=f"dataset ({', '.join(DATASETS.names())})")
-    p.add_argument("--root", help="directory holding the dataset files (cifar10/100, flowers102, imagefolder)")
-    p.add_argument("--image-size", type=int, help="resize images to N x N pixels (default: the dataset's; "
-                                                  "imagefolder: the images' own size)")
+    add_one_model(p, "small_vgg, tiny_resnet, cifar_resnet20", DATASETS.names())
     start = p.add_mutually_exclusive_group()
     start.add_argument("--from-scratch", action="store_true", help="start from random weights")
     start.add_argument("--checkpoint", help="start from this trained model: a checkpoint or an exported model.pt "
@@ -74,15 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, help="search LR (constant; default 0.05 from scratch, 0.01 from a trained model)")
     p.add_argument("--finetune-lr", type=float, help="finetune peak LR (default: the search LR)")
     p.add_argument("--base-epochs", type=int, default=30, help="epochs to train the base model (no --checkpoint)")
-    p.add_argument("--batch-size", type=int, default=64)
     for flag, (field_name, kind, text) in _KNOBS.items():
         p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, default=getattr(_DEFAULTS, field_name),
                        help=f"{text} (default {getattr(_DEFAULTS, field_name)})")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--limit", type=int, help="use at most this many training samples")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--out", help="output directory (default results/grow-<model>-<data>)")
-    add_quiet(p)
     p.set_defaults(func=run)
 
 
@@ -117,14 +108,10 @@ def _checked_out_dir(args: argparse.Namespace) -> Path:
     """Validate everything cheap before any work or any file; returns the output directory."""
     if args.width_mult != 1.0 and not args.from_scratch:
         raise UsageError(f"--width-mult {args.width_mult} needs --from-scratch (a trained model keeps its widths)")
-    create_model(args.model, num_classes=2, width_mult=args.width_mult)  # bad name / width -> UsageError
-    DATASETS[args.data]
+    out = check_one_model(args, f"results/grow-{args.model.replace(':', '_')}-{args.data}", args.width_mult)
     _adaptive_config(args, None)  # knob ranges
     if args.epochs < 1 or args.base_epochs < 0 or args.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be >= 1, --base-epochs >= 0")
-    resolve_device(args.device)
-    out = Path(args.out or f"results/grow-{args.model.replace(':', '_')}-{args.data}")
-    check_writable(out)
     return out
 
 

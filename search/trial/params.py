@@ -1,0 +1,80 @@
+"""What a trial's ``params`` mean, without Optuna: the modes, the ratio keys and the defaults.
+
+A params dict (``search.study.space`` samples it; the ledger stores it) is read back here by
+the trial, the search and finalize alike:
+
+* :data:`MODES` and the keys of each mode (:data:`ADAPTIVE_FLOAT_KNOBS`,
+  :data:`ADAPTIVE_CHOICE_KNOBS`, :data:`BUDGET_KEY`); a baseline's markers ``baseline``
+  (one of :data:`BASELINES`) and ``ratio``;
+* the ratio keys (:func:`ratio_key`, :data:`ALL_KEY`) and the one rule that turns them into a
+  keep ratio per group (:func:`ratios_from_params`, described in ``search.study.space``);
+* :func:`baseline_defaults`: the value of every key a params dict may lack - the first
+  criterion, step count and grow method, the most finetune epochs, the geometric middle of
+  the finetune LR range, the middle of the distillation ranges. A baseline is built from them
+  (``search.study.space.baseline_params``) and a trial fills the keys its params lack with them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pruning.errors import UsageError
+from search.config import ExperimentConfig
+
+__all__ = ["ADAPTIVE_CHOICE_KNOBS", "ADAPTIVE_FLOAT_KNOBS", "ALL_KEY", "BASELINES", "BUDGET_KEY", "MODES",
+           "baseline_defaults", "ratio_key", "ratios_from_params"]
+
+MODES = ("prune", "adaptive", "scratch")
+BASELINES = ("uniform", "global")
+ALL_KEY = "r_all"
+#: Adaptive-mode knobs, each sampled from the ``search.adaptive`` field of the same name.
+ADAPTIVE_FLOAT_KNOBS = ("gamma", "prune_threshold", "grow_fraction")
+ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
+#: Adaptive mode: the trial's MACs budget as a fraction of the base model's MACs (``macs_budget_range``).
+BUDGET_KEY = "macs_budget_ratio"
+
+
+def baseline_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The value of each key a params dict may lack (see the module docstring)."""
+    s = cfg.search
+    return {
+        "criterion": s.criteria[0],
+        "steps": s.steps[0],
+        "grow_method": s.adaptive.grow_method[0],
+        "finetune_epochs": s.finetune_epochs[1],
+        "finetune_lr": math.sqrt(s.finetune_lr[0] * s.finetune_lr[1]),
+        "distill_alpha": sum(s.distill_alpha) / 2,
+        "distill_temperature": sum(s.distill_temperature) / 2,
+    }
+
+
+def ratio_key(group: str) -> str:
+    """The untied ratio key of ``group``: ``r_<group>`` with unsafe characters replaced."""
+    return "r_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", group)
+
+
+def ratios_from_params(params: Mapping[str, Any], groups: list[str]) -> dict[str, float]:
+    """``{group: keep ratio}`` for every group of a prune-mode params dict (the rule of ``search.study.space``).
+
+    A baseline maps every group to its ``ratio`` (for ``global`` that is the share of
+    all channels, nominal per group). Adaptive-mode params have no ratios: ``{}``.
+    """
+    if params.get("mode") == "adaptive":
+        return {}
+    if params.get("baseline") in BASELINES:
+        return {g: float(params["ratio"]) for g in groups}
+    if ALL_KEY in params:
+        return {g: float(params[ALL_KEY]) for g in groups}
+    out: dict[str, float] = {}
+    current: float | None = None
+    for g in groups:
+        key = ratio_key(g)
+        if key in params:
+            current = float(params[key])
+        if current is None:
+            raise UsageError(f"params give no keep ratio for group {g!r}: expected {key!r} or {ALL_KEY!r}")
+        out[g] = current
+    return out
