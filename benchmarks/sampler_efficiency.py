@@ -1,9 +1,9 @@
 """Sampler efficiency: hypervolume of the (val accuracy, MACs) front vs number of trials,
 NSGA-II vs TPE vs random, on real pruning trials (Fashion-MNIST subset).
 
-What a trial is: the search space of ``search.space.suggest`` (one keep ratio per conv group of
+What a trial is: the search space of ``search.study.space.suggest`` (one keep ratio per conv group of
 ``small_vgg`` in [0.1, 1], criterion l1), applied to one cached base model with
-``pruning.iterative.prune_iteratively`` (the code ``search.trial.run_trial`` runs in prune
+``pruning.iterative.prune_iteratively`` (the code ``search.trial.run.run_trial`` runs in prune
 mode) and finetuned for one epoch; objectives: maximise val accuracy, minimise MACs. The
 point is the sampler's efficiency, not Ray's, so trials run **in-process** with an Optuna study
 per (sampler, seed) (``study.optimize``, one trial at a time, samplers built by

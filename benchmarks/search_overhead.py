@@ -66,7 +66,8 @@ def plain_trainable(config: dict, *, seconds: float, record_dir: str) -> None:
     _record(record_dir, t0, time.time())
 
 
-def prunetune_trial(cfg, params, reporter=None, *, base=None, seconds: float, record_dir: str) -> dict:
+def prunetune_trial(cfg, params, reporter=None, *, base=None, resume=None, checkpoint=None, seconds: float,
+                    record_dir: str) -> dict:
     """The same work behind ``run_trial``'s interface: epoch rows and a (tiny) final model."""
     import copy
 

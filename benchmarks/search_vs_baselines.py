@@ -1,7 +1,7 @@
 """Search vs fixed pruning recipes on Fashion-MNIST, at 30% and 10% of the dense MACs (issue 10).
 
-Data and model are chosen so that methods can be told apart on 2 CPU cores (REFERENCE_NUMBERS:
-digits is too easy): Fashion-MNIST downsampled to 16x16, a seeded stratified subset of 4,000
+Data and model are chosen so that methods can be told apart on 2 CPU cores (digits
+is too easy: the demo's config says why): Fashion-MNIST downsampled to 16x16, a seeded stratified subset of 4,000
 training and 1,000 validation images (from the official train set), the official 10,000 test
 images; ``small_vgg`` (5 convs 32,32,64,64,128 + BN, 7.15M MACs at 16x16). At this size uniform
 L1 at 10% of the MACs loses about 2 points against dense (measured in the same run and printed:

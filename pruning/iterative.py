@@ -1,7 +1,7 @@
 """Score → normalise → select → cut → finetune, in one or several steps (Zhang et al. 2021).
 
 With ``steps=1`` this is the classic one-shot prune-then-finetune. With ``steps=K`` the
-target is approached linearly (φ ← φ − τ/N of ALGORITHMS.md): at step i every group's
+target is approached linearly (φ ← φ − τ/N per step): at step i every group's
 target width (or the global kept fraction, or the MACs budget) is the i/K-th point between
 the dense model and the final target, the model is re-scored on its *current* weights,
 pruned, and finetuned for ``step_epochs`` before the next step. ``finetune_epochs`` are

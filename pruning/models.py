@@ -3,7 +3,7 @@
 ``create_model(name, num_classes, in_channels)`` builds any of them. Names:
 
 * registered here: ``tiny_vgg``, ``tiny_resnet`` (tests), ``small_vgg`` (the digits demo
-  net of REFERENCE_NUMBERS), ``cifar_vgg11/16/19`` (with BN), ``cifar_resnet20/56/110``;
+  net, ``configs/demo.yaml``), ``cifar_vgg11/16/19`` (with BN), ``cifar_resnet20/56/110``;
 * ``torchvision.<name>`` or a bare torchvision classification name (``resnet18``,
   ``vgg16_bn``, ``mobilenet_v2``...): built with random weights, first conv adapted to
   ``in_channels`` and the head resized to ``num_classes``;
@@ -91,7 +91,7 @@ def tiny_vgg(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.
 
 @MODELS.register("small_vgg")
 def small_vgg(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:
-    """5 convs (32, 32, 64, 64, 128): the digits net of REFERENCE_NUMBERS (7.25M MACs at 16x16)."""
+    """5 convs (32, 32, 64, 64, 128): the digits net of the demo (7.25M MACs at 16x16)."""
     return VGG(_vgg_cfg(_scaled([32, 32, 64, 64, 128], width_mult), pool_after=(1, 3)), num_classes, in_channels)
 
 

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from pruning.errors import UsageError
-from search.study.samplers import SamplerName
+from search.results.cachedir import parse_results_dir, remote_experiment_cache
 
 
 class _Section(BaseModel):
@@ -38,8 +38,6 @@ class ExperimentSection(_Section):
     @field_validator("results_dir")
     @classmethod
     def _results_location(cls, v: str) -> str:
-        from search.results.storage import parse_results_dir  # pyarrow: not for every importer of the config
-
         return parse_results_dir(v)
 
 
@@ -53,7 +51,7 @@ class ModelSection(_Section):
     def _known_model(cls, v: str, info: ValidationInfo) -> str:
         if _saved(info):
             return v
-        from pruning.models import MODELS, model_names
+        from pruning.models import MODELS, model_names  # torch: not when reading a saved config (status)
 
         if v in MODELS or ":" in v:  # registered or a user factory: no need to import torchvision
             return v
@@ -74,7 +72,7 @@ class DataSection(_Section):
     def _known_dataset(cls, v: str, info: ValidationInfo) -> str:
         if _saved(info):
             return v
-        from pruning.data import DATASETS
+        from pruning.data import DATASETS  # torch: not when reading a saved config (status)
 
         DATASETS[v]
         return v
@@ -168,7 +166,7 @@ class SpaceSection(_Section):
     def _known_criteria(cls, v: list[str], info: ValidationInfo) -> list[str]:
         if _saved(info):
             return v
-        from pruning.criteria import CRITERIA
+        from pruning.criteria import CRITERIA  # torch: not when reading a saved config (status)
 
         for name in v:
             CRITERIA[name]
@@ -230,6 +228,10 @@ class ObjectivesSection(_Section):
         return self
 
 
+#: The valid ``sampler.name`` values (``search.study.samplers`` checks that SAMPLERS has exactly these).
+SamplerName = Literal["tpe", "nsga2", "random", "cmaes"]
+
+
 class SamplerSection(_Section):
     name: SamplerName = "tpe"  # the SAMPLERS registry
     n_startup_trials: int = Field(4, ge=0)
@@ -278,10 +280,8 @@ class ExperimentConfig(_Section):
     def exp_dir(self) -> Path:
         """The experiment's local directory. For an object-store ``results_dir`` (``s3://``,
         ``gs://``), a local cache of what must be a file (the base model); its files
-        live in ``search.expdir.store(cfg)``."""
+        live in ``search.results.expdir.store(cfg)``."""
         if "://" in self.experiment.results_dir:
-            from search.results.cachedir import remote_experiment_cache
-
             return remote_experiment_cache(f"{self.experiment.results_dir}/{self.experiment.name}")
         return Path(self.experiment.results_dir) / self.experiment.name
 

@@ -14,8 +14,10 @@ import torch
 
 from pruning.errors import UsageError
 from pruning.export import check_writable, export_model
-from search.trial import run as trial_mod
+from search import tuner
 from search.config import ExperimentConfig
+from search.results import expdir
+from search.trial import run as trial_mod
 from search.results.ledger import is_missing, params_of
 from search.trial.materialize import experiment_data
 from search.results.storage import Store, as_store
@@ -54,9 +56,6 @@ def load_trial_model(cfg: ExperimentConfig, row: Mapping[str, Any], trial_fn: An
 
 def _base(cfg: ExperimentConfig) -> Any:
     """The base model from the cache (an experiment on object storage keeps it there)."""
-    from search import tuner
-    from search.results import expdir
-
     return tuner.prepare_base(cfg, expdir.store(cfg))
 
 

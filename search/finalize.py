@@ -4,7 +4,7 @@ A search ranks widths with short finetunes; the few worth keeping deserve a long
 :func:`finalize` takes the ``top`` trials of the Pareto front of ``trials.parquet``
 (val_acc max, MACs min) with the best val accuracy - among the trials within the search's
 ``objectives.macs_budget`` when it has one - and runs each again on Ray Tune with
-the same trainable as a search (``search.trial.run_trial``):
+the same trainable as a search (``search.trial.run.run_trial``):
 
 - default: the trial's own params with ``finetune_epochs = epochs`` (``scratch_epochs``
   for a scratch-mode trial) - the same pruning from the base model, finetuned longer;

@@ -13,8 +13,10 @@ from typing import Any
 
 __all__ = ["PrepareFn", "SearchOptions", "SearchSummary", "TrialFn"]
 
-TrialFn = Callable[..., Mapping[str, Any]]  # run_trial(cfg, params, reporter=None, *, base=None)
-PrepareFn = Callable[..., Any]  # prepare_base(cfg, log_progress=None) -> BaseArtifacts
+#: ``run_trial(cfg, params, reporter=None, *, base=None, resume=None, checkpoint=None)``'s signature.
+TrialFn = Callable[..., Mapping[str, Any]]
+#: ``prepare_base(cfg, *, log_progress=None, on_epoch=None) -> BaseArtifacts``'s signature.
+PrepareFn = Callable[..., Any]
 
 
 @dataclasses.dataclass(frozen=True)

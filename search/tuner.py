@@ -39,8 +39,10 @@ from search.trial import base as trial_base
 from search.trial.materialize import group_names
 from search.config import ExperimentConfig
 from search.options import SearchOptions, SearchSummary
+from search.report.png import write_pareto_png
 from search.results.ledger import Ledger, read_trials
 from search.results.storage import Store
+from search.study.samplers import check_available
 
 __all__ = ["SearchOptions", "SearchSummary", "resume_search", "run_search"]  # the options: re-exported, the front's API
 
@@ -50,7 +52,7 @@ progress_log = logging.getLogger("search.progress")
 def _ray_layer() -> tuple[ModuleType, ModuleType]:
     """The Ray layer (``session``, ``fit``): the one lazy import of Ray, so that merely
     importing this module (``prunetune run --help``, config errors) does not load Ray."""
-    from search._ray import fit, session
+    from search._ray import fit, session  # the Ray layer: loaded only when a search runs
 
     return session, fit
 
@@ -86,7 +88,7 @@ def _session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, mode
 
 def _finish(cfg: ExperimentConfig, exp_dir: Store, t0: float, fit: tuple[float, float, str | None]) -> SearchSummary:
     Ledger(exp_dir, cfg.experiment.name).flush()  # pareto.parquet even when no trial ran now
-    expdir.write_pareto_png(exp_dir, cfg)
+    write_pareto_png(exp_dir, cfg)
     done, errored, stopped, front = expdir.ledger_counts(exp_dir)
     started, fit_s, resumed_from = fit
     return SearchSummary(exp_dir=exp_dir.local_path() or exp_dir.uri(), total=cfg.num_samples, done=done, errored=errored, stopped=stopped,
@@ -102,6 +104,7 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions = SearchOptions(), 
     """
     t0 = time.perf_counter()
     cfg = expdir.absolute(cfg)
+    check_available(cfg.sampler.name)  # a sampler whose package is missing fails here, before any file
     exp_dir = expdir.prepare_experiment_dir(cfg, fresh)
     fit = _session(cfg, exp_dir, options, "fresh", fresh=fresh)
     return _finish(cfg, exp_dir, t0, fit)

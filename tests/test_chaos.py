@@ -1,7 +1,7 @@
 """Driver chaos: SIGKILL the driver at three random points of one search and resume each time.
 
 The points: during the base model's training, while trials run, and between a ledger
-write and the Optuna tell of that trial (the test hook ``PRUNETUNE_TEST_KILL_AT``). The
+write and the Optuna tell of that trial (a driver whose Recorder kills it: ``_KILLING_DRIVER``). The
 random delays and the trial count of the last kill come from a seeded RNG whose seed is
 printed (``-s`` shows it; rerun with ``PRUNETUNE_CHAOS_SEED``). After each kill the test
 kills what the driver left behind (its tagged local Ray processes), like a crashed machine.
@@ -13,6 +13,8 @@ import json
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,26 @@ import pytest
 from test_cli_search import cli, kill_ours, write_config  # noqa: F401 - cli is a fixture
 
 N = 4
+
+#: ``prunetune`` (argv after the first argument) with a Recorder that SIGKILLs its own driver
+#: right after the ledger first holds ``argv[1]`` trials: after the ledger write of that trial,
+#: before Ray tells the searcher (Optuna) that it completed.
+_KILLING_DRIVER = """
+import os, signal, sys
+from search._ray.recorder import Recorder
+from search.cli import main
+
+at = int(sys.argv[1])
+record = Recorder._record
+
+def record_then_die(self, *args, **kwargs):
+    record(self, *args, **kwargs)
+    if len(self.ledger) == at:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+Recorder._record = record_then_die
+sys.exit(main(sys.argv[2:]))
+"""
 
 
 def _wait_for(pred, driver, log: Path, timeout: float = 300) -> None:
@@ -80,13 +102,12 @@ def test_driver_killed_at_three_random_points_resumes_to_a_consistent_experiment
     held = _recorded(exp)
     at = rng.randint(held + 1, N)
     log = tmp_path / "run3.log"
-    cli.env["PRUNETUNE_TEST_KILL_AT"] = f"after_ledger_write:{at}"
-    driver = cli.start("resume", str(exp), log=log)
+    driver = subprocess.Popen([sys.executable, "-c", _KILLING_DRIVER, str(at), "resume", str(exp)], cwd=cli.cwd,
+                              env=cli.env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     driver.wait(timeout=400)
     assert driver.returncode == -signal.SIGKILL, log.read_text()
     kill_ours(cli.tag, cli.cwd)
     assert _recorded(exp) == at
-    del cli.env["PRUNETUNE_TEST_KILL_AT"]
 
     proc = cli("resume", str(exp), timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -295,7 +295,7 @@ def _unit(v: Tensor) -> Tensor:
 
 @pytest.mark.parametrize("model_name", MODELS)
 def test_data_criteria_match_hand_computation(model_name: str) -> None:
-    """Formulas of ALGORITHMS.md, per layer (BN output), L2-normalised per layer, summed over a group's layers."""
+    """The criteria's formulas (their docstrings), per layer (BN output), L2-normalised per layer, summed over a group's layers."""
     model, groups, batches, ref = _reference(model_name)
     names = ("taylor", "taylor_fo", "taylor_guided", "attribution")
     got = {name: get_criterion(name).score(model, groups, batches) for name in names}

@@ -1,4 +1,4 @@
-"""Progress output (search/progress.py): which epochs get a line, the line formats, --quiet, the tally."""
+"""Progress output (search/report/progress.py): which epochs get a line, the line formats, --quiet, the tally."""
 
 import io
 

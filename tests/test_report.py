@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from search.results.ledger import Ledger, pareto_front
-from search.report.table import _use_log_x, human_count, pareto_figure, pareto_table, plot_pareto, tick_label
+from search.report.png import _use_log_x, pareto_figure, plot_pareto
+from search.report.table import human_count, pareto_table, tick_label
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BASE = dict(val_acc=0.9512, test_acc=0.9487, macs=313_730_000, params=14_730_000, latency_ms=3.1)

@@ -1,6 +1,6 @@
 """search.tuner on a real local Ray, real Optuna and real Parquet, with fixed-cost fake trials.
 
-The fake trial follows ``search.trial.run_trial``'s contract (params from the real search
+The fake trial follows ``search.trial.run.run_trial``'s contract (params from the real search
 space, one reporter row per epoch, the same result keys) but sleeps instead of training,
 so these tests exercise the orchestration: errors, ASHA, fractional GPUs, resume with a
 changed config. ``test_cli_search.py`` runs the real trials end to end through the CLI.
@@ -34,7 +34,8 @@ def _cfg(tmp_path: Path, *overrides: str):
     return load_config(None, base + list(overrides))
 
 
-def fake_trial(cfg, params, reporter=None, *, base=None, record_dir=None, barrier=0, epoch_s=0.05):
+def fake_trial(cfg, params, reporter=None, *, base=None, resume=None, checkpoint=None, record_dir=None, barrier=0,
+               epoch_s=0.05):
     """A fixed-cost stand-in for ``run_trial``: val_acc grows with the mean keep ratio."""
     from search.trial.params import ratios_from_params
 
@@ -212,7 +213,7 @@ def test_failing_trial_is_recorded_as_error_and_baselines_stay_out_of_the_study(
 MO_POINTS = {0.9: (0.90, 100_000), 0.2: (0.30, 10_000), 0.5: (0.60, 120_000), 0.6: (0.50, 130_000)}
 
 
-def mo_trial(cfg, params, reporter=None, *, base=None):
+def mo_trial(cfg, params, reporter=None, *, base=None, resume=None, checkpoint=None):
     """A synthetic trial: fixed (val_acc, macs) per baseline ratio, 3 finetune epochs, every one
     in the final step (``rung_epoch`` 1..3), as ``run_trial`` reports them."""
     val, macs = MO_POINTS[float(params["ratio"])]

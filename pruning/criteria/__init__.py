@@ -1,8 +1,7 @@
 """Channel importance criteria: ``get_criterion(name, **options).score(model, groups, batches)``.
 
 Each criterion returns ``{group.name: float32 CPU tensor [group.size]}``, higher = more
-important; see ALGORITHMS.md for the formulas and each class's docstring for the
-choices made. Registered names: ``attribution``, ``attribution_iba`` (options ``beta``,
+important; each class's docstring gives its formula and the choices made. Registered names: ``attribution``, ``attribution_iba`` (options ``beta``,
 ``steps``, ``lr``, ``seed``), ``bn_scale``, ``fpgm``, ``l1``, ``l2``, ``profit`` (option
 ``gamma``), ``random`` (option ``seed``), ``taylor``, ``taylor_fo``, ``taylor_guided``.
 """

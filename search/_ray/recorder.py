@@ -1,15 +1,14 @@
 """``Recorder``: the driver-side ``tune.Callback`` that writes the ledger, logs one progress
 line per trial and keeps ``progress.json`` current.
 
-It reads the result protocol :class:`search.result.TrialResult`; rows are built by
-:func:`search.ledger.trial_row` and :func:`search.ledger.epoch_row`.
+It reads the result protocol :class:`search.trial.result.TrialResult`; rows are built by
+:func:`search.results.ledger.trial_row` and :func:`search.results.ledger.epoch_row`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,17 +68,6 @@ def progress_line(row: Mapping[str, Any], done: int, total: int, front: Any) -> 
         if row["status"] == "STOPPED":
             what += " (stopped early)"
     return f"trial {done}/{total} {row['trial_id']}: {what} | front: {_front_text(front)}"
-
-
-#: Test hook (chaos tests only): ``after_ledger_write:N`` SIGKILLs the driver right after the
-#: ledger first holds N trials, before Ray tells the searcher (Optuna) about that trial.
-KILL_AT_ENV = "PRUNETUNE_TEST_KILL_AT"
-
-
-def _maybe_die(point: str, count: int) -> None:
-    if os.environ.get(KILL_AT_ENV) == f"{point}:{count}":
-        logger.warning("%s=%s: killing the driver", KILL_AT_ENV, os.environ[KILL_AT_ENV])
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _retries(trial: Any) -> int:
@@ -236,7 +224,6 @@ class Recorder(tune.Callback):
                                        "started_at", "finished_at")}
             self.ledger.add_trial({**bad, "status": "ERROR", "error": f"invalid result: {exc}"[:2000]})
         self.ledger.flush()
-        _maybe_die("after_ledger_write", len(self.ledger))
         trials = self.ledger.trials()
         progress_log.info("%s", progress_line(row, len(trials), self.cfg.num_samples, pareto_front(trials)))
         self._log_tally(trials)

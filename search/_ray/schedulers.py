@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler, TrialScheduler
 
+from search.results.pareto import non_dominated_ranks
+
 logger = logging.getLogger(__name__)
 
 RUNG_EPOCH = "rung_epoch"
@@ -58,25 +60,11 @@ def _as_matrix(points: Any) -> np.ndarray:
 def nondominated_ranks(points: Any) -> np.ndarray:
     """Pareto front index of each point (0 = non-dominated), all objectives minimised.
 
-    ``points`` is an (n, m) array of finite values. Point i dominates j when it is no worse
-    on every objective and better on one; front k+1 is front k's removal's front 0.
+    ``points`` is an (n, m) array of finite values; the sort is the ledger's
+    (:func:`search.results.pareto.non_dominated_ranks`), counted from 0 here.
     """
     p = _as_matrix(points)
-    n = len(p)
-    no_worse = (p[:, None, :] <= p[None, :, :]).all(axis=2)
-    better = (p[:, None, :] < p[None, :, :]).any(axis=2)
-    dominates = no_worse & better  # [i, j]: i dominates j
-    dominated_by = dominates.sum(axis=0)
-    ranks = np.full(n, -1, dtype=int)
-    remaining = np.ones(n, dtype=bool)
-    front = 0
-    while remaining.any():
-        current = remaining & (dominated_by == 0)
-        ranks[current] = front
-        remaining &= ~current
-        dominated_by = dominated_by - dominates[current].sum(axis=0)
-        front += 1
-    return ranks
+    return non_dominated_ranks(p, ("min",) * p.shape[1]).astype(int) - 1
 
 
 def crowding_distances(points: Any, ranks: Any | None = None) -> np.ndarray:

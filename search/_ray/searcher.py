@@ -56,7 +56,7 @@ class LedgerSearch(OptunaSearch):
     - stops proposing once the ledger's trials plus the ones this searcher started
       reach ``num_samples`` (Ray's own counter does not survive a driver kill exactly);
     - tells Optuna a trial's result only once, as FAIL for an errored trial and PRUNED
-      for a trial stopped early by ASHA (result keys: :class:`search.result.TrialResult`);
+      for a trial stopped early by ASHA (result keys: :class:`search.trial.result.TrialResult`);
     - records ``ray_trial_id`` and ``macs`` on each Optuna trial, and with a MACs budget
       the constraint ``macs_budget`` = macs - budget (TPE and NSGA-II prefer feasible
       trials, <= 0);
@@ -84,8 +84,6 @@ class LedgerSearch(OptunaSearch):
 
     # -- the count
     def _session_start(self) -> None:
-        for name, default in (("_baselines", []), ("_baseline_trials", {}), ("_pending", [])):
-            self.__dict__.setdefault(name, default)  # a searcher pickled before baselines moved here
         trials = ledger.read_trials(self._exp_dir)
         self._prior_ids = set(trials["trial_id"].astype(str))
         # Held: what the ledger recorded, and baselines proposed (to trials Ray restored and

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import ray
+from ray._private import worker as ray_worker  # its printer is replaced: the listener looks it up per message
 
 from pruning.errors import UsageError
 from search.config import ExperimentConfig
@@ -31,7 +32,7 @@ _RAY_ENV = {
 _QUIET_ENV = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_PRINT_ALL_TRIAL_ERRORS": "0"}
 
 # Loggers whose warnings are noise in the quiet default: the token-auth notice of every
-# local ray.init (docs/search.md explains token auth), and the result-file fetch warnings
+# local ray.init (the README's cluster section explains token auth), and the result-file fetch warnings
 # caused by disabling Tune's per-trial loggers (the ledger holds the results).
 _QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray.tune.analysis.experiment_analysis",
                   "ray.tune.result_grid")
@@ -42,8 +43,6 @@ def _quiet_raylet_messages() -> Any:
     id, lease id, OOM advice, over many lines) to this module's logger instead of stdout,
     where they would land among the progress lines; the Recorder prints one line of its own
     (``on_trial_recover``). Returns the original printer, to restore it."""
-    from ray._private import worker as ray_worker  # the listener looks this function up on every message
-
     original = ray_worker.print_to_stdstream
 
     def printer(data: dict[str, Any], ignore_prefix: bool) -> None:
@@ -106,6 +105,4 @@ def ray_session(cfg: ExperimentConfig, address: str | None, verbose: bool) -> It
             logger.info("ray.shutdown took %.1f s", time.perf_counter() - t1)
     finally:
         if printer is not None:
-            from ray._private import worker as ray_worker
-
             ray_worker.print_to_stdstream = printer

@@ -1,18 +1,17 @@
 """The Ray Tune trainable (``run_one``: a few lines around ``run_trial``) and replay of
 ledger trials (the early-stopping scheduler is in ``search._ray.schedulers``).
 
-``run_one`` speaks the protocol of :class:`search.result.TrialResult`. Ray workers import
+``run_one`` speaks the protocol of :class:`search.trial.result.TrialResult`. Ray workers import
 this module to unpickle ``run_one``; it imports neither pandas nor pyarrow (they would
 add ~1 s to every worker's start).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import socket
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,17 +74,6 @@ def _resume_state(trial_id: str) -> dict[str, Any] | None:
         return None
     logger.info("trial %s: resuming after epoch %s", trial_id, state.get("epoch"))
     return state
-
-
-def _resume_kwargs(trial_fn: TrialFn, resume: dict | None, checkpoint: Callable[[dict], None]) -> dict[str, Any]:
-    """``resume``/``checkpoint`` for a trial function that takes them (custom ones may not)."""
-    try:
-        params = inspect.signature(trial_fn).parameters
-    except (TypeError, ValueError):
-        return {}
-    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    kwargs = {"resume": resume, "checkpoint": checkpoint}
-    return {k: v for k, v in kwargs.items() if takes_all or k in params}
 
 
 class _Reporter:
@@ -170,8 +158,7 @@ def run_one(config: dict, *, cfg: ExperimentConfig, base: Any, trial_fn: TrialFn
     resume = _resume_state(trial_id)
     reporter = _Reporter(_where(), resume)
     try:
-        kwargs = _resume_kwargs(trial_fn, resume, reporter.checkpoint)
-        result = dict(trial_fn(cfg, config, reporter, base=base, **kwargs))
+        result = dict(trial_fn(cfg, config, reporter, base=base, resume=resume, checkpoint=reporter.checkpoint))
     except torch.cuda.OutOfMemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - recorded as the trial's error

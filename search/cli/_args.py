@@ -67,10 +67,9 @@ def add_one_model(p: argparse.ArgumentParser, models: str, datasets: list[str]) 
 def check_one_model(args: argparse.Namespace, default_out: str, width_mult: float = 1.0) -> Path:
     """Check the options of :func:`add_one_model` before any work or any file: the model and
     dataset names, the device and the output directory (``--out``, else ``default_out``); returns it."""
-    # torch: only prune and grow, when they run, need it
-    from pruning.data import DATASETS
-    from pruning.models import create_model
-    from pruning.train import resolve_device
+    from pruning.data import DATASETS  # torch: only prune and grow load it, when they run
+    from pruning.models import create_model  # torch, as above
+    from pruning.train import resolve_device  # torch, as above
 
     create_model(args.model, num_classes=2, width_mult=width_mult)  # unknown model or bad width -> UsageError
     DATASETS[args.data]

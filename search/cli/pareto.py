@@ -9,7 +9,8 @@ import argparse
 
 from search.cli._args import add_experiment
 from search.cli._print import print_final, print_front
-from search.results.expdir import find_experiment, load_saved_config, write_pareto_png
+from search.report.png import write_pareto_png
+from search.results.expdir import find_experiment, load_saved_config
 from search.results.ledger import read_trials
 
 

@@ -20,7 +20,7 @@ from pruning.export import export_model
 from pruning.iterative import RANKINGS, PruneSpec, prune_iteratively
 from pruning.measure import Measurement, measure
 from pruning.surgery import widths
-from pruning.train import TrainConfig, resolve_device
+from pruning.train import TrainConfig, resolve_device, save_checkpoint
 from search.cli._args import add_one_model, check_one_model, parse_macs
 from search.report.progress import EpochProgress, say_unless
 
@@ -150,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
         "prunetune_version": __version__,
     }
     paths = export_model(model, out, tuple(data.input_shape), new_widths, metrics)
-    from pruning.train import save_checkpoint
-
     save_checkpoint(out / "base.pt", base_model.cpu())
     print(f"wrote {paths['model']} (torch.load(..., weights_only=False)), {paths['exported']} (torch.export.load(...).module()), "
           f"{paths['onnx']} (onnxruntime), {paths['widths']}, {paths['metrics']}, {out / 'base.pt'}")

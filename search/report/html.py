@@ -10,8 +10,8 @@ chosen in a menu), the kept share of every group per front trial (a heatmap, bas
 100%, growth > 100%), the learning curves of the front trials, and how often each
 criterion and mode appears on the front versus among all trials.
 
-Inputs are the ledger's DataFrames (:data:`search.ledger.TRIALS_SCHEMA`,
-:data:`search.ledger.EPOCHS_SCHEMA`) and the ``base`` dict of the experiment
+Inputs are the ledger's DataFrames (:data:`search.results.ledger.TRIALS_SCHEMA`,
+:data:`search.results.ledger.EPOCHS_SCHEMA`) and the ``base`` dict of the experiment
 (``val_acc``, ``test_acc``, ``macs``, ``params``, ``latency_ms``, ``widths``,
 ``group_names``). Accuracies are shown in %, MACs per sample.
 """

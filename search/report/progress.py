@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
 #: At most about this many epoch lines per phase (plus the first and the last epoch).
 MAX_LINES = 30
 
@@ -151,8 +153,6 @@ class EpochProgress:
                 f"ETA {fmt_duration(self.eta_s(int(m.epoch)))}" + (f"  {extra}" if extra else ""))
         n = min(int(m.epoch), self.total)
         if self._bar is None:
-            from tqdm import tqdm
-
             # Our own s/epoch and ETA, not tqdm's rate and elapsed time: the bar starts after the first epoch.
             self._bar = tqdm(total=self.total, initial=n, postfix=text, desc=self.label, unit="epoch", file=self.out,
                              dynamic_ncols=True, leave=True, bar_format="{desc}: {percentage:3.0f}%|{bar}| "

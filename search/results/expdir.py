@@ -2,7 +2,7 @@
 saved config, ``base.json`` and the run metadata.
 
 Layout of the experiment (``results/NAME``, or ``s3://bucket/prefix/NAME``; every file is
-read and written through its :class:`~search.storage.Store`, :func:`store`)::
+read and written through its :class:`~search.results.storage.Store`, :func:`store`)::
 
     config.yaml      the resolved config (``resume`` compares its search hash)
     base.json        the unpruned model's metrics and widths
@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,7 @@ from pruning import __version__
 from pruning.errors import UsageError
 from pruning.atomic import check_writable
 from search.results import ledger
-from search.report.table import plot_pareto
 from search.config import ExperimentConfig, config_from_dict, load_config
-from search.study.samplers import check_available
 from search.results.storage import Store, as_store, ensure_private_dir
 
 __all__ = [
@@ -46,7 +43,7 @@ __all__ = [
     "absolute", "base_summary", "experiment_files", "fetch_cached", "find_experiment", "keep_cached", "ledger_counts",
     "load_saved_config", "next_session_name", "open_store", "prepare_experiment_dir", "read_base", "read_progress",
     "restorable", "results_dir_of", "run_meta", "save_config", "sessions", "shown", "store", "study_name", "wipe",
-    "write_base", "write_pareto_png", "write_progress",
+    "write_base", "write_progress",
 ]
 
 logger = logging.getLogger(__name__)
@@ -67,7 +64,7 @@ _SESSION_PREFIX = "session-"
 
 
 def store(cfg: ExperimentConfig) -> Store:
-    """The experiment's :class:`~search.storage.Store`: ``<results_dir>/<name>`` on a local
+    """The experiment's :class:`~search.results.storage.Store`: ``<results_dir>/<name>`` on a local
     (or NFS) disk or an object store (``s3://``, ``gs://``). Every experiment file goes
     through it; ``cfg.exp_dir`` is the local directory (or, for object storage, the local
     cache of what must be a file)."""
@@ -137,13 +134,13 @@ def _reachable(exp: Store, name: str) -> bool:
 
 
 def prepare_experiment_dir(cfg: ExperimentConfig, fresh: bool) -> Store:
-    """Validate that the experiment can start in :func:`store` (nothing is written here).
+    """Validate that the experiment can start in :func:`store` (nothing is written here; the
+    sampler's package is checked before, ``search.study.samplers.check_available``).
 
     An existing experiment is an error unless ``fresh`` (then its files are removed by
     ``run_search`` just before it starts).
     """
     exp = store(cfg)
-    check_available(cfg.sampler.name)  # a sampler whose package is missing fails here, before any file
     local = exp.local_path()
     if local is not None:
         check_writable(local, "results directory")
@@ -333,22 +330,3 @@ def ledger_counts(exp: Store | str | os.PathLike[str]) -> tuple[int, int, int, i
     df = ledger.read_trials(exp)
     front = ledger.pareto_front(df)
     return len(df), int((df["status"] == "ERROR").sum()), int((df["status"] == "STOPPED").sum()), len(front)
-
-
-def write_pareto_png(exp: Store | str | os.PathLike[str], cfg: ExperimentConfig) -> Path | str:
-    """Redraw ``pareto.png`` from the ledger; returns its path (or URI on object storage)."""
-    exp = open_store(exp)
-    trials = ledger.read_trials(exp)
-    front = ledger.pareto_front(trials)
-
-    def plot(path: Path) -> Path:
-        return plot_pareto(trials, front, path, base=read_base(exp),
-                           title=f"{cfg.experiment.name}: {cfg.model.name} on {cfg.data.name}",
-                           macs_budget=cfg.objectives.macs_budget)
-
-    local = exp.local_path(PARETO_PNG)
-    if local is not None:
-        return plot(local)
-    with tempfile.TemporaryDirectory(prefix="prunetune-png-") as tmp:
-        exp.write_bytes_atomic(PARETO_PNG, plot(Path(tmp) / PARETO_PNG).read_bytes())
-    return exp.uri(PARETO_PNG)

@@ -14,7 +14,7 @@ An experiment directory holds three files, all written by :class:`Ledger`:
 Their columns, units and row builders live in :mod:`search.results.schema`; this module
 re-exports them, so ``search.results.ledger`` stays the ledger's one public entry point.
 
-The experiment lives in a :class:`search.storage.Store`: a local (or NFS) directory or an
+The experiment lives in a :class:`search.results.storage.Store`: a local (or NFS) directory or an
 ``s3://``/``gs://`` prefix. Every write is :meth:`Store.write_bytes_atomic` (locally a
 temporary file in the same directory, fsynced, then renamed over the old file with
 ``os.replace``; on object storage a new version object and then a manifest naming it), so

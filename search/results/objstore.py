@@ -1,6 +1,6 @@
 """Atomic whole-file replace on object storage: versioned objects plus a manifest.
 
-:class:`VersionedObjects` is the object-store half of :class:`search.storage.Store` (which
+:class:`VersionedObjects` is the object-store half of :class:`search.results.storage.Store` (which
 mixes it in and keeps the local, POSIX half: temp file, fsync, ``os.replace``).
 
 On S3 and GCS there is no rename: a "rename" is a copy plus a delete. And a
@@ -64,7 +64,7 @@ class VersionedObjects:
 
     The class it is mixed into provides ``fs`` (a ``pyarrow.fs`` filesystem), ``root``,
     ``is_local``, ``_path(name)`` (the filesystem path of a checked name) and ``uri(name)``
-    (for messages). Names given here are already checked (``search.storage._check_name``).
+    (for messages). Names given here are already checked (``search.results.storage._check_name``).
     """
 
     fs: pafs.FileSystem

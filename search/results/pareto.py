@@ -1,7 +1,8 @@
 """Pareto fronts of trials: non-dominated sorting on any number of objectives.
 
-Pure numpy/pandas; ``search.results.ledger`` writes the front to ``pareto.parquet`` on every
-flush (and re-exports these functions), ``report`` and the CLI show it.
+Pure numpy/pandas, the one non-dominated sort of the project: ``search.results.ledger`` writes
+the front to ``pareto.parquet`` on every flush (and re-exports these functions), ``report`` and
+the CLI show it, and the MO-ASHA scheduler (``search._ray.schedulers``) ranks rung results with it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 :data:`TRIALS_SCHEMA` (one row per finished trial), :data:`EPOCHS_SCHEMA` (one row per
 trial and epoch) and :data:`PARETO_SCHEMA` (the trials columns plus ``rank``) are the one
 definition of the ledger's columns; :func:`validate_row` checks a row against them and
-:func:`trial_row` / :func:`epoch_row` turn a ``search.result.TrialResult`` into rows.
+:func:`trial_row` / :func:`epoch_row` turn a ``search.trial.result.TrialResult`` into rows.
 Reading and writing the files is :mod:`search.results.ledger`'s (which re-exports these names).
 
 Units: accuracies are fractions in [0, 1]; ``macs`` are multiply-accumulates of one
@@ -213,7 +213,7 @@ def params_of(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def epoch_row(trial_id: str, result: Mapping[str, Any], attempt: int | None = 0) -> dict[str, Any]:
-    """An :data:`EPOCHS_SCHEMA` row from a per-epoch result (``search.result.TrialResult``);
+    """An :data:`EPOCHS_SCHEMA` row from a per-epoch result (``search.trial.result.TrialResult``);
     ``attempt``: 0 for the trial's first run, n for its n-th retry, None when unknown (an
     epoch a resumed trial re-sent from its checkpoint after the driver restarted)."""
     row = {k: result.get(k) for k in EPOCH_KEYS}
@@ -233,7 +233,7 @@ def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Map
               retries: int = 0) -> dict[str, Any]:
     """A :data:`TRIALS_SCHEMA` row (without ``experiment``) from a trial's last result.
 
-    ``result`` is a ``search.result.TrialResult``: the final one, or the last epoch's when
+    ``result`` is a ``search.trial.result.TrialResult``: the final one, or the last epoch's when
     the trial was stopped early or died (then ``mode``/``criterion`` come from ``params``
     and ``epochs``/``wall_s`` from the epoch and Ray's ``time_total_s``). ``meta`` holds
     ``git_sha`` and ``prunetune_version``. ``retries``: how often Ray restarted the trial.

@@ -33,42 +33,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pruning.errors import UsageError
+from search.results.cachedir import REMOTE_SCHEMES, parse_results_dir
 from search.results.localfs import ensure_private_dir, is_temp_name, write_local_atomic
 from search.results.objstore import MANIFEST_SUFFIX, VERSIONS_SUFFIX, VersionedObjects
 
 __all__ = ["REMOTE_SCHEMES", "Store", "as_store", "ensure_private_dir", "parse_results_dir"]
 
-#: URI schemes a results_dir may use besides a plain local path (gcs:// is pyarrow's alias of gs://).
-REMOTE_SCHEMES = ("gcs", "gs", "s3")
-_SCHEMES = ("file", *REMOTE_SCHEMES)
-_SECRET_OPTIONS = ("access_key", "secret_key", "session_token")
 _ENDPOINT_VARS = ("PRUNETUNE_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-
-
-def parse_results_dir(value: str | os.PathLike[str]) -> str:
-    """``value`` checked as a results location: a local path (returned as given, ``file://``
-    stripped) or ``s3://bucket[/prefix]`` / ``gs://bucket[/prefix]`` (returned without a
-    trailing ``/``). Raises UsageError naming the valid schemes for anything else."""
-    text = os.fspath(value)
-    if "://" not in text:
-        if not text:
-            raise UsageError("results_dir is empty; give a local path or an s3://, gs:// URI")
-        return text
-    scheme, rest = text.split("://", 1)
-    if scheme.lower() not in _SCHEMES:
-        valid = ", ".join(f"{s}://" for s in _SCHEMES)
-        raise UsageError(f"results_dir {text!r}: unsupported scheme {scheme!r}; use a local path or one of: {valid}")
-    if scheme.lower() == "file":
-        return rest or "/"
-    bucket = rest.split("/", 1)[0].split("?", 1)[0]
-    secrets = sorted(k for k in _SECRET_OPTIONS if f"{k}=" in rest.partition("?")[2])
-    if secrets:
-        # results_dir is saved in config.yaml and pickled into Ray's state: no place for keys.
-        raise UsageError(f"results_dir {scheme}://{bucket}/...: remove {', '.join(secrets)} from the URI; "
-                         f"give credentials in AWS_* variables or ~/.aws (gs: GOOGLE_APPLICATION_CREDENTIALS)")
-    if not bucket:
-        raise UsageError(f"results_dir {text!r} names no bucket; write {scheme}://BUCKET/PREFIX")
-    return f"{scheme.lower()}://{rest.rstrip('/')}"
 
 
 def as_store(where: Store | str | os.PathLike[str]) -> Store:
@@ -98,7 +69,7 @@ def _endpoint_query(uri: str) -> str:
 
 class Store(VersionedObjects):
     """A root directory on a pyarrow filesystem, with atomic whole-file replace (locally a
-    renamed temp file; on object storage :class:`search.objstore.VersionedObjects`).
+    renamed temp file; on object storage :class:`search.results.objstore.VersionedObjects`).
 
     Build one with :meth:`from_uri`. A Store is picklable (Ray ships it with the searcher).
     """

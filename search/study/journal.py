@@ -1,4 +1,4 @@
-"""The Optuna journal of an experiment, kept in a :class:`~search.storage.Store`.
+"""The Optuna journal of an experiment, kept in a :class:`~search.results.storage.Store`.
 
 Optuna's ``JournalFileBackend`` needs a POSIX file (appends and a lock file), which an
 object store is not. On a local or NFS store the journal is that file, in the experiment

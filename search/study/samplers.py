@@ -1,8 +1,7 @@
 """SAMPLERS: the Optuna samplers a search can use, by name (``sampler.name`` in a config).
 
-Each entry is a small importer function, like Ray Tune's ``SEARCH_ALG_IMPORT`` table:
-Optuna is imported when a sampler is built, not when this module is imported, so the
-config can validate names without loading Optuna.
+The config's ``SamplerName`` lists the same names (checked here), so the config validates
+names without loading Optuna; this module imports it.
 
 A MACs budget is a constraint that TPE and NSGA-II read from each finished trial
 (``Trial.set_constraint("macs_budget", macs - budget)``, feasible when <= 0; set by the
@@ -16,15 +15,15 @@ import importlib.util
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
+
+import optuna
 
 from pruning.errors import UsageError
 from pruning.registry import Registry
+from search.config import SamplerName
 
 __all__ = ["PENALISES_MACS", "SAMPLERS", "SamplerName", "check_available", "make_sampler"]
-
-#: The valid ``sampler.name`` values (the config's type; must equal ``SAMPLERS.names()``).
-SamplerName = Literal["tpe", "nsga2", "random", "cmaes"]
 
 #: Samplers that ignore Optuna constraints; the searcher penalises their objective instead.
 PENALISES_MACS = frozenset({"cmaes"})
@@ -43,27 +42,19 @@ SAMPLERS: Registry[SamplerEntry] = Registry("sampler")
 
 
 def _tpe(seed: int, n_startup_trials: int, population_size: int) -> Any:
-    import optuna
-
     return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed, multivariate=True, group=True,
                                       constant_liar=True)
 
 
 def _nsga2(seed: int, n_startup_trials: int, population_size: int) -> Any:
-    import optuna
-
     return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
 
 
 def _random(seed: int, n_startup_trials: int, population_size: int) -> Any:
-    import optuna
-
     return optuna.samplers.RandomSampler(seed=seed)
 
 
 def _cmaes(seed: int, n_startup_trials: int, population_size: int) -> Any:
-    import optuna
-
     return optuna.samplers.CmaEsSampler(n_startup_trials=n_startup_trials, seed=seed,
                                         warn_independent_sampling=False)
 

@@ -1,9 +1,9 @@
-"""What a config materialises into: its dataset and its (untrained) model.
+"""What a config materialises into: its dataset, its (untrained) model and the model's groups.
 
-``space`` needs the model's groups and ``trial`` needs the data; both come from here so
-neither imports the other. The dataset is memoised per process (one entry): a driver
-asks for it for the search space and again for the base model, and a Ray worker that
-runs several trials loads it once.
+The search space (``search.study.space``) and the trial both read them from here; the trial
+never imports the space (it would load Optuna). The dataset is memoised per process (one
+entry): a driver asks for it for the search space and again for the base model, and a Ray
+worker that runs several trials loads it once.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
 iteratively (:func:`run_prune`); ``scratch`` trains the sampled widths from random weights
 (:func:`run_scratch`); ``adaptive`` runs the online grow/prune loop within a sampled MACs
 budget (:func:`run_adaptive`). Parameters a trial's params lack take the values a baseline
-gets. ``search.trial.run_trial`` picks the mode and measures the result.
+gets. ``search.trial.run.run_trial`` picks the mode and measures the result.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pruning.adaptive import AdaptiveConfig
+from pruning.adaptive import run_adaptive as adaptive_loop
 from pruning.data import DataBundle
 from pruning.errors import UsageError
 from pruning.iterative import PruneResult, PruneSpec, ResumePoint, prune_iteratively
@@ -151,8 +153,6 @@ def run_adaptive(
     (then the search phase trains at ``train.lr``, else at the finetune LR: the base is
     already trained). Budget: ``adaptive_budget``; the final model never exceeds it.
     """
-    from pruning.adaptive import AdaptiveConfig, run_adaptive
-
     s, a = cfg.search, cfg.search.adaptive
     finetune, epochs = _finetune_config(cfg, params)
     if a.from_scratch:
@@ -164,7 +164,7 @@ def run_adaptive(
         finetune_lr=finetune.lr, calib_batches=cfg.train.calib_batches,
     )  # fmt: skip
     search_cfg = finetune if not a.from_scratch else replace(finetune, lr=cfg.train.lr)
-    result = run_adaptive(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch,
+    result = adaptive_loop(model, data, search_cfg, adaptive_cfg, on_epoch=on_epoch,
                           on_finetune=lambda search_epochs: on_epoch.final_after(search_epochs, epochs))
     on_epoch.train_macs = int(result.train_macs)  # its own count: widths change within epochs
     log.info("adaptive loop: %s after %d epochs", result.stop_reason or "ran all epochs", result.epochs)

@@ -5,7 +5,7 @@ The Ray trainable (:func:`search._ray.trainable.run_one`) calls ``tune.report`` 
 on its keys: the :class:`~search._ray.recorder.Recorder` (ledger rows, progress lines) and
 :class:`~search._ray.searcher.LedgerSearch` (what Optuna is told). Each cites this class;
 a new key is documented here first. The ledger turns results into rows with
-:func:`search.ledger.trial_row` and :func:`search.ledger.epoch_row`.
+:func:`search.results.ledger.trial_row` and :func:`search.results.ledger.epoch_row`.
 
 This module imports neither Ray nor pandas: Ray workers import it.
 """

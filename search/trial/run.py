@@ -92,7 +92,7 @@ def run_trial(
 ) -> dict[str, Any]:
     """Run one trial on a copy of the base model and return its final metrics (JSON-able).
 
-    ``params`` is a dict from ``search.space.suggest`` or ``baseline_params``. Keys it
+    ``params`` is a dict from ``search.study.space.suggest`` or ``baseline_params``. Keys it
     lacks take the values a baseline gets: the first of ``criteria``/``steps``, the upper
     bound of ``finetune_epochs``, the geometric middle of ``finetune_lr``; in prune mode
     the ratio keys are required. ``reporter(row,
@@ -100,7 +100,7 @@ def run_trial(
     counted across iterative steps), ``train_loss``, ``val_acc``, ``macs``, ``widths``
     (per group, base group order), ``lr``, ``wall_s`` (that epoch's seconds),
     ``rung_epoch`` (1-based index within the final step's finetune, None before it: see
-    ``search.trial_epochs.EpochRows``) and ``rung_epochs`` (that finetune's epochs); a trial with
+    ``search.trial.epochs.EpochRows``) and ``rung_epochs`` (that finetune's epochs); a trial with
     no epoch (``finetune_epochs=0``, one step) never calls it.
 
     Returns ``val_acc``, ``test_acc`` (0..1), ``macs``, ``params``, ``latency_ms`` (CPU,
