@@ -235,6 +235,22 @@ def test_resume_refuses_a_changed_config_unless_forced(tmp_path, cli):
     assert sorted(p.name for p in exp.iterdir()) == before
     # Concurrency is not part of what a trial means: allowed without --force (not run here).
 
+    # --force accepts it; a ledger already holding num_samples trials makes it a resume that runs
+    # nothing (no Ray session, no base training) and reports the experiment
+    from search.results.ledger import Ledger
+
+    (exp / "base.json").write_text(json.dumps({"val_acc": 0.95, "test_acc": 0.94, "macs": 1000, "params": 100,
+                                               "widths": [8], "group_names": ["a"]}))
+    ledger = Ledger(exp, "tiny")
+    for i in range(saved.num_samples):
+        ledger.add_trial({"trial_id": f"t{i}", "status": "TERMINATED", "params_json": "{}", "val_acc": 0.9 - i / 100,
+                          "macs": 100 * (i + 1), "widths": [4], "group_names": ["a"]})
+    ledger.flush()
+    forced = cli("resume", str(exp), "--set", "search.ratio_min=0.3", "--force")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert f"already holds {saved.num_samples}/{saved.num_samples} trials; nothing to resume" in forced.stdout
+    assert f"search tiny: {saved.num_samples}/{saved.num_samples} trials (0 errored, 0 stopped early)" in forced.stdout
+
 
 def _synthetic_experiment(tmp_path: Path) -> Path:
     """An experiment dir as an interrupted search leaves it: config, base, 2 of 4 trials."""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from pruning.errors import UsageError
 from search.config import ExperimentConfig, config_from_dict, load_config, parse_set
@@ -183,11 +184,19 @@ def test_search_hash_ignores_where_and_how_fast_only() -> None:
     assert config_from_dict({"search": {"tie": "all"}}).search_hash() != cfg.search_hash()
 
 
+def _differences(given: Any, loaded: Any, where: str = "") -> list[str]:
+    """Where ``loaded`` (a config dumped as JSON) differs from what the YAML ``given`` sets."""
+    if isinstance(given, dict):
+        return [d for k, v in given.items() for d in _differences(v, loaded.get(k), f"{where}.{k}".lstrip("."))]
+    if isinstance(given, list) and isinstance(loaded, list) and len(given) == len(loaded):
+        return [d for i, (g, v) in enumerate(zip(given, loaded)) for d in _differences(g, v, f"{where}[{i}]")]
+    return [] if given == loaded else [f"{where}: {given!r} -> {loaded!r}"]
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
-def test_shipped_configs_load(path: Path) -> None:
+def test_shipped_configs_load_with_every_value_they_set(path: Path) -> None:
     cfg = load_config(path)
-    assert isinstance(cfg, ExperimentConfig)
-    assert cfg.experiment.name
+    assert _differences(yaml.safe_load(path.read_text()), cfg.model_dump(mode="json")) == []
 
 
 def test_data_val_limit_cuts_validation_and_enters_the_data_key():

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from pruning.train import EpochMetrics
-from search.report.progress import EpochProgress, SearchTally, epoch_stride, fmt_duration, shown, tally_line
+from search.report.progress import MAX_LINES, EpochProgress, SearchTally, epoch_stride, fmt_duration, shown, tally_line
 
 
 def epochs_shown(total: int) -> list[int]:
@@ -16,11 +16,12 @@ def epochs_shown(total: int) -> list[int]:
     return [int(line.split("epoch ")[1].split("/")[0]) for line in out.getvalue().splitlines()]
 
 
-@pytest.mark.parametrize("total", [1, 2, 7, 30, 31, 160, 1000, 12345])
-def test_a_phase_shows_its_first_and_last_epoch_and_at_most_40_lines(total):
+@pytest.mark.parametrize(("total", "lines"), [(1, 1), (2, 2), (7, 7), (30, 30), (31, 17), (160, 17), (1000, 21),
+                                             (12345, 26)])
+def test_a_phase_shows_its_first_and_last_epoch_and_at_most_max_lines(total, lines):
     got = epochs_shown(total)
     assert got[0] == 1 and got[-1] == total and got == sorted(set(got))
-    assert len(got) <= 40
+    assert len(got) == lines <= MAX_LINES
     if total <= 30:
         assert got == list(range(1, total + 1))  # short phases: every epoch
 
