@@ -280,7 +280,7 @@ class ExperimentConfig(_Section):
     def exp_dir(self) -> Path:
         """The experiment's local directory. For an object-store ``results_dir`` (``s3://``,
         ``gs://``), a local cache of what must be a file (the base model); its files
-        live in ``search.results.expdir.store(cfg)``."""
+        live in ``search.results.expdir.experiment_store(cfg)``."""
         if "://" in self.experiment.results_dir:
             return remote_experiment_cache(f"{self.experiment.results_dir}/{self.experiment.name}")
         return Path(self.experiment.results_dir) / self.experiment.name

@@ -56,7 +56,7 @@ def load_trial_model(cfg: ExperimentConfig, row: Mapping[str, Any], trial_fn: An
 
 def _base(cfg: ExperimentConfig) -> Any:
     """The base model from the cache (an experiment on object storage keeps it there)."""
-    return tuner.prepare_base(cfg, expdir.store(cfg))
+    return tuner.prepare_base(cfg, expdir.experiment_store(cfg))
 
 
 def _json_safe(v: Any) -> Any:

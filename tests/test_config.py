@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from pruning.errors import UsageError
-from search.config import ExperimentConfig, config_from_dict, load_config, parse_set
+from search.config import config_from_dict, load_config, parse_set
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))

@@ -5,7 +5,7 @@ import io
 import pytest
 
 from pruning.train import EpochMetrics
-from search.report.progress import MAX_LINES, EpochProgress, SearchTally, epoch_stride, fmt_duration, shown, tally_line
+from search.report.progress import MAX_LINES, EpochProgress, SearchTally, epoch_stride, fmt_duration, epoch_shown, tally_line
 
 
 def epochs_shown(total: int) -> list[int]:
@@ -29,7 +29,7 @@ def test_a_phase_shows_its_first_and_last_epoch_and_at_most_max_lines(total, lin
 def test_160_epochs_print_every_10th():
     assert epoch_stride(160) == 10
     assert epochs_shown(160) == [1, *range(10, 161, 10)]
-    assert [e for e in range(1, 161) if shown(e, 160, 10)] == [1, *range(10, 161, 10)]
+    assert [e for e in range(1, 161) if epoch_shown(e, 160, 10)] == [1, *range(10, 161, 10)]
 
 
 def test_epoch_line_has_epoch_total_loss_val_seconds_and_eta():
@@ -39,7 +39,7 @@ def test_epoch_line_has_epoch_total_loss_val_seconds_and_eta():
         progress(EpochMetrics(epoch=e, train_loss=0.4123, val_acc=0.913, lr=0.1, wall_s=3.1))
     expected = "base training: epoch 10/160  loss 0.412  val 91.3%  3.1 s/epoch  ETA 7m45s"  # 150 epochs x 3.1 s
     assert out.getvalue().splitlines()[-1] == expected
-    # epoch 12 is not shown yet; close() shows the last epoch of a phase that ended early
+    # epoch 12 is not epoch_shown yet; close() shows the last epoch of a phase that ended early
     progress.close()
     assert out.getvalue().splitlines()[-1].startswith("base training: epoch 12/160  loss 0.412")
 

@@ -169,11 +169,11 @@ def test_status_and_pareto_of_an_s3_experiment_load_no_ray(tmp_path, s3_server, 
     import textwrap
 
     from search.config import load_config
-    from search.results.expdir import save_config, store, write_base
+    from search.results.expdir import experiment_store, save_config, write_base
     from search.results.ledger import Ledger
 
     cfg = load_config(None, ["experiment.name=tiny", f"experiment.results_dir={s3_uri}", "num_samples=3"])
-    exp = store(cfg)
+    exp = experiment_store(cfg)
     save_config(cfg, exp)
     write_base(exp, type("Base", (), {"metrics": {"val_acc": 0.9, "macs": 1000}, "widths": [8, 8],
                                       "group_names": ["a", "b"]})())

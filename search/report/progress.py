@@ -44,7 +44,7 @@ def epoch_stride(total: int, max_lines: int = MAX_LINES) -> int:
         scale *= 10
 
 
-def shown(epoch: int, total: int, stride: int) -> bool:
+def epoch_shown(epoch: int, total: int, stride: int) -> bool:
     """Whether epoch ``epoch`` (1-based) of ``total`` gets a line: the first, the last and every ``stride``-th."""
     return epoch <= 1 or epoch >= total or epoch % stride == 0
 
@@ -122,7 +122,7 @@ class EpochProgress:
             return
         now = self.clock()
         silent_too_long = self._last_shown_at is not None and now - self._last_shown_at >= self.max_silence_s
-        if shown(m.epoch, self.total, self.stride) or silent_too_long:
+        if epoch_shown(m.epoch, self.total, self.stride) or silent_too_long:
             self._show(m, model)
         else:
             self._pending = (m, model)

@@ -2,7 +2,7 @@
 saved config, ``base.json`` and the run metadata.
 
 Layout of the experiment (``results/NAME``, or ``s3://bucket/prefix/NAME``; every file is
-read and written through its :class:`~search.results.storage.Store`, :func:`store`)::
+read and written through its :class:`~search.results.storage.Store`, :func:`experiment_store`)::
 
     config.yaml      the resolved config (``resume`` compares its search hash)
     base.json        the unpruned model's metrics and widths
@@ -42,7 +42,7 @@ __all__ = [
     "BASE_FILE", "CONFIG_FILE", "EXPERIMENT_FILES", "JOURNAL_FILE", "PARETO_PNG", "PROGRESS_FILE", "RAY_DIR",
     "absolute", "base_summary", "experiment_files", "fetch_cached", "find_experiment", "keep_cached", "ledger_counts",
     "load_saved_config", "next_session_name", "open_store", "prepare_experiment_dir", "read_base", "read_progress",
-    "restorable", "results_dir_of", "run_meta", "save_config", "sessions", "shown", "store", "study_name", "wipe",
+    "restorable", "results_dir_of", "run_meta", "save_config", "sessions", "shown", "experiment_store", "study_name", "wipe",
     "write_base", "write_progress",
 ]
 
@@ -63,7 +63,7 @@ _SESSION_PREFIX = "session-"
 # --------------------------------------------------------------------------- where it lives
 
 
-def store(cfg: ExperimentConfig) -> Store:
+def experiment_store(cfg: ExperimentConfig) -> Store:
     """The experiment's :class:`~search.results.storage.Store`: ``<results_dir>/<name>`` on a local
     (or NFS) disk or an object store (``s3://``, ``gs://``). Every experiment file goes
     through it; ``cfg.exp_dir`` is the local directory (or, for object storage, the local
@@ -134,13 +134,13 @@ def _reachable(exp: Store, name: str) -> bool:
 
 
 def prepare_experiment_dir(cfg: ExperimentConfig, fresh: bool) -> Store:
-    """Validate that the experiment can start in :func:`store` (nothing is written here; the
+    """Validate that the experiment can start in :func:`experiment_store` (nothing is written here; the
     sampler's package is checked before, ``search.study.samplers.check_available``).
 
     An existing experiment is an error unless ``fresh`` (then its files are removed by
     ``run_search`` just before it starts).
     """
-    exp = store(cfg)
+    exp = experiment_store(cfg)
     local = exp.local_path()
     if local is not None:
         check_writable(local, "results directory")

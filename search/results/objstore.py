@@ -147,9 +147,9 @@ class VersionedObjects:
             "previous": previous["object"] if previous else None,
             "written_at": dt.datetime.now(dt.timezone.utc).isoformat(),
         })
-        self.collect(name)
+        self.delete_old_versions(name)
 
-    def collect(self, name: str) -> list[str]:
+    def delete_old_versions(self, name: str) -> list[str]:
         """Delete the version objects of ``name`` other than the current and previous one
         (orphans of a crashed write included). Returns the deleted names."""
         if self.is_local:

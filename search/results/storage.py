@@ -176,10 +176,10 @@ class Store(VersionedObjects):
             return
         self._write_versioned(name, bytes(data))
 
-    def collect(self, name: str) -> list[str]:
+    def delete_old_versions(self, name: str) -> list[str]:
         """Delete the version objects of ``name`` other than the current and previous one
         (orphans of a crashed write included; none on a local store). Returns the deleted names."""
-        return super().collect(_check_name(name))
+        return super().delete_old_versions(_check_name(name))
 
     def delete(self, name: str) -> None:
         """Remove the file or directory ``name`` (with its versions and manifest); absent is fine."""
