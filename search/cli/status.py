@@ -13,8 +13,8 @@ from typing import Any
 
 from search.cli._args import add_experiment
 from search.report.table import human_count
-from search.results.expdir import find_experiment, load_saved_config, read_base, read_progress, shown
-from search.results.ledger import pareto_front, read_trials
+from search.results.expdir import find_experiment, ledger_counts, load_saved_config, read_base, read_progress, shown
+from search.results.ledger import read_trials
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,8 +52,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     exp_dir = find_experiment(args.experiment)
     cfg = load_saved_config(exp_dir)
     trials = read_trials(exp_dir)
-    counts = trials["status"].value_counts().to_dict()
-    done, stopped, errored = (int(counts.get(s, 0)) for s in ("TERMINATED", "STOPPED", "ERROR"))
+    recorded, errored, stopped, on_front = ledger_counts(exp_dir)
+    done = recorded - errored - stopped  # TERMINATED: the ledger's other statuses (schema.STATUSES)
     alive, state = _driver_state(exp_dir)
     running = state.get("running", []) if alive else []
     print(f"experiment {cfg.experiment.name} ({shown(exp_dir)}): {len(trials)}/{cfg.num_samples} trials recorded")
@@ -72,8 +72,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         best = ok.sort_values(["val_acc", "macs"], ascending=[False, True]).iloc[0]
         print(f"  best val so far: {100 * best['val_acc']:.2f}% (trial {best['trial_id']}, MACs "
               f"{human_count(best['macs'])}, {100 * (best['macs_ratio'] or 0):.1f}% of base)")
-        front = pareto_front(trials)
-        print(f"  Pareto front: {len(front)} trials (`prunetune pareto {shown(exp_dir)}`)")
+        print(f"  Pareto front: {on_front} trials (`prunetune pareto {shown(exp_dir)}`)")
     last_errors = trials[trials["status"] == "ERROR"].tail(3)
     for row in last_errors.to_dict("records"):
         print(f"  error in {row['trial_id']}: {row['error']}")
