@@ -10,7 +10,6 @@ from search.cli._args import add_cluster, add_quiet, add_set, search_options
 from search.cli._print import print_summary, progress_to_stdout
 from search.config import load_config
 from search.results.expdir import prepare_experiment_dir, shown
-from search.study.samplers import check_available
 from search.trial.materialize import experiment_data
 from search.tuner import run_search
 
@@ -36,8 +35,7 @@ def _default_config() -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
-    check_available(cfg.sampler.name)  # fails before anything is written, as does the next line
-    exp = prepare_experiment_dir(cfg, args.fresh)
+    exp = prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
     progress_to_stdout(args.quiet)
     if not args.quiet:
         print(f"search {cfg.experiment.name}: {cfg.num_samples} trials of {cfg.model.name} on {cfg.data.name}, "

@@ -37,6 +37,7 @@ from pruning.atomic import check_writable
 from search.results import ledger
 from search.config import ExperimentConfig, config_from_dict, load_config
 from search.results.storage import Store, as_store, ensure_private_dir
+from search.study.samplers import check_available
 
 __all__ = [
     "BASE_FILE", "CONFIG_FILE", "EXPERIMENT_FILES", "JOURNAL_FILE", "PARETO_PNG", "PROGRESS_FILE", "RAY_DIR",
@@ -134,13 +135,13 @@ def _reachable(exp: Store, name: str) -> bool:
 
 
 def prepare_experiment_dir(cfg: ExperimentConfig, fresh: bool) -> Store:
-    """Validate that the experiment can start in :func:`experiment_store` (nothing is written here; the
-    sampler's package is checked before, ``search.study.samplers.check_available``).
+    """Validate that the experiment can start in :func:`experiment_store` (nothing is written here).
 
     An existing experiment is an error unless ``fresh`` (then its files are removed by
     ``run_search`` just before it starts).
     """
     exp = experiment_store(cfg)
+    check_available(cfg.sampler.name)  # a sampler whose package is missing fails here, before any file
     local = exp.local_path()
     if local is not None:
         check_writable(local, "results directory")

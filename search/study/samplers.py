@@ -1,7 +1,9 @@
 """SAMPLERS: the Optuna samplers a search can use, by name (``sampler.name`` in a config).
 
-The config's ``SamplerName`` lists the same names (checked here), so the config validates
-names without loading Optuna; this module imports it.
+Each entry builds its sampler from the ``optuna`` module it is given: Optuna is imported when
+a sampler is built (:func:`make_sampler`), not with this module, so the config's names
+(``SamplerName``, checked here to be the same) and :func:`check_available` load no Optuna
+(``prunetune run`` checks the sampler before it writes a file; ``finalize`` needs no sampler).
 
 A MACs budget is a constraint that TPE and NSGA-II read from each finished trial
 (``Trial.set_constraint("macs_budget", macs - budget)``, feasible when <= 0; set by the
@@ -17,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, get_args
 
-import optuna
-
 from pruning.errors import UsageError
 from pruning.registry import Registry
 from search.config import SamplerName
@@ -31,30 +31,30 @@ PENALISES_MACS = frozenset({"cmaes"})
 
 @dataclass(frozen=True)
 class SamplerEntry:
-    """``build(seed, n_startup_trials, population_size)`` returns the sampler; ``requires`` names an
-    extra package."""
+    """``build(optuna, seed, n_startup_trials, population_size)`` returns the sampler; ``requires``
+    names an extra package."""
 
-    build: Callable[[int, int, int], Any]
+    build: Callable[[Any, int, int, int], Any]
     requires: str | None = None
 
 
 SAMPLERS: Registry[SamplerEntry] = Registry("sampler")
 
 
-def _tpe(seed: int, n_startup_trials: int, population_size: int) -> Any:
+def _tpe(optuna: Any, seed: int, n_startup_trials: int, population_size: int) -> Any:
     return optuna.samplers.TPESampler(n_startup_trials=n_startup_trials, seed=seed, multivariate=True, group=True,
                                       constant_liar=True)
 
 
-def _nsga2(seed: int, n_startup_trials: int, population_size: int) -> Any:
+def _nsga2(optuna: Any, seed: int, n_startup_trials: int, population_size: int) -> Any:
     return optuna.samplers.NSGAIISampler(population_size=population_size, seed=seed)
 
 
-def _random(seed: int, n_startup_trials: int, population_size: int) -> Any:
+def _random(optuna: Any, seed: int, n_startup_trials: int, population_size: int) -> Any:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _cmaes(seed: int, n_startup_trials: int, population_size: int) -> Any:
+def _cmaes(optuna: Any, seed: int, n_startup_trials: int, population_size: int) -> Any:
     return optuna.samplers.CmaEsSampler(n_startup_trials=n_startup_trials, seed=seed,
                                         warn_independent_sampling=False)
 
@@ -79,8 +79,10 @@ def make_sampler(name: str, *, seed: int, n_startup_trials: int, population_size
     """The Optuna sampler ``name`` (``sampler.name``), seeded with ``seed``; the other arguments are the
     ``sampler`` section's (``make_sampler(**cfg.sampler.model_dump(), seed=...)``), each used by the
     samplers that have it."""
+    import optuna  # Optuna: loaded only when a sampler is built (the names are checked without it)
+
     check_available(name)
     with warnings.catch_warnings():
         # TPE's multivariate/group/constant_liar are "experimental" in Optuna: noise for our users.
         warnings.filterwarnings("ignore", message=".*experimental.*")
-        return SAMPLERS[name].build(seed, n_startup_trials, population_size)
+        return SAMPLERS[name].build(optuna, seed, n_startup_trials, population_size)
