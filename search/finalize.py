@@ -16,10 +16,10 @@ Rows go to ``final.parquet`` (the trials schema plus ``source_trial_id``, one ro
 source) and their epochs to ``final_epochs.parquet``, written by the search's
 ``Recorder`` as each run finishes (atomic writes). A rerun skips every source already
 in ``final.parquet``, so a finalize killed part-way and run again loses and repeats no
-row. ``pareto --final`` shows the front of ``final.parquet``.
+row. ``pareto --final`` shows the front of ``final.parquet`` (:mod:`search.results.final`).
 
-This module imports neither Ray nor Optuna at its top (``pareto --final`` reads it); the
-Ray part is :mod:`search._ray.final`, imported when a finalize runs.
+This module imports neither Ray nor Optuna at its top (a bad ``prunetune finalize`` fails
+before either loads); the Ray part is :mod:`search._ray.final`, imported when a finalize runs.
 """
 
 from __future__ import annotations
