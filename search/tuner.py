@@ -32,21 +32,22 @@ import time
 from types import ModuleType
 from typing import Any
 
-from pruning.errors import UsageError
 from pruning.atomic import check_writable
-from search.results import expdir
-from search.trial import base as trial_base
-from search.trial.materialize import group_names
+from pruning.errors import UsageError
 from search.config import ExperimentConfig
 from search.options import SearchOptions, SearchSummary
 from search.report.png import write_pareto_png
+from search.results import expdir
 from search.results.ledger import Ledger, read_trials
 from search.results.storage import Store
+from search.trial import base as trial_base
+from search.trial.materialize import group_names
 
 __all__ = ["SearchOptions", "SearchSummary", "resume_search", "run_search"]  # the options: re-exported, the front's API
 
 logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("search.progress")
+
 
 def _ray_layer() -> tuple[ModuleType, ModuleType]:
     """The Ray layer (``session``, ``fit``): the one lazy import of Ray, so that merely
