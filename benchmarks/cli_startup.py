@@ -41,7 +41,7 @@ sys.exit(rc)
 _MAKE_EXPERIMENT = """
 import json, sys
 from pathlib import Path
-from search.results.ledger import Ledger
+from search.ledger import Ledger  # the before tree's module path (it predates search.results)
 
 exp = Path(sys.argv[1]) / "bench"
 exp.mkdir(parents=True)
