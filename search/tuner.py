@@ -1,6 +1,6 @@
 """Run a pruning search on Ray Tune with an Optuna sampler; record every trial in the ledger.
 
-The public front, like Ray's ``tune/tuner.py`` over ``tune/impl``: :func:`run_search`
+The public front, like Ray's ``Tuner`` over its implementation: :func:`run_search`
 and :func:`resume_search` with their :class:`SearchOptions` and :class:`SearchSummary`.
 The work happens in the Ray layer ``search._ray`` (the only place that imports Ray),
 which this module imports inside :func:`_ray_layer` when a search actually runs;
