@@ -41,7 +41,9 @@ def uniform_profile(groups: Sequence[str] | Mapping[str, object]) -> dict[str, f
     return {g: 1.0 for g in groups}
 
 
-def random_profile(groups: Sequence[str] | Mapping[str, object], rng: random.Random, *, low: float = 0.1) -> dict[str, float]:
+def random_profile(
+    groups: Sequence[str] | Mapping[str, object], rng: random.Random, *, low: float = 0.1
+) -> dict[str, float]:
     """A random profile: each group's relative keep value uniform in ``[low, 1]`` (EagleEye draws
     per-layer ratios uniformly; the projection then scales them to the budget)."""
     if not 0.0 < low <= 1.0:
@@ -335,7 +337,9 @@ class Projector:
             raise RuntimeError(f"pruned model counts {counted} MACs, the MACs polynomial said {proj.macs}")
         return m
 
-    def sample(self, target: int, n: int, *, seed: int = 0, low: float = 0.1, max_draws: int | None = None) -> list[Projection]:
+    def sample(
+        self, target: int, n: int, *, seed: int = 0, low: float = 0.1, max_draws: int | None = None
+    ) -> list[Projection]:
         """``n`` distinct random profiles (``random_profile``, seeded) projected to ``target``, each
         within ``tol``; fewer only if ``max_draws`` (default 20·n) draws do not give ``n``."""
         self.check_target(target)
