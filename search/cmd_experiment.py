@@ -167,7 +167,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from search.materialize import experiment_data
     from search.tuner import run_search
 
+    from search.targets import check_targets
+
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
+    check_targets(cfg)  # a MACs target below the smallest network: before anything is written
     exp = prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
     _progress_to_stdout(args.quiet)
     if not args.quiet:

@@ -220,6 +220,33 @@ class Objective(_Section):
 class ObjectivesSection(_Section):
     objectives: list[Objective] = [Objective(metric="val_acc", mode="max"), Objective(metric="macs", mode="min")]
     macs_budget: int | None = Field(None, gt=0)  # trials above it are infeasible (sampler constraint)
+    # Budget-exact trials: each trial picks one of these fractions of the base model's MACs and
+    # its ratio keys become a profile scaled onto it (search.targets); "10%" or 0.1.
+    macs_targets: list[float] | None = None
+
+    @field_validator("macs_targets", mode="before")
+    @classmethod
+    def _fractions(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, (str, int, float)):
+            v = [v]
+        out = []
+        for item in v:
+            if isinstance(item, str):
+                text = item.strip()
+                try:
+                    item = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+                except ValueError:
+                    raise ValueError(f"macs_targets: {item!r} is not a fraction (0.1) or a percentage (10%)") from None
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 < float(item) <= 1.0:
+                raise ValueError(f"macs_targets: {item!r} is not a fraction of the base MACs in (0, 1] (e.g. 0.1 or 10%)")
+            out.append(float(item))
+        if not out:
+            raise ValueError("macs_targets lists no target; give fractions such as [10%, 30%] or leave it out")
+        if len(set(out)) != len(out):
+            raise ValueError(f"macs_targets {out} names a target twice")
+        return out
 
     @model_validator(mode="after")
     def _nonempty(self) -> ObjectivesSection:
@@ -272,6 +299,10 @@ class ExperimentConfig(_Section):
     def _sampler_fits(self) -> ExperimentConfig:
         if self.sampler.name == "cmaes" and len(self.objectives.objectives) != 1:
             raise ValueError("sampler cmaes is single-objective; give one objective or choose tpe, nsga2, random")
+        targets = self.objectives.macs_targets
+        if targets and self.search.grow:
+            raise ValueError("objectives.macs_targets and search.grow exclude each other: a profile scaled onto a "
+                             "target keeps ratios <= 1; remove one of them")
         return self
 
     @property

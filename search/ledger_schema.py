@@ -78,6 +78,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("retries", pa.int32()),  # times Ray restarted the trial after its worker or node died
         pa.field("node", pa.string()),  # Ray node id of the worker that ran the trial's last attempt
         pa.field("hostname", pa.string()),  # that worker's hostname
+        pa.field("macs_target", pa.float64()),  # objectives.macs_targets: the trial's target, fraction of base MACs
     ]
 )
 
@@ -274,5 +275,6 @@ def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Map
         "retries": int(retries),
         "node": result.get("node") if isinstance(result.get("node"), str) else None,
         "hostname": result.get("hostname") if isinstance(result.get("hostname"), str) else None,
+        "macs_target": _float_or_none(params.get("macs_target")),
     }
 

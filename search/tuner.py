@@ -139,8 +139,11 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions = SearchOptions(), 
     Raises UsageError (before writing anything) when the directory is not writable or
     already holds an experiment and ``fresh`` is false.
     """
+    from search.targets import check_targets
+
     t0 = time.perf_counter()
     cfg = expdir.absolute(cfg)
+    check_targets(cfg)
     exp_dir = expdir.prepare_experiment_dir(cfg, fresh)
     fit = _session(cfg, exp_dir, options, "fresh", fresh=fresh)
     return _finish(cfg, exp_dir, t0, fit)
@@ -182,6 +185,10 @@ def resume_search(exp_dir: str | os.PathLike[str], options: SearchOptions = Sear
     t0 = time.perf_counter()
     exp_dir = expdir.find_experiment(exp_dir)
     cfg, same = _resume_config(exp_dir, cfg, force)
+    if not same:  # a changed config (--force) may bring new targets
+        from search.targets import check_targets
+
+        check_targets(cfg)
     if exp_dir.local_path() is not None:
         check_writable(exp_dir.local_path(), "results directory")
     held = len(read_trials(exp_dir))
