@@ -116,7 +116,7 @@ def _print_summary(summary: Any, quiet: bool = False) -> None:
     print(f"search {name}: {summary.done}/{summary.total} trials ({summary.errored} errored, "
           f"{summary.stopped} stopped early) in {summary.wall_s:.0f} s{how.get(summary.resumed_from or '', '')}")
     _print_front(exp, read_trials(exp), show_all=False)
-    names = ["config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png"]
+    names = ["config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png", "screen.parquet"]
     print(f"wrote {exp_dir}/{{{','.join(n for n in names if exp.exists(n))}}}")
 
 

@@ -140,6 +140,28 @@ class Baseline(_Section):
     criterion: str = "l1"
 
 
+class ScreenSection(_Section):
+    """Cheap screening of many budget-exact candidates before the full trials (``search.screen``).
+
+    Per target of ``objectives.macs_targets``: ``candidates`` seeded random profiles, each
+    projected onto the target, cut from the base model and scored by ``proxy`` (``abn``:
+    BN recalibration on ``batches`` train batches, then val accuracy; ``epochs1``: one
+    finetune epoch, then val accuracy); the ``keep`` best become full trials
+    (:mod:`search.screen`).
+    """
+
+    candidates: int = Field(100, ge=1)
+    keep: int = Field(4, ge=1)
+    proxy: Literal["abn", "epochs1"] = "abn"
+    batches: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _keep_fits(self) -> ScreenSection:
+        if self.keep > self.candidates:
+            raise ValueError(f"keep {self.keep} > candidates {self.candidates}: cannot finetune more than are screened")
+        return self
+
+
 class SpaceSection(_Section):
     """What the sampler chooses per trial."""
 
@@ -162,6 +184,7 @@ class SpaceSection(_Section):
     distill_alpha: tuple[float, float] = (0.5, 0.5)  # range of the teacher term's weight
     distill_temperature: tuple[float, float] = (4.0, 4.0)  # range of the softmax temperature
     max_drop_pts: float | None = Field(None, ge=0)  # stop iterative pruning past this val drop (points)
+    screen: ScreenSection | None = None  # cheap screening of many candidates per target (needs macs_targets)
 
     @field_validator("criteria")
     @classmethod
@@ -303,6 +326,10 @@ class ExperimentConfig(_Section):
         if targets and self.search.grow:
             raise ValueError("objectives.macs_targets and search.grow exclude each other: a profile scaled onto a "
                              "target keeps ratios <= 1; remove one of them")
+        if self.search.screen is not None and not targets:
+            raise ValueError("search.screen needs objectives.macs_targets (candidates are screened per target)")
+        if self.search.screen is not None and "prune" not in self.search.modes:
+            raise ValueError("search.screen enqueues prune trials: add 'prune' to search.modes or remove search.screen")
         return self
 
     @property

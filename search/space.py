@@ -22,7 +22,8 @@ A trial's ``params`` is a flat dict of JSON scalars:
 * with ``objectives.macs_targets``: ``macs_target`` (one of the targets) in every mode;
   the ratio keys of prune and scratch trials are then a *profile* the trial scales onto
   its target (``search.targets``), and an adaptive trial's ``macs_budget_ratio`` is its
-  target (not sampled).
+  target (not sampled);
+* screened candidates only (``search.screen``): ``screen_candidate``, the candidate's index.
 
 Ratio keys (``ratio_keys``) depend on ``search.tie``: ``r_all`` for every group
 (``all``); ``r_<group>`` per group (``none``); per stage (``stage``), a key named after
@@ -71,6 +72,8 @@ ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
 BUDGET_KEY = "macs_budget_ratio"
 #: With ``objectives.macs_targets``: the trial's target, a fraction of the base MACs (``search.targets``).
 TARGET_KEY = "macs_target"
+#: Marker of a trial enqueued by screening: the candidate's index in ``screen.parquet`` (``search.screen``).
+SCREEN_KEY = "screen_candidate"
 
 
 def _model_for_groups(cfg: ExperimentConfig) -> tuple[nn.Module, torch.Tensor]:
@@ -215,6 +218,8 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
     if params["mode"] == "prune" and fixed.get("baseline") in BASELINES:
         params["baseline"] = fixed["baseline"]
         params["ratio"] = float(fixed["ratio"])
+    if params["mode"] == "prune" and fixed.get(SCREEN_KEY) is not None:  # a screened candidate (search.screen)
+        params[SCREEN_KEY] = int(fixed[SCREEN_KEY])
     return params
 
 

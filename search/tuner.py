@@ -120,7 +120,16 @@ def _session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, mode
         expdir.write_base(exp_dir, base)
         groups = list(getattr(base, "group_names", None) or space.group_names(cfg))
         logger.info("base model ready in %.1f s", time.perf_counter() - t_prep)
-        return fit.fit_session(cfg, exp_dir, options, base, groups, mode)
+        if cfg.search.screen is not None:  # cheap proxy over many candidates; the best become trials
+            from search._ray import screening
+
+            screening.enqueue(cfg, exp_dir, screening.run_screening(cfg, exp_dir, base, groups))
+        result = fit.fit_session(cfg, exp_dir, options, base, groups, mode)
+        if cfg.search.screen is not None:
+            from search.screen import log_proxy_correlation
+
+            log_proxy_correlation(cfg, exp_dir)
+        return result
 
 
 def _finish(cfg: ExperimentConfig, exp_dir: Store, t0: float, fit: tuple[float, float, str | None]) -> SearchSummary:
