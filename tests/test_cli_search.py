@@ -307,7 +307,7 @@ TRIAL_COLUMNS = [
     "val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "epochs", "wall_s", "seed", "git_sha",
     "prunetune_version", "started_at", "finished_at", "checkpoint", "error",
     "val_acc_pruned", "stop_step", "stop_reason", "train_macs", "teacher_macs",
-    "retries", "node", "hostname",
+    "retries", "node", "hostname", "macs_target",
 ]
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s", "attempt", "node"]
 
