@@ -45,8 +45,9 @@ from search.expdir import SCREEN_FILE
 from search.space import SCREEN_KEY, TARGET_KEY, ratio_keys
 from search.storage import Store, as_store
 
-__all__ = ["SCREEN_FILE", "SCREEN_SCHEMA", "TRUST_RHO", "ScreenLog", "candidate_params", "enqueue_best",
-           "proxy_correlation", "read_screen", "score_candidate", "screen_plan"]
+__all__ = ["SCREEN_FILE", "SCREEN_SCHEMA", "TRUST_RHO", "ScreenLog", "best_candidates", "candidate_params",
+           "enqueue_best", "log_proxy_correlation", "proxy_correlation", "read_screen", "requeue_lost",
+           "score_candidate", "screen_plan"]
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,40 @@ def enqueue_best(study: Any, screen: pd.DataFrame, cfg: ExperimentConfig) -> int
     for params in best_candidates(screen, cfg):
         study.enqueue_trial(params, skip_if_exists=True)
     return len(study.get_trials(deepcopy=False)) - before
+
+
+def requeue_lost(study: Any, trials: pd.DataFrame) -> int:
+    """Enqueue again the screened candidates a killed driver lost; returns how many.
+
+    A candidate the sampler handed to a trial that Ray never saved is left RUNNING in the
+    study and marked FAIL at the next session start (the searcher's reconciliation), yet
+    it never ran: its only study trials are FAIL and the ledger has no row of it. Called
+    right after that reconciliation; a candidate that ran (any ledger status) or is still
+    waiting or running stays as it is.
+    """
+    from optuna.trial import TrialState
+
+    from search.ledger import params_of
+
+    ran = {_key(p[TARGET_KEY], p[SCREEN_KEY]) for p in map(params_of, trials.to_dict("records"))
+           if p.get(SCREEN_KEY) is not None and p.get(TARGET_KEY) is not None}
+    live: set[tuple[float, int]] = set()
+    failed: dict[tuple[float, int], dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        fixed = t.system_attrs.get("fixed_params") or {}
+        if fixed.get(SCREEN_KEY) is None or fixed.get(TARGET_KEY) is None:
+            continue
+        key = _key(fixed[TARGET_KEY], fixed[SCREEN_KEY])
+        if t.state == TrialState.FAIL:
+            failed[key] = dict(fixed)
+        else:
+            live.add(key)
+    lost = [p for k, p in failed.items() if k not in live and k not in ran]
+    for params in lost:
+        study.enqueue_trial(params)
+    if lost:
+        log.info("screening: %d enqueued candidate(s) lost with a killed driver enqueued again", len(lost))
+    return len(lost)
 
 
 def proxy_correlation(screen: pd.DataFrame, trials: pd.DataFrame) -> tuple[float | None, int]:

@@ -145,6 +145,29 @@ def test_the_best_of_each_target_are_enqueued_once(tmp_path):
     assert [t.system_attrs["fixed_params"]["screen_candidate"] for t in study.trials] == [1, 3, 0, 2]
 
 
+def test_a_candidate_lost_with_a_killed_driver_is_enqueued_again_once(tmp_path):
+    from optuna.trial import TrialState
+
+    from search import screen
+    from search.ledger import trial_row
+
+    cfg = _cfg(tmp_path, "search.screen={candidates: 3, keep: 3}")
+    frame = pd.DataFrame([_row(0.3, i, 0.5) for i in range(3)])
+    study = optuna.create_study()
+    screen.enqueue_best(study, frame, cfg)
+    ran, lost, errored = study.ask(), study.ask(), study.ask()  # all three handed to trials
+    study.tell(ran, 0.5)
+    study._storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)  # what reconciliation does
+    study.tell(errored, state=TrialState.FAIL)
+    fixed = {t.number: study.trials[t.number].system_attrs["fixed_params"] for t in (ran, lost, errored)}
+    ledger = pd.DataFrame([trial_row(f"t{t.number}", status, fixed[t.number], {"final": True}, seed=0, meta={})
+                           for t, status in ((ran, "TERMINATED"), (errored, "ERROR"))])
+    assert screen.requeue_lost(study, ledger) == 1
+    waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [fixed[lost.number]]
+    assert screen.requeue_lost(study, ledger) == 0  # once
+
+
 def test_rank_correlation_pairs_screened_candidates_with_their_finetuned_trials_and_warns(tmp_path, caplog):
     from search import screen
     from search.ledger import Ledger, read_trials, trial_row
