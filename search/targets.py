@@ -72,6 +72,8 @@ def project_widths(model: torch.nn.Module, widths: Mapping[str, int], profile: M
     """
     proj = _projector(model, widths, input_shape, min_channels=min_channels, round_to=round_to)
     proj.check_target(budget)
+    if proj.full_macs <= budget:  # a target of 100%: the whole model fits, nothing to cut
+        return dict(widths)
     aim = max(proj.min_macs, math.floor(budget / (1.0 + AIM_TOL)))
     kept = dict(proj.widths_for(profile, aim)[0])
     if proj.poly(kept) > budget or proj.poly(kept) < (1.0 - 2 * AIM_TOL) * budget:

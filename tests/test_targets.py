@@ -110,6 +110,16 @@ def test_real_trials_land_within_one_percent_under_every_target_with_round_to(tm
     assert len(reached) >= 2  # several targets, each hit
 
 
+def test_a_target_of_the_whole_model_keeps_it_whole(tmp_path):
+    from search import space, targets
+    from search.trial import prepare_base
+
+    cfg = _cfg(tmp_path, "objectives.macs_targets=[1.0]")
+    base = prepare_base(cfg)
+    params = space.suggest(optuna.create_study().ask(), cfg, base.group_names)
+    assert set(targets.trial_ratios(cfg, params, base).values()) == {1.0}
+
+
 def test_a_trial_cuts_by_its_criterion_the_widths_of_its_projection(tmp_path):
     from search import space, targets
     from search.trial import prepare_base, run_trial
