@@ -263,7 +263,8 @@ class ObjectivesSection(_Section):
                 except ValueError:
                     raise ValueError(f"macs_targets: {item!r} is not a fraction (0.1) or a percentage (10%)") from None
             if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 < float(item) <= 1.0:
-                raise ValueError(f"macs_targets: {item!r} is not a fraction of the base MACs in (0, 1] (e.g. 0.1 or 10%)")
+                raise ValueError(f"macs_targets: {item!r} is not a fraction of the base MACs in (0, 1] "
+                                 f"(e.g. 0.1 or 10%)")
             out.append(float(item))
         if not out:
             raise ValueError("macs_targets lists no target; give fractions such as [10%, 30%] or leave it out")

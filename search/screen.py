@@ -136,8 +136,8 @@ def score_candidate(cfg: ExperimentConfig, base: Any, params: Mapping[str, Any])
     sc = cfg.search.screen
     assert sc is not None
     row: dict[str, Any] = {"candidate": int(params[SCREEN_KEY]), "target": float(params[TARGET_KEY]),
-                           "criterion": str(params["criterion"]), "params_json": json.dumps(dict(params), sort_keys=True),
-                           "proxy": sc.proxy}
+                           "criterion": str(params["criterion"]), "proxy": sc.proxy,
+                           "params_json": json.dumps(dict(params), sort_keys=True)}
     try:
         s = cfg.search
         data = experiment_data(cfg)
@@ -298,7 +298,8 @@ def proxy_correlation(screen: pd.DataFrame, trials: pd.DataFrame) -> tuple[float
     when either side is constant."""
     from search.ledger import params_of
 
-    scores = {_key(r["target"], r["candidate"]): r["score"] for r in screen.to_dict("records") if not _missing(r["score"])}
+    scores = {_key(r["target"], r["candidate"]): r["score"] for r in screen.to_dict("records")
+              if not _missing(r["score"])}
     pairs = []
     for row in trials[trials["status"] == "TERMINATED"].to_dict("records"):
         p = params_of(row)

@@ -3,9 +3,11 @@
 With targets set, every prune- and scratch-mode trial samples ``macs_target`` (one of the
 targets, a fraction of the base model's MACs) and its ratio keys (``search.space``) are
 read as a *profile*: relative keep ratios, not absolute ones. The trial scales the profile
-by one factor, by bisection (``project_profile``), to the largest widths whose MACs are at
-or below ``macs_target`` x base MACs - ``min_channels``/``round_to`` honoured - so no trial
-is spent over its budget and the sampler never has to learn the constraint. The widths are
+by one factor onto ``macs_target`` x base MACs (``pruning.budget.Projector``: bisection on
+the model's exact MACs polynomial), then corrects the widths so that they land at or below
+the target and, where the groups are fine enough, within 1% of it - ``min_channels`` and
+``round_to`` honoured - so no trial is spent over its budget and the sampler never has to
+learn the constraint. The widths are
 handed to the prune schedule as exact per-group ratios (kept/width), so the criterion still
 decides *which* channels go; only how many is fixed here.
 
@@ -22,14 +24,12 @@ from typing import Any
 
 import torch
 
+from pruning.budget import Projector
 from pruning.errors import UsageError
 from search.config import ExperimentConfig
 from search.space import TARGET_KEY  # the trial parameter (and ledger column): a fraction of the base MACs
 
-from pruning.budget import Projector
-
 __all__ = ["TARGET_KEY", "check_targets", "project_widths", "smallest_fraction", "target_macs", "trial_ratios"]
-
 
 
 def target_macs(target: float, base_macs: float) -> int:
@@ -162,7 +162,7 @@ def trial_ratios(cfg: ExperimentConfig, params: Mapping[str, Any], base: Any) ->
 def smallest_fraction(cfg: ExperimentConfig) -> tuple[float, int]:
     """(MACs of the smallest network ``min_channels``/``round_to`` allow, as a fraction of the
     base model's MACs; the base MACs). Builds the model untrained (or loads
-    ``model.checkpoint``); once per process and config."""
+    ``model.checkpoint``); the MACs polynomial is built once per process."""
     from pruning.surgery import GroupGraph
     from search.materialize import experiment_data
     from search.space import _model_for_groups

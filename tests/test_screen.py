@@ -27,7 +27,8 @@ def _cfg(tmp_path, *overrides: str):
 
 
 BAD = {
-    "candidates 0": (["--set", "search.screen.candidates=0"], ["search.screen.candidates", "greater than or equal to 1"]),
+    "candidates 0": (["--set", "search.screen.candidates=0"],
+                     ["search.screen.candidates", "greater than or equal to 1"]),
     "keep > candidates": (["--set", "search.screen={candidates: 3, keep: 4}"], ["keep 4 > candidates 3"]),
     "unknown proxy": (["--set", "search.screen.proxy=flops"], ["'flops'", "'abn' or 'epochs1'"]),
     "no targets": (["--set", "objectives.macs_targets=null", "--set", "search.screen.candidates=4"],

@@ -126,8 +126,9 @@ def test_a_trial_cuts_by_its_criterion_the_widths_of_its_projection(tmp_path):
 
     cfg = _cfg(tmp_path, "objectives.macs_targets=[0.3]")
     base = prepare_base(cfg)
+    keys = dict.fromkeys(space.ratio_keys(cfg, base.group_names).values())
     params = {"mode": "prune", "criterion": "taylor_fo", "steps": 1, "macs_target": 0.3,
-              **{k: v for k, v in zip(dict.fromkeys(space.ratio_keys(cfg, base.group_names).values()), (0.9, 0.3, 0.6))}}
+              **dict(zip(keys, (0.9, 0.3, 0.6)))}
     ratios = targets.trial_ratios(cfg, params, base)
     m = run_trial(cfg, params, base=base)
     assert m["widths"] == [round(ratios[g] * w) for g, w in zip(base.group_names, base.widths)]
