@@ -205,3 +205,17 @@ def test_finalize_distill_compare_picks_on_select_against_uniform(tmp_path: Path
     assert "search pick vs uniform at target 300,000 MACs (best trial): " in proc.stdout
     assert " pt on select, " in proc.stdout and " pt on test" in proc.stdout
     assert (exp / "export" / f"final-{picked.index[0]}" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_run_with_a_finalize_section_finalizes_at_its_end(tmp_path: Path, cli: Cli) -> None:
+    from test_cli_search import write_config
+
+    path = write_config(tmp_path, num_samples=2, **{"finalize.top": 1, "finalize.epochs": 1})
+    proc = cli("run", str(path), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exp = tmp_path / "results" / "tiny"
+    final = read_final(exp)
+    assert len(final) == 2 and final["is_uniform"].sum() == 1 and final["picked"].sum() == 1
+    assert final["select_acc"].notna().all() and (final["epochs"] == 1).all()
+    assert "search pick vs uniform at target" in proc.stdout
