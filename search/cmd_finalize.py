@@ -23,12 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "or was ranked on it) and pick the best there; report val, select and test of "
                                    "every candidate, record them in results/NAME/final.parquet and export each pick "
                                    "to results/NAME/export/final-CANDIDATE. A rerun skips the candidates already "
-                                   "there. --top/--epochs default to the config's finalize section (epochs: as long as a search trial trains).")
+                                   "there. --top/--epochs default to the config's finalize section (epochs: as "
+                                   "long as a search trial trains).")
     p.add_argument("experiment", help="experiment directory (results/NAME) or NAME")
     p.add_argument("--top", type=int, help="how many front trials per target (best val accuracy first)")
     p.add_argument("--epochs", type=int, help="finetune epochs (or training epochs with --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
-                   help="train every candidate's widths from random weights instead of finetuning the pruned base model")
+                   help="train every candidate's widths from random weights instead of finetuning the pruned "
+                        "base model")
     p.add_argument("--distill", action="store_true",
                    help="every candidate distils the base model (alpha, temperature: the middle of the search "
                         "space's ranges); without it no candidate distils")

@@ -97,7 +97,8 @@ class FinalLedger(Ledger):
         self._trials: dict[str, dict[str, Any]] = {}
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
         for row in ledger._read_table(self.store, FINAL_FILE, FINAL_SCHEMA).to_pylist():
-            self._trials[_key(row)] = row
+            row["candidate"] = _key(row)  # a row of an older finalize: its source is its candidate key
+            self._trials[row["candidate"]] = row
         for row in ledger._read_table(self.store, FINAL_EPOCHS_FILE, ledger.EPOCHS_SCHEMA).to_pylist():
             self._epochs[(row["trial_id"], row["epoch"])] = row
 
@@ -107,9 +108,11 @@ class FinalLedger(Ledger):
         params = params_of(row)
         row.setdefault(SOURCE_KEY, params.get(SOURCE_KEY))
         for k, v in finalpick.final_columns(params).items():
-            row.setdefault(k, v)
+            if row.get(k) is None:  # (a trials column such as macs_target may come unset from the result)
+                row[k] = v
         checked = validate_row(row, FINAL_SCHEMA, "final trial")
-        self._trials[_key(checked)] = checked
+        checked["candidate"] = _key(checked)
+        self._trials[checked["candidate"]] = checked
 
     def update(self, key: str, **columns: Any) -> None:
         """Set ``columns`` of the row of candidate ``key`` (scores and picks, after the runs)."""

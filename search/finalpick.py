@@ -172,7 +172,8 @@ def uniform_widths(base: Any, target_macs: int, input_shape: Sequence[int], min_
 
     from pruning.selection import keep_for_macs
 
-    scores = {g: torch.zeros(int(w)) for g, w in zip(base.group_names, base.widths)}  # counts only: the trial ranks by L1
+    # Only the counts matter here: the trial itself ranks the channels by L1.
+    scores = {g: torch.zeros(int(w)) for g, w in zip(base.group_names, base.widths)}
     keep = keep_for_macs(base.model, scores, int(target_macs), tuple(input_shape), ranking="uniform",
                          min_channels=min_channels, round_to=round_to)
     return [len(keep[g]) for g in base.group_names]
@@ -256,6 +257,10 @@ def pick_rows(final: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the report
 
 
+def _or(v: Any, default: float) -> float:
+    return default if is_missing(v) else float(v)
+
+
 def _pct(v: Any) -> str:
     return "-" if is_missing(v) else f"{100 * float(v):.2f}"
 
@@ -280,7 +285,7 @@ def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, 
         lines.append(f"\ntarget {t.label}: {len(t.sources)} search trials + uniform L1, {main.name}, picked on {how}")
         cells = [["", "candidate", "variant", "widths", "MACs", "val", "select", "test"]]
         order = sorted(rows.to_dict("records"), key=lambda r: (r["variant"] != main.name, str(r["variant"]),
-                                                               -(r["select_acc"] if not is_missing(r["select_acc"]) else -1)))
+                                                               -_or(r["select_acc"], -1.0)))
         for r in order:
             widths = "-".join(str(int(w)) for w in r["widths"]) if r["widths"] is not None else "-"
             cells.append(["*" if r.get("picked") is True else "", str(r["candidate"]), str(r["variant"]), widths,

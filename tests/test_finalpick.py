@@ -9,6 +9,7 @@ on the tiny experiment of ``test_finalize`` (tiny_vgg, digits limit 200, 1 epoch
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,6 +27,8 @@ from test_cli_search import Cli, assert_usage_error, main_in_process
 from test_finalize import CONFIG, GROUPS, make_experiment
 
 REPO = Path(__file__).resolve().parents[1]
+#: The columns final.parquet gained with issue 17 (a file without them is an older finalize's).
+NEW_COLUMNS = [f.name for f in finalpick.FINAL_EXTRA_FIELDS if f.name in FINAL_SCHEMA.names]
 
 
 def _rows(split) -> set[bytes]:
@@ -55,7 +58,10 @@ def test_a_saved_config_from_before_the_split_reads_back_without_one(tmp_path: P
     old = config_from_dict(raw, saved=True)
     assert old.data.select_fraction is None
     # Its search hash is that of the config before the key existed (resume and the study name keep working).
-    assert old.search_hash() == config_from_dict({**raw, "data": {**raw["data"], "select_fraction": None}}).search_hash()
+    d = old.model_dump(mode="json")  # the hash as computed before select_fraction and finalize existed
+    del d["data"]["select_fraction"], d["finalize"], d["max_concurrent"], d["experiment"]["results_dir"]
+    d["resources"] = None
+    assert old.search_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
     assert config_from_dict(raw).data.select_fraction == 0.1  # a new config gets the default
     # The finalize section changes no trial: not part of the hash.
     assert config_from_dict({**CONFIG, "finalize": {"top": 2}}).search_hash() == config_from_dict(CONFIG).search_hash()
@@ -166,7 +172,7 @@ def test_final_rows_carry_the_candidate_columns_and_old_files_still_read(tmp_pat
     assert (row["candidate"], row["is_uniform"], row["picked"], row["macs_target"], row["select_acc"]) == \
         ("uniform@0.5", True, True, 0.5, 0.7)
     # A final.parquet written before these columns existed reads with nulls.
-    old = read_final(tmp_path).drop(columns=[f.name for f in finalpick.FINAL_EXTRA_FIELDS if f.name in FINAL_SCHEMA.names])
+    old = read_final(tmp_path).drop(columns=NEW_COLUMNS)
     old.to_parquet(tmp_path / "final.parquet")
     (row,) = read_final(tmp_path).to_dict("records")
     assert pd.isna(row["select_acc"]) and pd.isna(row["candidate"])
@@ -219,3 +225,17 @@ def test_run_with_a_finalize_section_finalizes_at_its_end(tmp_path: Path, cli: C
     assert len(final) == 2 and final["is_uniform"].sum() == 1 and final["picked"].sum() == 1
     assert final["select_acc"].notna().all() and (final["epochs"] == 1).all()
     assert "search pick vs uniform at target" in proc.stdout
+
+
+def test_rows_of_an_older_finalize_are_candidates_by_their_source(tmp_path: Path) -> None:
+    """A final.parquet from before the candidate column: its rows are keyed (skipped on rerun,
+    picked) by their source trial, as the plain finetune of that trial."""
+    led = FinalLedger(tmp_path, "fin")
+    led.add_trial({"trial_id": "x", "status": "TERMINATED", "val_acc": 0.5,
+                   "params_json": json.dumps({"source_trial_id": "a"})})
+    led.flush()
+    old = read_final(tmp_path).drop(columns=NEW_COLUMNS)
+    old.to_parquet(tmp_path / "final.parquet")
+    again = FinalLedger(tmp_path, "fin")
+    assert again.keys() == ["a"] and list(again.trials()["candidate"]) == ["a"]
+    assert list(finalpick.pick_rows(again.trials(), ["a", "uniform@x"])["trial_id"]) == ["x"]
