@@ -164,16 +164,31 @@ def compare_variants(main: Variant) -> list[Variant]:
     return [v for v in wanted if v != main]
 
 
+#: The uniform baseline aims at target / (1 + _AIM_TOL) with tolerance _AIM_TOL: it lands in
+#: about [0.99, 1] x the target, the band budget-exact search trials land in, never above it.
+_AIM_TOL = 0.005
+
+
 def uniform_widths(base: Any, target_macs: int, input_shape: Sequence[int], min_channels: int,
                    round_to: int) -> list[int]:
-    """Per base group, the widths of the uniform cut (one keep ratio for all groups) with the
-    most MACs at or under ``target_macs`` (bisection on the real pruned model's MACs)."""
+    """Per base group, the widths of the uniform cut (the same keep ratio in every group) at
+    ``target_macs``: the all-ones profile projected onto it (``pruning.budget``: bisection on
+    the ratio, then at most a few ``round_to`` units of correction to land in the band under
+    the target); where rounding cannot land there, the widest exactly uniform cut at or under
+    the target (``pruning.selection.keep_for_macs``, bisection on the pruned model's MACs)."""
     import torch
 
+    from pruning.budget import Projector, uniform_profile
     from pruning.selection import keep_for_macs
 
     # Only the counts matter here: the trial itself ranks the channels by L1.
     scores = {g: torch.zeros(int(w)) for g, w in zip(base.group_names, base.widths)}
+    proj = Projector(base.model, scores, input_shape, min_channels=min_channels, round_to=round_to, tol=_AIM_TOL)
+    aim = max(proj.min_macs, int(target_macs / (1 + _AIM_TOL)))
+    if aim <= target_macs:
+        p = proj.project(uniform_profile(scores), aim)
+        if p.macs <= target_macs and p.within_tol:
+            return [int(p.widths[g]) for g in base.group_names]
     keep = keep_for_macs(base.model, scores, int(target_macs), tuple(input_shape), ranking="uniform",
                          min_channels=min_channels, round_to=round_to)
     return [len(keep[g]) for g in base.group_names]

@@ -157,6 +157,14 @@ def test_uniform_widths_meet_the_target_macs(tmp_path: Path) -> None:
     macs = count_macs(pruned.model, data.input_shape)
     assert macs <= 0.3 * base_macs
     assert params["mode"] == "scratch" and params["scratch_epochs"] == 2 and params["distill"] is True
+    # Without rounding the cut lands in the band of budget-exact trials, [0.99, 1] x the target,
+    # each group within a channel or two of one common keep ratio.
+    kept = finalpick.uniform_widths(base, int(0.3 * base_macs), data.input_shape, 1, 1)
+    pruned = GroupGraph(untrained_model(cfg, data), data.example_input())
+    pruned.prune({g: list(range(k)) for g, k in zip(widths, kept)})
+    assert 0.99 * 0.3 * base_macs <= count_macs(pruned.model, data.input_shape) <= 0.3 * base_macs
+    ratios = [k / w for k, w in zip(kept, widths.values())]
+    assert max(ratios) - min(ratios) <= 2 / min(widths.values())
     assert params["distill_alpha"] == 0.5 and params["final_candidate"] == "uniform@0.3+scratch+distill"
     assert params["final_uniform"] is True and params["source_trial_id"] is None
 
