@@ -272,6 +272,11 @@ def pick_rows(final: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the report
 
 
+def _true(v: Any) -> bool:
+    """A nullable flag as read back (Python, numpy or pandas bool; null is False)."""
+    return not is_missing(v) and bool(v)
+
+
 def _or(v: Any, default: float) -> float:
     return default if is_missing(v) else float(v)
 
@@ -297,13 +302,15 @@ def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, 
         keys = {Candidate(t, v, row).key: v for v in shown_variants
                 for row in [*t.sources.to_dict("records"), None]}
         rows = final[final["candidate"].isin(list(keys))]
-        lines.append(f"\ntarget {t.label}: {len(t.sources)} search trials + uniform L1, {main.name}, picked on {how}")
+        n = len(t.sources)
+        lines.append(f"\ntarget {t.label}: {n} search trial{'s' if n > 1 else ''} + uniform L1, {main.name}, "
+                     f"picked on {how}")
         cells = [["", "candidate", "variant", "widths", "MACs", "val", "select", "test"]]
         order = sorted(rows.to_dict("records"), key=lambda r: (r["variant"] != main.name, str(r["variant"]),
                                                                -_or(r["select_acc"], -1.0)))
         for r in order:
             widths = "-".join(str(int(w)) for w in r["widths"]) if r["widths"] is not None else "-"
-            cells.append(["*" if r.get("picked") is True else "", str(r["candidate"]), str(r["variant"]), widths,
+            cells.append(["*" if _true(r.get("picked")) else "", str(r["candidate"]), str(r["variant"]), widths,
                           human_count(r["macs"]), _pct(r["val_acc"]), _pct(r["select_acc"]), _pct(r["test_acc"])])
         width = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cell, width)).rstrip() for cell in cells]
@@ -312,7 +319,7 @@ def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, 
         uniform = main_rows[main_rows["is_uniform"] == True]  # noqa: E712
         if not search.empty and not uniform.empty:
             s, u = search.iloc[0], uniform.iloc[0]
-            handed = "search trial " + str(s["candidate"]) if s.get("picked") is True else "uniform"
+            handed = "search trial " + str(s["candidate"]) if _true(s.get("picked")) else "uniform"
             lines.append(f"  search pick vs uniform at target {t.label}: {_diff(s['select_acc'], u['select_acc'])} on "
                          f"select, {_diff(s['test_acc'], u['test_acc'])} on test (handed back: {handed})")
     return "\n".join(lines)

@@ -247,3 +247,21 @@ def test_rows_of_an_older_finalize_are_candidates_by_their_source(tmp_path: Path
     again = FinalLedger(tmp_path, "fin")
     assert again.keys() == ["a"] and list(again.trials()["candidate"]) == ["a"]
     assert list(finalpick.pick_rows(again.trials(), ["a", "uniform@x"])["trial_id"]) == ["x"]
+
+
+def test_summary_has_a_table_per_target_and_the_line_against_uniform(tmp_path: Path) -> None:
+    (target,) = finalpick.plan_targets(read_trials(make_experiment(tmp_path)), 1)
+    led = FinalLedger(tmp_path, "fin")
+    for cand, (select, test) in zip(finalpick.candidates([target], Variant()), [(0.85, 0.82), (0.80, 0.80)]):
+        params = {"final_candidate": cand.key, "final_variant": "finetune", "final_uniform": cand.uniform}
+        led.add_trial({"trial_id": f"t-{cand.key}", "status": "TERMINATED", "val_acc": 0.9, "test_acc": test,
+                       "select_acc": select, "macs": 290_000, "widths": [12, 24, 24],
+                       "params_json": json.dumps(params)})
+    led.update("a", picked=True)
+    led.update("uniform@300000macs", picked=False)
+    text = finalpick.summary_text(led.trials(), [target], Variant(), [Variant()], 20)
+    assert "target 300,000 MACs (best trial): 1 search trial + uniform L1, finetune, picked on select (20 samples)" in text
+    (star,) = [ln for ln in text.splitlines() if ln.strip().startswith("*")]
+    assert star.split()[1] == "a" and "85.00" in star and "82.00" in star
+    assert ("search pick vs uniform at target 300,000 MACs (best trial): +5.00 pt on select, +2.00 pt on test "
+            "(handed back: search trial a)") in text
