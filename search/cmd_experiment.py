@@ -147,9 +147,10 @@ def _print_final(exp_dir: Path, show_all: bool = False) -> None:
         raise UsageError(f"{str(exp_dir)!r} has no {FINAL_FILE} yet; run `prunetune finalize {exp_dir} --top K "
                          f"--epochs E` first")
     rows = final[final["status"] == "TERMINATED"] if show_all else pareto_front(final)
-    rows = rows.assign(trial_id=rows[SOURCE_KEY].fillna(rows["trial_id"]))
+    rows = rows.assign(trial_id=rows["candidate"].fillna(rows[SOURCE_KEY]).fillna(rows["trial_id"]))
     what = f"all {len(rows)} completed" if show_all else f"Pareto front: {len(rows)} of {len(final)}"
-    print(f"\nfinal ({FINAL_FILE}) {what} trials (trial_id = the search trial finalized; sorted by MACs):")
+    print(f"\nfinal ({FINAL_FILE}) {what} trials (trial_id = the candidate finalized: search trial or "
+          f"uniform@TARGET, + variant; sorted by MACs):")
     print(pareto_table(rows, read_base(exp_dir)))
 
 
@@ -183,7 +184,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line, flush=True)
     summary = run_search(cfg, _options(args, cfg.train.epochs), fresh=args.fresh)
     _print_summary(summary, args.quiet)
-    return 0
+    return _finalize_at_end(cfg, summary, args)
+
+
+def _finalize_at_end(cfg: Any, summary: Any, args: argparse.Namespace) -> int:
+    """With ``finalize.top`` set, finalize the search that just ended (``prunetune finalize``)."""
+    if cfg.finalize.top is None or summary.done < 1:
+        return 0
+    from search.cmd_finalize import run_finalize, settings
+    from search.expdir import open_store
+
+    print()
+    exp = open_store(summary.exp_dir)
+    return run_finalize(exp.local_path() or exp.uri(), settings(cfg), address=args.address,
+                        verbose=bool(getattr(args, "ray_verbose", False)), quiet=args.quiet)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -203,7 +217,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     base_epochs = (cfg or load_saved_config(exp_dir)).train.epochs
     summary = resume_search(exp_dir, _options(args, base_epochs), cfg=cfg, force=args.force)
     _print_summary(summary, args.quiet)
-    return 0
+    return _finalize_at_end(cfg or load_saved_config(exp_dir), summary, args)
 
 
 def _driver_state(exp_dir: Any) -> tuple[bool, dict[str, Any]]:

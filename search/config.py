@@ -68,6 +68,21 @@ class DataSection(_Section):
     image_size: int | None = Field(None, gt=0)  # None: the dataset's own (imagefolder: the images' size)
     limit: int | None = Field(None, gt=0)
     val_limit: int | None = Field(None, gt=0)  # at most this many validation samples (seeded, stratified)
+    # Share of the training samples held out as the selection split (seeded, stratified):
+    # nothing trains on it and the search never ranks on it; finalize picks its model on it.
+    # None: no selection split (finalize then picks on val). A saved config older than this
+    # key reads back as None (see config_from_dict), so old experiments keep their data.
+    select_fraction: float | None = 0.1
+
+    @field_validator("select_fraction")
+    @classmethod
+    def _select_fraction(cls, v: float | None) -> float | None:
+        # The bounds of pruning.data.loading.check_select_fraction, which this module cannot
+        # import (pruning.data imports torch; ``status`` reads configs without it).
+        if v is not None and not (0.0 < v <= 0.5):
+            raise ValueError(f"select_fraction must be in (0, 0.5] (a share of the training samples held out for "
+                             f"the final pick), got {v}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -306,6 +321,18 @@ class ResourcesSection(_Section):
     custom: dict[str, float] = Field(default_factory=dict)
 
 
+class FinalizeSection(_Section):
+    """What ``prunetune run`` does at its end (and ``prunetune finalize``'s defaults): retrain
+    the ``top`` best trials per target and the uniform baseline, pick on the selection split.
+    ``top`` None: ``run`` does not finalize. Not part of the search hash (it changes no trial)."""
+
+    top: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)  # None: search.finetune_epochs' max (from_scratch: scratch_epochs)
+    distill: bool = False  # every candidate distils the base model
+    from_scratch: bool = False  # every candidate's widths trained from random weights
+    compare: bool = False  # also run the pick's widths with distillation and from scratch
+
+
 class ExperimentConfig(_Section):
     experiment: ExperimentSection = ExperimentSection()
     model: ModelSection = ModelSection()
@@ -316,6 +343,7 @@ class ExperimentConfig(_Section):
     sampler: SamplerSection = SamplerSection()
     scheduler: SchedulerSection = SchedulerSection()
     resources: ResourcesSection = ResourcesSection()
+    finalize: FinalizeSection = FinalizeSection()
     num_samples: int = Field(16, ge=1)
     max_concurrent: int = Field(2, ge=1)
 
@@ -353,6 +381,9 @@ class ExperimentConfig(_Section):
         d.pop("max_concurrent", None)
         d["resources"] = None
         d["experiment"].pop("results_dir", None)
+        d.pop("finalize", None)  # what happens after the search changes no trial
+        if d["data"].get("select_fraction") is None:  # hashes of configs from before the key stay the same
+            d["data"].pop("select_fraction", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -414,7 +445,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(raw: dict[str, Any], *, saved: bool = False) -> ExperimentConfig:
-    """Validate a config; ``saved``: one a search wrote, whose registry names are trusted."""
+    """Validate a config; ``saved``: one a search wrote, whose registry names are trusted.
+
+    A saved config without ``data.select_fraction`` was written before the selection split
+    existed: it reads back as None (no split), so its trials, base model and hash stay what
+    they were; a new config without the key gets the default."""
+    data = raw.get("data")
+    if saved and isinstance(data, dict) and "select_fraction" not in data:
+        raw = {**raw, "data": {**data, "select_fraction": None}}
     try:
         return ExperimentConfig.model_validate(raw, context={"saved": saved})
     except ValidationError as e:

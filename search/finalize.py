@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from pruning.errors import UsageError
 from pruning.atomic import check_writable
-from search import expdir, ledger
+from search import expdir, finalpick, ledger
 from search.config import ExperimentConfig
 from search.ledger import TRIALS_SCHEMA, Ledger, params_of, pareto_front, read_trials
 from search.ledger_schema import validate_row
@@ -52,7 +52,10 @@ FINAL_FILE = expdir.FINAL_FILE
 FINAL_EPOCHS_FILE = expdir.FINAL_EPOCHS_FILE
 #: The params key (and column) naming the search trial a final run was made from.
 SOURCE_KEY = "source_trial_id"
-FINAL_SCHEMA = TRIALS_SCHEMA.append(pa.field(SOURCE_KEY, pa.string()))
+# The candidate columns of issue 17 (nullable: older final.parquet files read with nulls);
+# macs_target only if the trials schema does not already carry it.
+FINAL_SCHEMA = pa.schema([*TRIALS_SCHEMA, pa.field(SOURCE_KEY, pa.string()),
+                          *(f for f in finalpick.FINAL_EXTRA_FIELDS if f.name not in TRIALS_SCHEMA.names)])
 #: Params of a trial that the from-scratch run keeps (distillation); the widths come from the row.
 _SCRATCH_KEEPS = ("distill", "distill_alpha", "distill_temperature")
 
@@ -60,10 +63,13 @@ _SCRATCH_KEEPS = ("distill", "distill_alpha", "distill_temperature")
 @dataclasses.dataclass(frozen=True)
 class FinalizeSummary:
     exp_dir: Path
-    sources: list[str]  # the chosen search trials, best val first
+    sources: list[str]  # the candidates (search trial ids, uniform@TARGET; + variant suffix), per target
     ran: list[str]  # of which run by this call
     skipped: list[str]  # of which already in final.parquet
     wall_s: float
+    picks: dict[str, str] = dataclasses.field(default_factory=dict)  # target label -> the picked candidate
+    exported: dict[str, Path] = dataclasses.field(default_factory=dict)  # target label -> export dir of the pick
+    report: str = ""  # the per-target tables (finalpick.summary_text)
 
 
 # --------------------------------------------------------------------------- the final ledger
@@ -77,8 +83,9 @@ def read_final(exp_dir: Store | str | os.PathLike[str]) -> pd.DataFrame:
 class FinalLedger(Ledger):
     """The :class:`~search.ledger.Ledger` of ``final.parquet``/``final_epochs.parquet``.
 
-    Rows are unique by ``source_trial_id`` (taken from the row, else from its params):
-    a source recorded again replaces its row. ``flush`` writes no Pareto file.
+    Rows are unique by ``candidate`` (else, in files of older finalizes, ``source_trial_id``;
+    both taken from the row, else from its params): a candidate recorded again replaces its
+    row. ``flush`` writes no Pareto file.
     """
 
     def __init__(self, exp_dir: Store | str | os.PathLike[str], experiment: str) -> None:
@@ -90,16 +97,29 @@ class FinalLedger(Ledger):
         self._trials: dict[str, dict[str, Any]] = {}
         self._epochs: dict[tuple[str, int], dict[str, Any]] = {}
         for row in ledger._read_table(self.store, FINAL_FILE, FINAL_SCHEMA).to_pylist():
-            self._trials[row[SOURCE_KEY] or row["trial_id"]] = row
+            row["candidate"] = _key(row)  # a row of an older finalize: its source is its candidate key
+            self._trials[row["candidate"]] = row
         for row in ledger._read_table(self.store, FINAL_EPOCHS_FILE, ledger.EPOCHS_SCHEMA).to_pylist():
             self._epochs[(row["trial_id"], row["epoch"])] = row
 
     def add_trial(self, row: Mapping[str, Any]) -> None:
         row = dict(row)
         row.setdefault("experiment", self.experiment)
-        row.setdefault(SOURCE_KEY, params_of(row).get(SOURCE_KEY))
+        params = params_of(row)
+        row.setdefault(SOURCE_KEY, params.get(SOURCE_KEY))
+        for k, v in finalpick.final_columns(params).items():
+            if row.get(k) is None:  # (a trials column such as macs_target may come unset from the result)
+                row[k] = v
         checked = validate_row(row, FINAL_SCHEMA, "final trial")
-        self._trials[checked[SOURCE_KEY] or checked["trial_id"]] = checked
+        checked["candidate"] = _key(checked)
+        self._trials[checked["candidate"]] = checked
+
+    def update(self, key: str, **columns: Any) -> None:
+        """Set ``columns`` of the row of candidate ``key`` (scores and picks, after the runs)."""
+        self._trials[key] = validate_row({**self._trials[key], **columns}, FINAL_SCHEMA, "final trial")
+
+    def keys(self) -> list[str]:
+        return list(self._trials)
 
     def trials(self) -> pd.DataFrame:
         return ledger._to_frame(pa.Table.from_pylist(list(self._trials.values()), schema=FINAL_SCHEMA))
@@ -112,6 +132,10 @@ class FinalLedger(Ledger):
 
     def __contains__(self, trial_id: object) -> bool:
         return any(r["trial_id"] == trial_id for r in self._trials.values())
+
+
+def _key(row: Mapping[str, Any]) -> str:
+    return row.get("candidate") or row[SOURCE_KEY] or row["trial_id"]
 
 
 # --------------------------------------------------------------------------- what to run
@@ -178,36 +202,120 @@ def _config(exp_dir: Path) -> ExperimentConfig:
 
 
 def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_scratch: bool = False,
-             fresh: bool = False, options: Any = None) -> FinalizeSummary:
-    """Train the ``top`` best front trials of ``experiment`` for ``epochs`` into ``final.parquet``.
+             distill: bool = False, compare: bool = False, fresh: bool = False, export: bool = True,
+             options: Any = None) -> FinalizeSummary:
+    """Retrain, per target, the ``top`` best front trials of ``experiment`` and the uniform
+    baseline for ``epochs``, pick on the selection split, into ``final.parquet``.
 
-    ``experiment`` is ``results/NAME`` or ``NAME``; ``from_scratch`` trains their widths
-    from random weights instead of finetuning the pruned base model longer; ``fresh``
-    deletes ``final.parquet``/``final_epochs.parquet`` first. ``options`` is a
-    :class:`search.tuner.SearchOptions` (cluster address, verbosity, injected
-    ``trial_fn``/``prepare_fn``). Sources already in ``final.parquet`` are skipped.
+    ``experiment`` is ``results/NAME`` or ``NAME``. Every candidate is trained alike:
+    ``from_scratch`` trains its widths from random weights instead of finetuning the pruned
+    base model, ``distill`` distils the base model (else no candidate distils). Each target's
+    pick (best select accuracy, :func:`search.finalpick.pick_rows`) is marked ``picked`` and,
+    with ``export``, exported to ``export/final-<candidate>``. ``compare`` then also runs each
+    pick's widths in the other variants (:func:`search.finalpick.compare_variants`) for the
+    report; they are never picked. ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
+    first. ``options`` is a :class:`search.tuner.SearchOptions` (cluster address, verbosity,
+    injected ``trial_fn``/``prepare_fn``). Candidates already in ``final.parquet`` are skipped.
     Raises UsageError (before Ray starts) for ``top`` or ``epochs`` < 1, an unknown
     experiment, or a search with no finished trial.
     """
     t0 = time.perf_counter()
-    exp_dir, chosen = check_finalize(experiment, top, epochs)
+    exp_dir, _ = check_finalize(experiment, top, epochs)
     cfg = _config(exp_dir)
     check_writable(exp_dir, "results directory")
     if fresh:
         for name in (FINAL_FILE, FINAL_EPOCHS_FILE):
             (exp_dir / name).unlink(missing_ok=True)
-    sources = [str(t) for t in chosen["trial_id"]]
-    done = set(read_final(exp_dir)[SOURCE_KEY].dropna().astype(str))
-    todo = chosen[~chosen["trial_id"].astype(str).isin(done)]
-    skipped = [s for s in sources if s in done]
-    if skipped:
-        progress_log.info("%d of %d already in %s: %s", len(skipped), len(sources), FINAL_FILE, ", ".join(skipped))
-    if not todo.empty:
-        from search._ray import final
-        from search.tuner import SearchOptions
+    from search.tuner import SearchOptions
 
-        options = options or SearchOptions()
-        final.run_final(cfg, exp_dir, options, todo.to_dict("records"), total=len(sources),
-                        make_params=lambda row, names, widths: final_params(row, epochs, from_scratch, names, widths))
-    return FinalizeSummary(exp_dir=exp_dir, sources=sources, ran=[str(t) for t in todo["trial_id"]],
-                           skipped=skipped, wall_s=time.perf_counter() - t0)
+    options = options or SearchOptions()
+    targets = finalpick.plan_targets(read_trials(exp_dir), top, cfg.objectives.macs_budget)
+    main = finalpick.Variant(from_scratch, distill)
+    cands = finalpick.candidates(targets, main)
+    ran, skipped = _run_candidates(cfg, exp_dir, options, cands, epochs)
+    picks = _score_and_pick(cfg, exp_dir, targets, main, options)
+    shown = [main]
+    if compare:
+        shown += finalpick.compare_variants(main)
+        by_label = {t.label: t for t in targets}
+        extra = [finalpick.Candidate(by_label[label], v, None if pick.uniform else pick.row)
+                 for label, pick in picks.items() for v in shown[1:]]
+        more_ran, more_skipped = _run_candidates(cfg, exp_dir, options, extra, epochs)
+        ran, skipped, cands = ran + more_ran, skipped + more_skipped, cands + extra
+        _score_and_pick(cfg, exp_dir, targets, main, options)  # scores the new rows; the picks stay
+    final = read_final(exp_dir)
+    exported = _export_picks(cfg, exp_dir, final, picks, options) if export else {}
+    data = _select_size(cfg)
+    return FinalizeSummary(exp_dir=exp_dir, sources=[c.key for c in cands], ran=ran, skipped=skipped,
+                           wall_s=time.perf_counter() - t0, picks={k: c.key for k, c in picks.items()},
+                           exported=exported, report=finalpick.summary_text(final, targets, main, shown, data))
+
+
+def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: Sequence[finalpick.Candidate],
+                    epochs: int) -> tuple[list[str], list[str]]:
+    """Run the candidates not yet in ``final.parquet`` (one Ray session); returns (run, skipped) keys."""
+    done = set(FinalLedger(exp_dir, cfg.experiment.name).keys())
+    todo = [c for c in cands if c.key not in done]
+    skipped = [c.key for c in cands if c.key in done]
+    if skipped:
+        progress_log.info("%d of %d already in %s: %s", len(skipped), len(cands), FINAL_FILE, ", ".join(skipped))
+    if todo:
+        from search._ray import final
+        from search.materialize import experiment_data
+
+        def points(base: Any) -> list[dict[str, Any]]:
+            shape = experiment_data(cfg).input_shape
+            return [finalpick.candidate_params(c, epochs, cfg, base, shape) for c in todo]
+
+        final.run_final(cfg, exp_dir, options, points, total=len(done) + len(todo))  # rows of final.parquet
+    return [c.key for c in todo], skipped
+
+
+def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[finalpick.Target],
+                    main: finalpick.Variant, options: Any) -> dict[str, finalpick.Candidate]:
+    """Score the finished rows lacking ``select_acc`` on the selection split, mark each
+    target's pick among its ``main`` candidates (``picked``; every other row False), write
+    ``final.parquet``; returns target label -> picked candidate."""
+    from search.export import load_trial_model
+
+    led = FinalLedger(exp_dir, cfg.experiment.name)
+    final = led.trials()
+    trial_fn = getattr(options, "trial_fn", None)
+    for key, acc in finalpick.score_select(cfg, final, lambda row: load_trial_model(cfg, row, trial_fn)).items():
+        led.update(key, select_acc=acc)
+    final = led.trials()
+    picks: dict[str, finalpick.Candidate] = {}
+    for t in targets:
+        mains = {c.key: c for c in finalpick.candidates([t], main)}
+        best = finalpick.pick_rows(final, list(mains))
+        if not best.empty:
+            picks[t.label] = mains[str(best.iloc[0]["candidate"])]
+    picked = {c.key for c in picks.values()}
+    for key in led.keys():
+        led.update(key, picked=key in picked)
+    led.flush()
+    if cfg.data.select_fraction is None:
+        progress_log.info("no selection split (data.select_fraction is null in this experiment): picked on val, "
+                          "which the search ranked on")
+    return picks
+
+
+def _select_size(cfg: ExperimentConfig) -> int | None:
+    from search.materialize import experiment_data
+
+    select = experiment_data(cfg).select
+    return None if select is None else len(select)
+
+
+def _export_picks(cfg: ExperimentConfig, exp_dir: Path, final: pd.DataFrame,
+                  picks: Mapping[str, finalpick.Candidate], options: Any) -> dict[str, Path]:
+    """Each pick's model, exported like ``prunetune export`` into ``export/final-<candidate>``."""
+    from search.export import export_trial
+
+    out = {}
+    for label, cand in picks.items():
+        row = final[final["candidate"] == cand.key].iloc[0].to_dict()
+        target = exp_dir / "export" / f"final-{cand.key}"
+        export_trial(cfg, exp_dir, row, target)
+        out[label] = target
+    return out

@@ -127,6 +127,10 @@ def _check_value(key: str, value: Any, typ: pa.DataType) -> Any:
         return str(value)
     if pa.types.is_integer(typ):
         return _check_int(key, value, typ)
+    if pa.types.is_boolean(typ):  # final.parquet's candidate flags
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"field {key!r} must be true or false, got {type(value).__name__} {value!r}")
+        return bool(value)
     if pa.types.is_floating(typ):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ValueError(f"field {key!r} must be a number, got {type(value).__name__} {value!r}")

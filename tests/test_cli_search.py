@@ -328,7 +328,7 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     after_trials = [tally.match(lines[i + 1]) for i, ln in enumerate(lines) if ln.startswith("trial ")]
     assert [m and m.group(1) for m in after_trials] == ["1", "2", "3", "4"], out  # a tally after each trial's line
     assert after_trials[-1].group(2) == "0"
-    assert out.count("data: digits — train 200 / val 360 / test 360, input 1×16×16, 10 classes") == 1
+    assert out.count("data: digits — train 180 / val 360 / test 360 / select 20, input 1×16×16, 10 classes") == 1
     assert "Configuration for experiment" not in out + proc.stderr  # Ray's banner is off by default
     exp = tmp_path / "results" / "tiny"
     for name in ("config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png", "optuna.journal"):

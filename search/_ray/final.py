@@ -64,15 +64,15 @@ def _session_name(exp_dir: Path) -> str:
     return f"{_PREFIX}{n + 1:03d}"
 
 
-def run_final(cfg: ExperimentConfig, exp_dir: Path, options: Any, rows: Sequence[Mapping[str, Any]], *, total: int,
-              make_params: Callable[[Mapping[str, Any], list[str], list[int]], dict[str, Any]]) -> None:
-    """Start Ray, prepare the base model, run one trial per trials ``row`` with
-    ``make_params(row, base group names, base widths)``, record them, stop Ray."""
+def run_final(cfg: ExperimentConfig, exp_dir: Path, options: Any,
+              make_points: Callable[[trial.BaseArtifacts], list[dict[str, Any]]], *, total: int) -> None:
+    """Start Ray, prepare the base model, run one trial per params dict of
+    ``make_points(base)`` (the uniform baseline's widths are bisected on the base model),
+    record them, stop Ray."""
     with ray_session(cfg, options.address, options.verbose):
         prepare = options.prepare_fn or trial.prepare_base
         base = prepare(cfg, log_progress=lambda msg: progress_log.info("%s", msg))
-        names, widths = list(base.group_names), [int(w) for w in base.widths]
-        points = [make_params(row, names, widths) for row in rows]
+        points = make_points(base)
         recorder = FinalRecorder(exp_dir, cfg.model_copy(update={"num_samples": total}), expdir.run_meta())
         tuner = tune.Tuner(
             make_trainable(cfg, base, options.trial_fn, replay={}),
