@@ -115,19 +115,24 @@ def search_config(s: Settings, seed: int, frac: float, budget: int, ckpt: str, r
 def arm_finalize(cfg: Any, s: Settings, seed: int, chosen: dict) -> dict:
     """(e) after finalize: ``search.finalize`` (``prunetune finalize NAME --top 1 --epochs E``) on the
     search's experiment. With the MACs budget in the search's config, its top-1 source is the best
-    trial within the budget on val, i.e. the trial (e) chose: checked, not assumed."""
+    trial within the budget on val, i.e. the trial (e) chose: checked, not assumed. Finalize also
+    retrains the uniform baseline at that trial's MACs and hands back whichever of the two is
+    better on the selection split (issue 17): that pick is the arm's model."""
     from search.finalize import finalize
-    from search.results.final import SOURCE_KEY, read_final
+    from search.results.final import read_final
     from search.tuner import SearchOptions
 
     t0 = time.perf_counter()
-    summary = finalize(cfg.exp_dir, top=1, epochs=s.finetune_epochs, fresh=True, options=SearchOptions())
-    if summary.sources != [chosen["trial_id"]]:
+    summary = finalize(cfg.exp_dir, top=1, epochs=s.finetune_epochs, fresh=True, export=False,
+                       options=SearchOptions())
+    if summary.sources[:1] != [chosen["trial_id"]]:  # then the uniform baseline at the same MACs
         raise RuntimeError(f"finalize chose {summary.sources}, the benchmark's pick is {chosen['trial_id']}")
-    row = read_final(summary.exp_dir).set_index(SOURCE_KEY).loc[chosen["trial_id"]]
-    if row.status != "TERMINATED":
-        raise RuntimeError(f"finalize of {chosen['trial_id']} ended {row.status}: {row.error}")
-    compute = int(row.train_macs)
+    final = read_final(summary.exp_dir)
+    if (final["status"] != "TERMINATED").any():
+        raise RuntimeError(f"finalize of {chosen['trial_id']} ended with errors: {list(final['error'].dropna())}")
+    # What finalize hands back: the trial or the uniform baseline, whichever is better on the selection split.
+    row = final[final["picked"] == True].iloc[0]  # noqa: E712 (nullable column)
+    compute = int(final["train_macs"].sum())  # every candidate finalize trained, the uniform baseline too
     return {"arm": "search, after finalize", "test_acc": float(row.test_acc), "val_acc": float(row.val_acc),
             "macs": int(row.macs), "compute": compute, "epochs": int(row.epochs),
             "widths": dict(zip(row.group_names, (int(w) for w in row.widths))), "wall_s": time.perf_counter() - t0}

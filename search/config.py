@@ -66,6 +66,21 @@ class DataSection(_Section):
     image_size: int | None = Field(None, gt=0)  # None: the dataset's own (imagefolder: the images' size)
     limit: int | None = Field(None, gt=0)
     val_limit: int | None = Field(None, gt=0)  # at most this many validation samples (seeded, stratified)
+    # Share of the training samples held out as the selection split (seeded, stratified):
+    # nothing trains on it and the search never ranks on it; finalize picks its model on it.
+    # None: no selection split (finalize then picks on val). A saved config older than this
+    # key reads back as None (see config_from_dict), so old experiments keep their data.
+    select_fraction: float | None = 0.1
+
+    @field_validator("select_fraction")
+    @classmethod
+    def _select_fraction(cls, v: float | None) -> float | None:
+        # The bounds of pruning.data.loading.check_select_fraction, which this module cannot
+        # import (pruning.data imports torch; ``status`` reads configs without it).
+        if v is not None and not (0.0 < v <= 0.5):
+            raise ValueError(f"select_fraction must be in (0, 0.5] (a share of the training samples held out for "
+                             f"the final pick), got {v}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -138,6 +153,28 @@ class Baseline(_Section):
     criterion: str = "l1"
 
 
+class ScreenSection(_Section):
+    """Cheap screening of many budget-exact candidates before the full trials (``search.screen``).
+
+    Per target of ``objectives.macs_targets``: ``candidates`` seeded random profiles, each
+    projected onto the target, cut from the base model and scored by ``proxy`` (``abn``:
+    BN recalibration on ``batches`` train batches, then val accuracy; ``epochs1``: one
+    finetune epoch, then val accuracy); the ``keep`` best become full trials
+    (:mod:`search.screen`).
+    """
+
+    candidates: int = Field(100, ge=1)
+    keep: int = Field(4, ge=1)
+    proxy: Literal["abn", "epochs1"] = "abn"
+    batches: int = Field(20, ge=1)
+
+    @model_validator(mode="after")
+    def _keep_fits(self) -> ScreenSection:
+        if self.keep > self.candidates:
+            raise ValueError(f"keep {self.keep} > candidates {self.candidates}: cannot finetune more than are screened")
+        return self
+
+
 class SpaceSection(_Section):
     """What the sampler chooses per trial."""
 
@@ -160,6 +197,7 @@ class SpaceSection(_Section):
     distill_alpha: tuple[float, float] = (0.5, 0.5)  # range of the teacher term's weight
     distill_temperature: tuple[float, float] = (4.0, 4.0)  # range of the softmax temperature
     max_drop_pts: float | None = Field(None, ge=0)  # stop iterative pruning past this val drop (points)
+    screen: ScreenSection | None = None  # cheap screening of many candidates per target (needs macs_targets)
 
     @field_validator("criteria")
     @classmethod
@@ -218,6 +256,34 @@ class Objective(_Section):
 class ObjectivesSection(_Section):
     objectives: list[Objective] = [Objective(metric="val_acc", mode="max"), Objective(metric="macs", mode="min")]
     macs_budget: int | None = Field(None, gt=0)  # trials above it are infeasible (sampler constraint)
+    # Budget-exact trials: each trial picks one of these fractions of the base model's MACs and
+    # its ratio keys become a profile scaled onto it (search.targets); "10%" or 0.1.
+    macs_targets: list[float] | None = None
+
+    @field_validator("macs_targets", mode="before")
+    @classmethod
+    def _fractions(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, (str, int, float)):
+            v = [v]
+        out = []
+        for item in v:
+            if isinstance(item, str):
+                text = item.strip()
+                try:
+                    item = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+                except ValueError:
+                    raise ValueError(f"macs_targets: {item!r} is not a fraction (0.1) or a percentage (10%)") from None
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not 0.0 < float(item) <= 1.0:
+                raise ValueError(f"macs_targets: {item!r} is not a fraction of the base MACs in (0, 1] "
+                                 f"(e.g. 0.1 or 10%)")
+            out.append(float(item))
+        if not out:
+            raise ValueError("macs_targets lists no target; give fractions such as [10%, 30%] or leave it out")
+        if len(set(out)) != len(out):
+            raise ValueError(f"macs_targets {out} names a target twice")
+        return out
 
     @model_validator(mode="after")
     def _nonempty(self) -> ObjectivesSection:
@@ -257,6 +323,18 @@ class ResourcesSection(_Section):
     custom: dict[str, float] = Field(default_factory=dict)
 
 
+class FinalizeSection(_Section):
+    """What ``prunetune run`` does at its end (and ``prunetune finalize``'s defaults): retrain
+    the ``top`` best trials per target and the uniform baseline, pick on the selection split.
+    ``top`` None: ``run`` does not finalize. Not part of the search hash (it changes no trial)."""
+
+    top: int | None = Field(None, ge=1)
+    epochs: int | None = Field(None, ge=1)  # None: search.finetune_epochs' max (from_scratch: scratch_epochs)
+    distill: bool = False  # every candidate distils the base model
+    from_scratch: bool = False  # every candidate's widths trained from random weights
+    compare: bool = False  # also run the pick's widths with distillation and from scratch
+
+
 class ExperimentConfig(_Section):
     experiment: ExperimentSection = ExperimentSection()
     model: ModelSection = ModelSection()
@@ -267,6 +345,7 @@ class ExperimentConfig(_Section):
     sampler: SamplerSection = SamplerSection()
     scheduler: SchedulerSection = SchedulerSection()
     resources: ResourcesSection = ResourcesSection()
+    finalize: FinalizeSection = FinalizeSection()
     num_samples: int = Field(16, ge=1)
     max_concurrent: int = Field(2, ge=1)
 
@@ -274,6 +353,14 @@ class ExperimentConfig(_Section):
     def _sampler_fits(self) -> ExperimentConfig:
         if self.sampler.name == "cmaes" and len(self.objectives.objectives) != 1:
             raise ValueError("sampler cmaes is single-objective; give one objective or choose tpe, nsga2, random")
+        targets = self.objectives.macs_targets
+        if targets and self.search.grow:
+            raise ValueError("objectives.macs_targets and search.grow exclude each other: a profile scaled onto a "
+                             "target keeps ratios <= 1; remove one of them")
+        if self.search.screen is not None and not targets:
+            raise ValueError("search.screen needs objectives.macs_targets (candidates are screened per target)")
+        if self.search.screen is not None and "prune" not in self.search.modes:
+            raise ValueError("search.screen enqueues prune trials: add 'prune' to search.modes or remove search.screen")
         return self
 
     @property
@@ -294,6 +381,9 @@ class ExperimentConfig(_Section):
         d.pop("max_concurrent", None)
         d["resources"] = None
         d["experiment"].pop("results_dir", None)
+        d.pop("finalize", None)  # what happens after the search changes no trial
+        if d["data"].get("select_fraction") is None:  # hashes of configs from before the key stay the same
+            d["data"].pop("select_fraction", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -355,7 +445,14 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_from_dict(raw: dict[str, Any], *, saved: bool = False) -> ExperimentConfig:
-    """Validate a config; ``saved``: one a search wrote, whose registry names are trusted."""
+    """Validate a config; ``saved``: one a search wrote, whose registry names are trusted.
+
+    A saved config without ``data.select_fraction`` was written before the selection split
+    existed: it reads back as None (no split), so its trials, base model and hash stay what
+    they were; a new config without the key gets the default."""
+    data = raw.get("data")
+    if saved and isinstance(data, dict) and "select_fraction" not in data:
+        raw = {**raw, "data": {**data, "select_fraction": None}}
     try:
         return ExperimentConfig.model_validate(raw, context={"saved": saved})
     except ValidationError as e:

@@ -1,22 +1,23 @@
-"""``finalize``: train the best front trials of a search longer, into ``final.parquet``.
+"""``finalize``: retrain the best trials and the uniform baseline per target, pick on fresh data.
 
-A search ranks widths with short finetunes; the few worth keeping deserve a longer one.
-:func:`finalize` takes the ``top`` trials of the Pareto front of ``trials.parquet``
-(val_acc max, MACs min) with the best val accuracy - among the trials within the search's
-``objectives.macs_budget`` when it has one - and runs each again on Ray Tune with
-the same trainable as a search (``search.trial.run.run_trial``):
+A search ranks widths with short finetunes on val, so its best trial on val is biased upwards
+(the winner's curse). :func:`finalize` therefore takes, per MACs target (trials grouped by
+``macs_target``; without it, one target at the best trial's MACs), the ``top`` trials of the
+Pareto front of ``trials.parquet`` with the best val accuracy - among the trials within
+``objectives.macs_budget`` when the search has one - *and* the uniform L1 baseline cut to the
+same target, and runs them all alike on Ray Tune with the search's trainable
+(``search.trial.run.run_trial``): ``epochs`` finetune epochs from the pruned base model, or
+from random weights with ``from_scratch`` (Liu et al. 2019), distilling the base model with
+``distill`` (else no candidate distils). Each finished candidate is scored on the selection
+split (``data.select_fraction``: no trial trained on it, the search never ranked on it) and the
+best there is each target's *pick*, exported to ``export/final-<candidate>``. What a candidate
+is, how it is trained and how the pick is made is :mod:`search.finalpick`.
 
-- default: the trial's own params with ``finetune_epochs = epochs`` (``scratch_epochs``
-  for a scratch-mode trial) - the same pruning from the base model, finetuned longer;
-- ``from_scratch``: mode ``scratch`` at the trial's final widths (ratio keys = widths /
-  base widths, whatever mode found them) trained from random weights for ``epochs``
-  (Liu et al. 2019), distilling the base model if the trial did.
-
-Rows go to ``final.parquet`` (the trials schema plus ``source_trial_id``, one row per
-source) and their epochs to ``final_epochs.parquet``, written by the search's
-``Recorder`` as each run finishes (atomic writes). A rerun skips every source already
-in ``final.parquet``, so a finalize killed part-way and run again loses and repeats no
-row. ``pareto --final`` shows the front of ``final.parquet`` (:mod:`search.results.final`).
+Rows go to ``final.parquet`` (:mod:`search.results.final`) and their epochs to
+``final_epochs.parquet``, written by the search's ``Recorder`` as each run finishes (atomic
+writes). A rerun skips every candidate already in ``final.parquet``, so a finalize killed
+part-way and run again loses and repeats no row. ``pareto --final`` shows the front of
+``final.parquet``.
 
 This module imports neither Ray nor Optuna at its top (a bad ``prunetune finalize`` fails
 before either loads); the Ray part is :mod:`search._ray.final`, imported when a finalize runs.
@@ -36,62 +37,35 @@ import pandas as pd
 
 from pruning.atomic import check_writable
 from pruning.errors import UsageError
+from search import finalpick, tuner
 from search.config import ExperimentConfig
+from search.export import export_trial, load_trial_model
+from search.finalpick import choose_sources, final_params
 from search.options import SearchOptions
-from search import tuner
 from search.results import expdir
-from search.results.final import FINAL_EPOCHS_FILE, FINAL_FILE, SOURCE_KEY, read_final
-from search.results.ledger import params_of, pareto_front, read_trials
+from search.results.final import FINAL_EPOCHS_FILE, FINAL_FILE, FinalLedger, read_final
+from search.results.ledger import read_trials
 from search.results.storage import as_store
-from search.trial.params import ratio_key
+from search.trial.materialize import experiment_data
 
 __all__ = ["FinalizeSummary", "check_finalize", "choose_sources", "final_params", "finalize"]
 
 progress_log = logging.getLogger("search.progress")
 
-#: Params of a trial that the from-scratch run keeps (distillation); the widths come from the row.
-_SCRATCH_KEEPS = ("distill", "distill_alpha", "distill_temperature")
-
 
 @dataclasses.dataclass(frozen=True)
 class FinalizeSummary:
     exp_dir: Path
-    sources: list[str]  # the chosen search trials, best val first
+    sources: list[str]  # the candidates (search trial ids, uniform@TARGET; + variant suffix), per target
     ran: list[str]  # of which run by this call
     skipped: list[str]  # of which already in final.parquet
     wall_s: float
+    picks: dict[str, str] = dataclasses.field(default_factory=dict)  # target label -> the picked candidate
+    exported: dict[str, Path] = dataclasses.field(default_factory=dict)  # target label -> export dir of the pick
+    report: str = ""  # the per-target tables (finalpick.summary_text)
 
 
 # --------------------------------------------------------------------------- what to run
-
-
-def choose_sources(trials: pd.DataFrame, top: int, macs_budget: int | None = None) -> pd.DataFrame:
-    """The ``top`` front trials (val_acc max, MACs min) with the highest val accuracy
-    (ties: fewer MACs, then trial id), best first. With ``macs_budget`` (the search's
-    ``objectives.macs_budget``) the front is that of the trials within the budget: the
-    others were infeasible for the search, and the most accurate of them would otherwise
-    fill the top K."""
-    if macs_budget is not None:
-        trials = trials[trials["macs"] <= macs_budget]
-    front = pareto_front(trials)
-    order = front.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
-    return order.head(top).reset_index(drop=True)
-
-
-def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_names: Sequence[str],
-                 base_widths: Sequence[int]) -> dict[str, Any]:
-    """The params of the final run of the trials row ``row`` (see the module docstring)."""
-    params = params_of(row)
-    if from_scratch:
-        widths = dict(zip(row["group_names"], (int(w) for w in row["widths"])))
-        out: dict[str, Any] = {"mode": "scratch", "scratch_epochs": int(epochs)}
-        out.update({k: params[k] for k in _SCRATCH_KEEPS if k in params})
-        out.update({ratio_key(g): widths[g] / bw for g, bw in zip(group_names, base_widths)})
-    else:
-        out = dict(params)
-        out["scratch_epochs" if params.get("mode") == "scratch" else "finetune_epochs"] = int(epochs)
-    out[SOURCE_KEY] = str(row["trial_id"])
-    return out
 
 
 def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int) -> tuple[Path, pd.DataFrame]:
@@ -124,36 +98,112 @@ def _config(exp_dir: Path) -> ExperimentConfig:
 
 
 def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_scratch: bool = False,
-             fresh: bool = False, options: SearchOptions | None = None) -> FinalizeSummary:
-    """Train the ``top`` best front trials of ``experiment`` for ``epochs`` into ``final.parquet``.
+             distill: bool = False, compare: bool = False, fresh: bool = False, export: bool = True,
+             options: SearchOptions | None = None) -> FinalizeSummary:
+    """Retrain, per target, the ``top`` best front trials of ``experiment`` and the uniform
+    baseline for ``epochs``, pick on the selection split, into ``final.parquet``.
 
-    ``experiment`` is ``results/NAME`` or ``NAME``; ``from_scratch`` trains their widths
-    from random weights instead of finetuning the pruned base model longer; ``fresh``
-    deletes ``final.parquet``/``final_epochs.parquet`` first. ``options`` is a
-    :class:`search.tuner.SearchOptions` (cluster address, verbosity, injected
-    ``trial_fn``/``prepare_fn``). Sources already in ``final.parquet`` are skipped.
+    ``experiment`` is ``results/NAME`` or ``NAME``. Every candidate is trained alike:
+    ``from_scratch`` trains its widths from random weights instead of finetuning the pruned
+    base model, ``distill`` distils the base model (else no candidate distils). Each target's
+    pick (best select accuracy, :func:`search.finalpick.pick_rows`) is marked ``picked`` and,
+    with ``export``, exported to ``export/final-<candidate>``. ``compare`` then also runs each
+    pick's widths in the other variants (:func:`search.finalpick.compare_variants`) for the
+    report; they are never picked. ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
+    first. ``options`` is a :class:`search.tuner.SearchOptions` (cluster address, verbosity,
+    injected ``trial_fn``/``prepare_fn``). Candidates already in ``final.parquet`` are skipped.
     Raises UsageError (before Ray starts) for ``top`` or ``epochs`` < 1, an unknown
     experiment, or a search with no finished trial.
     """
     t0 = time.perf_counter()
-    exp_dir, chosen = check_finalize(experiment, top, epochs)
+    exp_dir, _ = check_finalize(experiment, top, epochs)
     cfg = _config(exp_dir)
     check_writable(exp_dir, "results directory")
     if fresh:
         for name in (FINAL_FILE, FINAL_EPOCHS_FILE):
             (exp_dir / name).unlink(missing_ok=True)
-    sources = [str(t) for t in chosen["trial_id"]]
-    done = set(read_final(exp_dir)[SOURCE_KEY].dropna().astype(str))
-    todo = chosen[~chosen["trial_id"].astype(str).isin(done)]
-    skipped = [s for s in sources if s in done]
+    options = options or SearchOptions()
+    targets = finalpick.plan_targets(read_trials(exp_dir), top, cfg.objectives.macs_budget)
+    main = finalpick.Variant(from_scratch, distill)
+    cands = finalpick.candidates(targets, main)
+    ran, skipped = _run_candidates(cfg, exp_dir, options, cands, epochs)
+    picks = _score_and_pick(cfg, exp_dir, targets, main, options)
+    shown = [main]
+    if compare:
+        shown += finalpick.compare_variants(main)
+        by_label = {t.label: t for t in targets}
+        extra = [finalpick.Candidate(by_label[label], v, None if pick.uniform else pick.row)
+                 for label, pick in picks.items() for v in shown[1:]]
+        more_ran, more_skipped = _run_candidates(cfg, exp_dir, options, extra, epochs)
+        ran, skipped, cands = ran + more_ran, skipped + more_skipped, cands + extra
+        _score_and_pick(cfg, exp_dir, targets, main, options)  # scores the new rows; the picks stay
+    final = read_final(exp_dir)
+    exported = _export_picks(cfg, exp_dir, final, picks, options) if export else {}
+    data = _select_size(cfg)
+    return FinalizeSummary(exp_dir=exp_dir, sources=[c.key for c in cands], ran=ran, skipped=skipped,
+                           wall_s=time.perf_counter() - t0, picks={k: c.key for k, c in picks.items()},
+                           exported=exported, report=finalpick.summary_text(final, targets, main, shown, data))
+
+
+def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: Sequence[finalpick.Candidate],
+                    epochs: int) -> tuple[list[str], list[str]]:
+    """Run the candidates not yet in ``final.parquet`` (one Ray session); returns (run, skipped) keys."""
+    done = set(FinalLedger(exp_dir, cfg.experiment.name).keys())
+    todo = [c for c in cands if c.key not in done]
+    skipped = [c.key for c in cands if c.key in done]
     if skipped:
-        progress_log.info("%d of %d already in %s: %s", len(skipped), len(sources), FINAL_FILE, ", ".join(skipped))
-    if not todo.empty:
+        progress_log.info("%d of %d already in %s: %s", len(skipped), len(cands), FINAL_FILE, ", ".join(skipped))
+    if todo:
         from search._ray import final  # the Ray layer: loaded only when a finalize runs
 
-        options = options or SearchOptions()
-        final.run_final(cfg, exp_dir, options, todo.to_dict("records"), total=len(sources),
-                        prepare=lambda: tuner.prepare_base(cfg, as_store(exp_dir), options),
-                        make_params=lambda row, names, widths: final_params(row, epochs, from_scratch, names, widths))
-    return FinalizeSummary(exp_dir=exp_dir, sources=sources, ran=[str(t) for t in todo["trial_id"]],
-                           skipped=skipped, wall_s=time.perf_counter() - t0)
+        def points(base: Any) -> list[dict[str, Any]]:
+            shape = experiment_data(cfg).input_shape
+            return [finalpick.candidate_params(c, epochs, cfg, base, shape) for c in todo]
+
+        final.run_final(cfg, exp_dir, options, points, total=len(done) + len(todo),  # rows of final.parquet
+                        prepare=lambda: tuner.prepare_base(cfg, as_store(exp_dir), options))
+    return [c.key for c in todo], skipped
+
+
+def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[finalpick.Target],
+                    main: finalpick.Variant, options: Any) -> dict[str, finalpick.Candidate]:
+    """Score the finished rows lacking ``select_acc`` on the selection split, mark each
+    target's pick among its ``main`` candidates (``picked``; every other row False), write
+    ``final.parquet``; returns target label -> picked candidate."""
+    led = FinalLedger(exp_dir, cfg.experiment.name)
+    final = led.trials()
+    trial_fn = getattr(options, "trial_fn", None)
+    for key, acc in finalpick.score_select(cfg, final, lambda row: load_trial_model(cfg, row, trial_fn)).items():
+        led.update(key, select_acc=acc)
+    final = led.trials()
+    picks: dict[str, finalpick.Candidate] = {}
+    for t in targets:
+        mains = {c.key: c for c in finalpick.candidates([t], main)}
+        best = finalpick.pick_rows(final, list(mains))
+        if not best.empty:
+            picks[t.label] = mains[str(best.iloc[0]["candidate"])]
+    picked = {c.key for c in picks.values()}
+    for key in led.keys():
+        led.update(key, picked=key in picked)
+    led.flush()
+    if cfg.data.select_fraction is None:
+        progress_log.info("no selection split (data.select_fraction is null in this experiment): picked on val, "
+                          "which the search ranked on")
+    return picks
+
+
+def _select_size(cfg: ExperimentConfig) -> int | None:
+    select = experiment_data(cfg).select
+    return None if select is None else len(select)
+
+
+def _export_picks(cfg: ExperimentConfig, exp_dir: Path, final: pd.DataFrame,
+                  picks: Mapping[str, finalpick.Candidate], options: Any) -> dict[str, Path]:
+    """Each pick's model, exported like ``prunetune export`` into ``export/final-<candidate>``."""
+    out = {}
+    for label, cand in picks.items():
+        row = final[final["candidate"] == cand.key].iloc[0].to_dict()
+        target = exp_dir / "export" / f"final-{cand.key}"
+        export_trial(cfg, exp_dir, row, target)
+        out[label] = target
+    return out

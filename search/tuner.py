@@ -39,9 +39,11 @@ from search.options import SearchOptions, SearchSummary
 from search.report.png import write_pareto_png
 from search.results import expdir
 from search.results.ledger import Ledger, read_trials
+from search.results.screen import log_proxy_correlation
 from search.results.storage import Store
 from search.trial import base as trial_base
 from search.trial.materialize import group_names
+from search.trial.targets import check_targets
 
 __all__ = ["SearchOptions", "SearchSummary", "resume_search", "run_search"]  # the options: re-exported, the front's API
 
@@ -49,12 +51,12 @@ logger = logging.getLogger(__name__)
 progress_log = logging.getLogger("search.progress")
 
 
-def _ray_layer() -> tuple[ModuleType, ModuleType]:
-    """The Ray layer (``session``, ``fit``): the one lazy import of Ray, so that merely
-    importing this module (``prunetune run --help``, config errors) does not load Ray."""
-    from search._ray import fit, session  # the Ray layer: loaded only when a search runs
+def _ray_layer() -> tuple[ModuleType, ModuleType, ModuleType]:
+    """The Ray layer (``session``, ``fit``, ``screening``): the one lazy import of Ray, so that
+    merely importing this module (``prunetune run --help``, config errors) does not load Ray."""
+    from search._ray import fit, screening, session  # the Ray layer: loaded only when a search runs
 
-    return session, fit
+    return session, fit, screening
 
 
 def prepare_base(cfg: ExperimentConfig, exp: Store, options: SearchOptions = SearchOptions()) -> Any:
@@ -73,7 +75,7 @@ def prepare_base(cfg: ExperimentConfig, exp: Store, options: SearchOptions = Sea
 def _session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, mode: str,
              fresh: bool = False) -> tuple[float, float, str | None]:
     """Start Ray, prepare the base model, run one Tuner session, stop Ray."""
-    session, fit = _ray_layer()
+    session, fit, screening = _ray_layer()
     with session.ray_session(cfg, options.address, options.verbose):
         if fresh:
             expdir.wipe(exp_dir)
@@ -83,7 +85,12 @@ def _session(cfg: ExperimentConfig, exp_dir: Store, options: SearchOptions, mode
         expdir.write_base(exp_dir, base)
         groups = list(getattr(base, "group_names", None) or group_names(cfg))
         logger.info("base model ready in %.1f s", time.perf_counter() - t_prep)
-        return fit.fit_session(cfg, exp_dir, options, base, groups, mode)
+        if cfg.search.screen is not None:  # cheap proxy over many candidates; the best become trials
+            screening.enqueue(cfg, exp_dir, screening.run_screening(cfg, exp_dir, base, groups))
+        result = fit.fit_session(cfg, exp_dir, options, base, groups, mode)
+        if cfg.search.screen is not None:
+            log_proxy_correlation(cfg, exp_dir)
+        return result
 
 
 def _finish(cfg: ExperimentConfig, exp_dir: Store, t0: float, fit: tuple[float, float, str | None]) -> SearchSummary:
@@ -104,6 +111,7 @@ def run_search(cfg: ExperimentConfig, options: SearchOptions = SearchOptions(), 
     """
     t0 = time.perf_counter()
     cfg = expdir.absolute(cfg)
+    check_targets(cfg)
     exp_dir = expdir.prepare_experiment_dir(cfg, fresh)
     fit = _session(cfg, exp_dir, options, "fresh", fresh=fresh)
     return _finish(cfg, exp_dir, t0, fit)
@@ -145,6 +153,8 @@ def resume_search(exp_dir: str | os.PathLike[str], options: SearchOptions = Sear
     t0 = time.perf_counter()
     exp_dir = expdir.find_experiment(exp_dir)
     cfg, same = _resume_config(exp_dir, cfg, force)
+    if not same:  # a changed config (--force) may bring new targets
+        check_targets(cfg)
     if exp_dir.local_path() is not None:
         check_writable(exp_dir.local_path(), "results directory")
     held = len(read_trials(exp_dir))

@@ -323,7 +323,7 @@ TRIAL_COLUMNS = [
     "val_acc", "test_acc", "macs", "params", "latency_ms", "macs_ratio", "epochs", "wall_s", "seed", "git_sha",
     "prunetune_version", "started_at", "finished_at", "checkpoint", "error",
     "val_acc_pruned", "stop_step", "stop_reason", "train_macs", "teacher_macs",
-    "retries", "node", "hostname",
+    "retries", "node", "hostname", "macs_target",
 ]
 EPOCH_COLUMNS = ["trial_id", "epoch", "train_loss", "val_acc", "macs", "widths", "lr", "wall_s", "attempt", "node"]
 
@@ -344,7 +344,7 @@ def test_small_search_end_to_end_then_status_pareto_export(tmp_path, cli):
     after_trials = [tally.match(lines[i + 1]) for i, ln in enumerate(lines) if ln.startswith("trial ")]
     assert [m and m.group(1) for m in after_trials] == ["1", "2", "3", "4"], out  # a tally after each trial's line
     assert after_trials[-1].group(2) == "0"
-    assert out.count("data: digits — train 200 / val 360 / test 360, input 1×16×16, 10 classes") == 1
+    assert out.count("data: digits — train 180 / val 360 / test 360 / select 20, input 1×16×16, 10 classes") == 1
     assert "Configuration for experiment" not in out + proc.stderr  # Ray's banner is off by default
     exp = tmp_path / "results" / "tiny"
     for name in ("config.yaml", "trials.parquet", "epochs.parquet", "pareto.parquet", "pareto.png", "optuna.journal"):

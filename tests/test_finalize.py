@@ -152,28 +152,32 @@ def test_finalize_end_to_end_then_rerun_skips_and_from_scratch(tmp_path: Path, c
     proc = cli("finalize", str(exp), "--top", "2", "--epochs", "2", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     final = read_final(exp)
-    assert sorted(final[SOURCE_KEY]) == ["a", "b"] and final["trial_id"].is_unique
+    # the two best front trials and the uniform baseline at the best trial's MACs (issue 17)
+    assert sorted(final["candidate"]) == ["a", "b", "uniform@300000macs"] and final["trial_id"].is_unique
+    assert sorted(final[SOURCE_KEY].dropna()) == ["a", "b"]
     assert set(final["status"]) == {"TERMINATED"} and set(final["epochs"]) == {2}
-    by_source = final.set_index(SOURCE_KEY)
+    by_source = final.set_index("candidate")
     assert list(by_source.loc["a", "widths"]) == [12, 24, 24] and list(by_source.loc["b", "widths"]) == [8, 16, 16]
     assert json.loads(by_source.loc["a", "params_json"])["finetune_epochs"] == 2
     assert (final["train_macs"] > 0).all() and final["val_acc_pruned"].notna().all()
+    assert (final["teacher_macs"] == 0).all()  # without --distill no candidate distils
     epochs = pd.read_parquet(exp / "final_epochs.parquet")
-    assert sorted(epochs.groupby("trial_id").size()) == [2, 2] and set(epochs["trial_id"]) == set(final["trial_id"])
-    assert "2 run now, 0 already done" in proc.stdout
-    assert "final (final.parquet)" in proc.stdout
+    assert sorted(epochs.groupby("trial_id").size()) == [2, 2, 2] and set(epochs["trial_id"]) == set(final["trial_id"])
+    assert "3 run now, 0 already done" in proc.stdout
+    assert "search pick vs uniform at target" in proc.stdout
 
     again = cli("finalize", str(exp), "--top", "2", "--epochs", "2", timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "0 run now, 2 already done" in again.stdout
+    assert "0 run now, 3 already done" in again.stdout
     assert not (exp / "ray" / "final-002").exists()  # Ray did not even start
     assert read_final(exp)["finished_at"].tolist() == final["finished_at"].tolist()
 
     scratch = cli("finalize", str(exp), "--top", "1", "--epochs", "1", "--from-scratch", "--fresh", timeout=600)
     assert scratch.returncode == 0, scratch.stdout + scratch.stderr
-    (row,) = read_final(exp).to_dict("records")
+    row, uniform = read_final(exp).sort_values("candidate").to_dict("records")
     assert row[SOURCE_KEY] == "a" and row["mode"] == "scratch" and list(row["widths"]) == [12, 24, 24]
     assert json.loads(row["params_json"])["scratch_epochs"] == 1 and row["epochs"] == 1
+    assert uniform["candidate"] == "uniform@300000macs+scratch" and uniform["mode"] == "scratch"
 
 
 @pytest.mark.slow
@@ -193,16 +197,16 @@ def test_finalize_killed_part_way_reruns_without_lost_or_repeated_rows(tmp_path:
     driver.wait(timeout=30)
     kill_ours(cli.tag, cli.cwd)  # the Ray processes the killed driver left behind
     before = read_final(exp)  # still a valid file
-    assert 1 <= len(before) < 3, before
+    assert 1 <= len(before) < 4, before
 
     proc = cli("finalize", str(exp), "--top", "3", "--epochs", "3", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     final = read_final(exp)
-    assert sorted(final[SOURCE_KEY]) == ["a", "b", "c"] and final[SOURCE_KEY].is_unique
+    assert sorted(final["candidate"]) == ["a", "b", "c", "uniform@300000macs"] and final["candidate"].is_unique
     assert set(final["status"]) == {"TERMINATED"}
-    kept = final.set_index(SOURCE_KEY).loc[list(before[SOURCE_KEY])]
-    assert (kept["finished_at"].values == before.set_index(SOURCE_KEY)["finished_at"].values).all()  # not re-run
-    assert f"{3 - len(before)} run now, {len(before)} already done" in proc.stdout
+    kept = final.set_index("candidate").loc[list(before["candidate"])]
+    assert (kept["finished_at"].values == before.set_index("candidate")["finished_at"].values).all()  # not re-run
+    assert f"{4 - len(before)} run now, {len(before)} already done" in proc.stdout
     epochs = pd.read_parquet(exp / "final_epochs.parquet")
     assert not epochs.duplicated(["trial_id", "epoch"]).any() and set(epochs["trial_id"]) == set(final["trial_id"])
 

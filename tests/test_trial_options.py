@@ -18,6 +18,10 @@ from search.trial.run import BaseArtifacts, prepare_base, run_trial
 from search.trial.epochs import TRAIN_STEP_FORWARDS
 
 
+#: Training samples of make_cfg's data: the limit of 200 minus the 10% selection split (data.select_fraction).
+TRAIN = 180
+
+
 def make_cfg(results_dir: Path, data: dict | None = None, **search: Any) -> ExperimentConfig:
     return config_from_dict({
         "experiment": {"name": "options-test", "results_dir": str(results_dir)},
@@ -51,7 +55,7 @@ def test_scratch_trial_trains_the_sampled_widths_from_new_weights(results: Path,
     assert result["epochs"] == 2 and [r["epoch"] for r in rows] == [1, 2]  # search.scratch_epochs
     assert rows[0]["lr"] > 0 and rows[-1]["lr"] == pytest.approx(0.0, abs=1e-9)  # cosine from train.lr to 0
     assert result["val_acc_pruned"] is None and result["stop_step"] is None and result["stop_reason"] is None
-    assert result["train_macs"] == TRAIN_STEP_FORWARDS * result["macs"] * 200 * 2 and result["teacher_macs"] == 0
+    assert result["train_macs"] == TRAIN_STEP_FORWARDS * result["macs"] * TRAIN * 2 and result["teacher_macs"] == 0
     model = models[-1]
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.out_channels for c in convs] == [8, 8, 16]
@@ -103,8 +107,8 @@ def test_distilled_trial_counts_teacher_compute(results: Path, base: BaseArtifac
     distilled = run_trial(make_cfg(results, distill=[False, True]),
                           {**params, "distill": True, "distill_alpha": 0.7, "distill_temperature": 3.0}, base=base)
     assert plain["teacher_macs"] == 0
-    assert plain["train_macs"] == TRAIN_STEP_FORWARDS * plain["macs"] * 200 * 2
-    assert distilled["teacher_macs"] == base.metrics["macs"] * 200 * 2  # one teacher forward per sample
+    assert plain["train_macs"] == TRAIN_STEP_FORWARDS * plain["macs"] * TRAIN * 2
+    assert distilled["teacher_macs"] == base.metrics["macs"] * TRAIN * 2  # one teacher forward per sample
     assert distilled["train_macs"] == plain["train_macs"] + distilled["teacher_macs"]
     assert distilled["val_acc"] != plain["val_acc"] or distilled["test_acc"] != plain["test_acc"]
 
@@ -160,7 +164,8 @@ def test_fashion_mnist_from_a_config(results: Path) -> None:
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     cfg = make_cfg(results, data={"name": "fashion_mnist", "limit": 100, "val_limit": 50, "image_size": None})
     data = experiment_data(cfg)
-    assert (len(data.train), len(data.val), len(data.test)) == (100, 50, 10000)
+    # data.select_fraction (default 0.1) carves the selection split out of the limited train
+    assert (len(data.train), len(data.select), len(data.val), len(data.test)) == (90, 10, 50, 10000)
     assert data.input_shape == (1, 28, 28) and data.num_classes == 10
 
 

@@ -63,15 +63,14 @@ def _session_name(exp_dir: Path) -> str:
     return f"{_PREFIX}{n + 1:03d}"
 
 
-def run_final(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions, rows: Sequence[Mapping[str, Any]], *,
-              total: int, prepare: Callable[[], Any],
-              make_params: Callable[[Mapping[str, Any], list[str], list[int]], dict[str, Any]]) -> None:
+def run_final(cfg: ExperimentConfig, exp_dir: Path, options: SearchOptions,
+              make_points: Callable[[Any], list[dict[str, Any]]], *, total: int, prepare: Callable[[], Any]) -> None:
     """Start Ray, prepare the base model (``prepare()``: the search's builder), run one trial per
-    trials ``row`` with ``make_params(row, base group names, base widths)``, record them, stop Ray."""
+    params dict of ``make_points(base)`` (the uniform baseline's widths are cut from the base
+    model), record them, stop Ray."""
     with ray_session(cfg, options.address, options.verbose):
         base = prepare()
-        names, widths = list(base.group_names), [int(w) for w in base.widths]
-        points = [make_params(row, names, widths) for row in rows]
+        points = make_points(base)
         recorder = FinalRecorder(exp_dir, cfg.model_copy(update={"num_samples": total}), expdir.run_meta())
         trainable = make_trainable(cfg, base, options.trial_fn, replay={})
         tuner = build_tuner(cfg, as_store(exp_dir), trainable, FixedParams(points), recorder, options.verbose,

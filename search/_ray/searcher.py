@@ -28,6 +28,7 @@ from search.study.journal import flush_journal, open_journal
 from search.results.storage import Store, as_store
 from search.results.ledger import is_missing, params_of
 from search.study.samplers import PENALISES_MACS, make_sampler
+from search.study.screen import requeue_lost
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class LedgerSearch(OptunaSearch):
         held += [p for tid, p in self._baseline_trials.items() if tid not in self._prior_ids]
         self._pending = space.missing_baselines(self._baselines, held)
         self._reconcile(trials)
+        if self._cfg.search.screen is not None and self._ot_study is not None:
+            requeue_lost(self._ot_study, trials)  # screened candidates a killed driver lost
         if self.__dict__.pop("_restored", False) and self._ot_study is not None:
             # Ray's snapshot rewound the sampler's random state: without a reseed it would
             # propose again the params of trials started after the snapshot (some of

@@ -13,14 +13,14 @@ from typing import Any
 from pruning.errors import UsageError
 from search.options import SearchSummary
 from search.report.table import pareto_table
-from search.results.expdir import CONFIG_FILE, PARETO_PNG, open_store, read_base, shown
+from search.results.expdir import CONFIG_FILE, PARETO_PNG, SCREEN_FILE, open_store, read_base, shown
 from search.results.final import FINAL_FILE, SOURCE_KEY, read_final
 from search.results.ledger import EPOCHS_FILE, PARETO_FILE, TRIALS_FILE, pareto_front, read_trials
 
 __all__ = ["print_final", "print_front", "print_summary", "progress_to_stdout"]
 
 #: The files of a search the summary names, when they exist.
-_SUMMARY_FILES = (CONFIG_FILE, TRIALS_FILE, EPOCHS_FILE, PARETO_FILE, PARETO_PNG)
+_SUMMARY_FILES = (CONFIG_FILE, TRIALS_FILE, EPOCHS_FILE, PARETO_FILE, PARETO_PNG, SCREEN_FILE)
 
 
 def progress_to_stdout(quiet: bool = False) -> None:
@@ -69,7 +69,8 @@ def print_final(exp_dir: Path, show_all: bool = False) -> None:
         raise UsageError(f"{str(exp_dir)!r} has no {FINAL_FILE} yet; run `prunetune finalize {exp_dir} --top K "
                          f"--epochs E` first")
     rows = final[final["status"] == "TERMINATED"] if show_all else pareto_front(final)
-    rows = rows.assign(trial_id=rows[SOURCE_KEY].fillna(rows["trial_id"]))
+    rows = rows.assign(trial_id=rows["candidate"].fillna(rows[SOURCE_KEY]).fillna(rows["trial_id"]))
     what = f"all {len(rows)} completed" if show_all else f"Pareto front: {len(rows)} of {len(final)}"
-    print(f"\nfinal ({FINAL_FILE}) {what} trials (trial_id = the search trial finalized; sorted by MACs):")
+    print(f"\nfinal ({FINAL_FILE}) {what} trials (trial_id = the candidate finalized: search trial or "
+          f"uniform@TARGET, + variant; sorted by MACs):")
     print(pareto_table(rows, read_base(exp_dir)))

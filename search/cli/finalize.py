@@ -1,44 +1,58 @@
-"""``prunetune finalize NAME --top K --epochs E [--from-scratch]``: train the best front trials longer.
+"""``prunetune finalize NAME [--top K] [--epochs E] [--from-scratch] [--distill] [--compare]``:
+retrain the best trials and the uniform baseline per target, pick on the selection split.
 
-See :mod:`search.finalize`; ``prunetune pareto NAME --final`` shows the result.
+See :mod:`search.finalize` and :mod:`search.finalpick`; ``prunetune pareto NAME --final``
+shows the result.
 """
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from search.cli._args import add_cluster, add_experiment
-from search.cli._print import print_final, progress_to_stdout
-from search.finalize import check_finalize, finalize
-from search.options import SearchOptions
-from search.results.final import FINAL_FILE
+from search.cli._finalizing import finalize_settings, run_finalize
+from search.finalize import check_finalize
+from search.results.expdir import find_experiment, load_saved_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finalize", help="train the K best front trials of a search longer (final.parquet)",
-                       description="Take the K trials of the Pareto front with the best val accuracy (the front of the "
-                                   "trials within the search's MACs budget, if it has one), run each "
-                                   "again with E finetune epochs (or train their widths from scratch for E "
-                                   "epochs) on Ray, and record them in results/NAME/final.parquet. A rerun skips "
-                                   "the trials already there.")
+    p = sub.add_parser("finalize", help="retrain the K best trials and the uniform baseline per target, pick on the "
+                                        "selection split (final.parquet)",
+                       description="Per MACs target, take the K trials of the Pareto front with the best val accuracy "
+                                   "(the front of the trials within the search's MACs budget, if it has one) and the "
+                                   "uniform L1 baseline cut to the same MACs, train them all alike for E epochs on "
+                                   "Ray, score them on the selection split (data.select_fraction: no trial trained "
+                                   "or was ranked on it) and pick the best there; report val, select and test of "
+                                   "every candidate, record them in results/NAME/final.parquet and export each pick "
+                                   "to results/NAME/export/final-CANDIDATE. A rerun skips the candidates already "
+                                   "there. --top/--epochs default to the config's finalize section (epochs: as "
+                                   "long as a search trial trains).")
     add_experiment(p)
-    p.add_argument("--top", type=int, required=True, help="how many front trials (best val accuracy first)")
-    p.add_argument("--epochs", type=int, required=True, help="finetune epochs (or training epochs with --from-scratch)")
+    p.add_argument("--top", type=int, help="how many front trials per target (best val accuracy first)")
+    p.add_argument("--epochs", type=int, help="finetune epochs (or training epochs with --from-scratch)")
     p.add_argument("--from-scratch", action="store_true",
-                   help="train the trials' widths from random weights instead of finetuning the pruned base model")
-    p.add_argument("--fresh", action="store_true", help="delete final.parquet first (run every chosen trial again)")
+                   help="train every candidate's widths from random weights instead of finetuning the pruned "
+                        "base model")
+    p.add_argument("--distill", action="store_true",
+                   help="every candidate distils the base model (alpha, temperature: the middle of the search "
+                        "space's ranges); without it no candidate distils")
+    p.add_argument("--compare", action="store_true",
+                   help="also train each pick's widths finetuned with distillation and from scratch (reported "
+                        "beside the pick, never picked)")
+    p.add_argument("--no-export", dest="export", action="store_false", help="do not export the picks")
+    p.add_argument("--fresh", action="store_true", help="delete final.parquet first (run every candidate again)")
     add_cluster(p)
     p.set_defaults(func=cmd_finalize)
 
 
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    cfg = load_saved_config(find_experiment(args.experiment))
+    return finalize_settings(cfg, args.top, args.epochs, args.from_scratch, args.distill, args.compare)
+
+
 def cmd_finalize(args: argparse.Namespace) -> int:
-    check_finalize(args.experiment, args.top, args.epochs)  # bad input: one line, before Ray starts
-    progress_to_stdout()
-    how = f"{args.epochs} epochs from scratch" if args.from_scratch else f"{args.epochs} finetune epochs"
-    summary = finalize(args.experiment, args.top, args.epochs, from_scratch=args.from_scratch, fresh=args.fresh,
-                       options=SearchOptions(address=args.address, verbose=args.ray_verbose))
-    print(f"finalize {summary.exp_dir.name}: {len(summary.sources)} front trials ({how}): {len(summary.ran)} run now, "
-          f"{len(summary.skipped)} already done, in {summary.wall_s:.0f} s")
-    print_final(summary.exp_dir)
-    print(f"wrote {summary.exp_dir / FINAL_FILE}")
-    return 0
+    s = _settings(args)
+    check_finalize(args.experiment, s["top"], s["epochs"])  # before Optuna/Ray load
+    return run_finalize(args.experiment, s, address=args.address, verbose=args.ray_verbose, fresh=args.fresh,
+                        export=args.export)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from search.cli._args import add_cluster, add_experiment, add_quiet, add_set, search_options
+from search.cli._finalizing import finalize_at_end
 from search.cli._print import print_summary, progress_to_stdout
 from search.config import load_config, with_overrides
 from search.results.expdir import find_experiment, load_saved_config, shown
@@ -38,4 +39,4 @@ def cmd_resume(args: argparse.Namespace) -> int:
     base_epochs = (cfg or load_saved_config(exp_dir)).train.epochs
     summary = resume_search(exp_dir, search_options(args, base_epochs), cfg=cfg, force=args.force)
     print_summary(summary, args.quiet)
-    return 0
+    return finalize_at_end(cfg or load_saved_config(exp_dir), summary, args.address, args.ray_verbose, args.quiet)

@@ -7,10 +7,12 @@ from pathlib import Path
 
 from pruning.data import dataset_line
 from search.cli._args import add_cluster, add_quiet, add_set, search_options
+from search.cli._finalizing import finalize_at_end
 from search.cli._print import print_summary, progress_to_stdout
 from search.config import load_config
 from search.results.expdir import prepare_experiment_dir, shown
 from search.trial.materialize import experiment_data
+from search.trial.targets import check_targets
 from search.tuner import run_search
 
 _DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
@@ -35,6 +37,7 @@ def _default_config() -> str | None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config if args.config is not None else _default_config(), args.overrides)
+    check_targets(cfg)  # a MACs target below the smallest network: before anything is written
     exp = prepare_experiment_dir(cfg, args.fresh)  # fails before anything is written
     progress_to_stdout(args.quiet)
     if not args.quiet:
@@ -47,4 +50,4 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(line, flush=True)
     summary = run_search(cfg, search_options(args, cfg.train.epochs), fresh=args.fresh)
     print_summary(summary, args.quiet)
-    return 0
+    return finalize_at_end(cfg, summary, args.address, args.ray_verbose, args.quiet)

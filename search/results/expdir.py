@@ -58,6 +58,7 @@ RAY_DIR = "ray"
 EXPORT_DIR = "export"
 FINAL_FILE = "final.parquet"  # prunetune finalize (search.finalize)
 FINAL_EPOCHS_FILE = "final_epochs.parquet"
+SCREEN_FILE = "screen.parquet"  # search.screen (screening of many candidates before the trials)
 _SESSION_PREFIX = "session-"
 
 
@@ -93,7 +94,8 @@ def shown(exp: Store | str | os.PathLike[str]) -> str:
 #: The files and dirs a search writes in the experiment (``--fresh`` deletes them; cached
 #: base models ``base-*.pt`` are kept because their name is a hash of their recipe).
 EXPERIMENT_FILES = (CONFIG_FILE, BASE_FILE, PROGRESS_FILE, JOURNAL_FILE, PARETO_PNG, RAY_DIR, EXPORT_DIR,
-                    ledger.TRIALS_FILE, ledger.EPOCHS_FILE, ledger.PARETO_FILE, FINAL_FILE, FINAL_EPOCHS_FILE)
+                    ledger.TRIALS_FILE, ledger.EPOCHS_FILE, ledger.PARETO_FILE, FINAL_FILE, FINAL_EPOCHS_FILE,
+                    SCREEN_FILE)
 
 
 def experiment_files(exp: Store | str | os.PathLike[str]) -> list[str]:

@@ -78,6 +78,7 @@ TRIALS_SCHEMA = pa.schema(
         pa.field("retries", pa.int32()),  # times Ray restarted the trial after its worker or node died
         pa.field("node", pa.string()),  # Ray node id of the worker that ran the trial's last attempt
         pa.field("hostname", pa.string()),  # that worker's hostname
+        pa.field("macs_target", pa.float64()),  # objectives.macs_targets: the trial's target, fraction of base MACs
     ]
 )
 
@@ -126,6 +127,10 @@ def _check_value(key: str, value: Any, typ: pa.DataType) -> Any:
         return str(value)
     if pa.types.is_integer(typ):
         return _check_int(key, value, typ)
+    if pa.types.is_boolean(typ):  # final.parquet's candidate flags
+        if not isinstance(value, (bool, np.bool_)):
+            raise ValueError(f"field {key!r} must be true or false, got {type(value).__name__} {value!r}")
+        return bool(value)
     if pa.types.is_floating(typ):
         if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise ValueError(f"field {key!r} must be a number, got {type(value).__name__} {value!r}")
@@ -274,5 +279,6 @@ def trial_row(trial_id: str, status: str, params: Mapping[str, Any], result: Map
         "retries": int(retries),
         "node": result.get("node") if isinstance(result.get("node"), str) else None,
         "hostname": result.get("hostname") if isinstance(result.get("hostname"), str) else None,
+        "macs_target": _float_or_none(params.get("macs_target")),
     }
 

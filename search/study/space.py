@@ -18,7 +18,12 @@ A trial's ``params`` is a flat dict of JSON scalars:
 * prune and scratch modes, when ``search.distill`` offers ``true``: ``distill`` (bool)
   and, when true, ``distill_alpha`` and ``distill_temperature``;
 * baselines only: ``baseline`` (``"uniform"`` | ``"global"``) and ``ratio`` (see
-  ``baseline_params``).
+  ``baseline_params``);
+* with ``objectives.macs_targets``: ``macs_target`` (one of the targets) in every mode;
+  the ratio keys of prune and scratch trials are then a *profile* the trial scales onto
+  its target (``search.targets``), and an adaptive trial's ``macs_budget_ratio`` is its
+  target (not sampled);
+* screened candidates only (``search.screen``): ``screen_candidate``, the candidate's index.
 
 Ratio keys (``ratio_keys``) depend on ``search.tie``: ``r_all`` for every group
 (``all``); ``r_<group>`` per group (``none``); per stage (``stage``), a key named after
@@ -57,7 +62,7 @@ from search.config import ExperimentConfig
 from search.trial.materialize import experiment_data, model_for_groups
 from search.trial.materialize import group_names  # noqa: F401 - the groups a search is over: space.group_names
 from search.trial.params import (ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, ALL_KEY, BASELINES, BUDGET_KEY,
-                                 baseline_defaults, ratio_key)
+                                 SCREEN_KEY, TARGET_KEY, baseline_defaults, ratio_key)
 
 
 
@@ -145,14 +150,15 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
     and ratio keys only in prune mode; the adaptive knobs only in adaptive mode.
     """
     s = cfg.search
+    targets = cfg.objectives.macs_targets  # budget-exact trials (search.targets): the target is a parameter
     params: dict[str, Any] = {"mode": trial.suggest_categorical("mode", list(s.modes))}
     if params["mode"] == "prune":
         params["criterion"] = trial.suggest_categorical("criterion", list(s.criteria))
         params["steps"] = trial.suggest_categorical("steps", list(s.steps))
-        for key in _unique(ratio_keys(cfg, groups)):
-            params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
-    elif params["mode"] == "scratch":  # widths only: trained from random weights (search.scratch_epochs)
-        for key in _unique(ratio_keys(cfg, groups)):
+    if targets:
+        params[TARGET_KEY] = trial.suggest_categorical(TARGET_KEY, list(targets))
+    if params["mode"] in ("prune", "scratch"):  # scratch: widths only, trained from random weights
+        for key in _unique(ratio_keys(cfg, groups)):  # with targets: a profile, scaled onto the target
             params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
     else:
         a = s.adaptive
@@ -161,7 +167,10 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
             params[knob] = trial.suggest_float(knob, lo, hi)
         for knob in ADAPTIVE_CHOICE_KNOBS:
             params[knob] = trial.suggest_categorical(knob, list(getattr(a, knob)))
-        params[BUDGET_KEY] = trial.suggest_float(BUDGET_KEY, *macs_budget_range(cfg, groups))
+        if targets:
+            params[BUDGET_KEY] = float(params[TARGET_KEY])
+        else:
+            params[BUDGET_KEY] = trial.suggest_float(BUDGET_KEY, *macs_budget_range(cfg, groups))
     if s.grow and "grow_method" not in params:
         params["grow_method"] = trial.suggest_categorical("grow_method", list(s.adaptive.grow_method))
     if params["mode"] != "scratch":  # scratch trains at train.lr for scratch_epochs
@@ -173,6 +182,8 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
     if params["mode"] == "prune" and fixed.get("baseline") in BASELINES:
         params["baseline"] = fixed["baseline"]
         params["ratio"] = float(fixed["ratio"])
+    if params["mode"] == "prune" and fixed.get(SCREEN_KEY) is not None:  # a screened candidate (search.screen)
+        params[SCREEN_KEY] = int(fixed[SCREEN_KEY])
     return params
 
 
@@ -242,7 +253,12 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
     keys = _unique(ratio_keys(cfg, groups))
     default = baseline_defaults(cfg)
     out = []
-    for b in s.baselines:
+    # With macs_targets, every baseline runs at every target: the all-ones profile projected
+    # onto it (uniform), or a global ranking bisected onto it; its ``ratio`` is then 1.0.
+    targets: list[float | None] = list(cfg.objectives.macs_targets or [None])
+    for b, target in ((b, t) for t in targets for b in s.baselines):
+        if target is not None:
+            b = b.model_copy(update={"ratio": 1.0})
         nominal = min(max(b.ratio, s.ratio_min), s.ratio_max)
         params: dict[str, Any] = {"mode": "prune", "criterion": b.criterion, "steps": default["steps"]}
         params.update({k: nominal for k in keys})
@@ -257,19 +273,25 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
                 params["distill_temperature"] = default["distill_temperature"]
         params["baseline"] = b.ranking
         params["ratio"] = b.ratio
+        if target is not None:
+            params[TARGET_KEY] = target
         out.append(params)
     return out
 
 
-def baseline_identity(params: Mapping[str, Any]) -> tuple[str, float, str] | None:
-    """``(ranking, ratio, criterion)`` of a baseline's params, None for any other trial.
+def baseline_identity(params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """``(ranking, ratio, criterion)`` of a baseline's params, plus its ``macs_target`` when it
+    has one; None for any other trial.
 
-    What tells baselines apart (a ledger row's ``params_json`` carries all three): a
-    uniform and a global baseline with the same criterion and ratio are different trials.
+    What tells baselines apart (a ledger row's ``params_json`` carries all of it): a
+    uniform and a global baseline with the same criterion and ratio are different trials,
+    and so are the same baseline at two targets.
     """
     if params.get("baseline") not in BASELINES:
         return None
-    return str(params["baseline"]), float(params["ratio"]), str(params.get("criterion"))
+    identity: tuple[Any, ...] = (str(params["baseline"]), float(params["ratio"]), str(params.get("criterion")))
+    target = params.get(TARGET_KEY)
+    return identity if target is None else (*identity, float(target))
 
 
 def missing_baselines(baselines: Sequence[Mapping[str, Any]],

@@ -32,6 +32,8 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
     key: dict[str, Any] = {"name": d.name, "image_size": d.image_size, "limit": d.limit, "seed": cfg.experiment.seed}
     if d.val_limit is not None:  # only when set: keys (cache names) of configs without it stay the same
         key["val_limit"] = d.val_limit
+    if d.select_fraction is not None:  # the base model trains on train minus the selection split
+        key["select_fraction"] = d.select_fraction
     if d.name == "imagefolder":
         key["root"] = d.root
         if d.image_size is None:  # images at their own size since issue 12 (they were 64x64 RGB before)
@@ -41,16 +43,18 @@ def data_key(cfg: ExperimentConfig) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def _load(name: str, root: str | None, seed: int, image_size: int | None, limit: int | None,
-          val_limit: int | None = None) -> DataBundle:
-    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit, val_limit=val_limit)
+          val_limit: int | None = None, select_fraction: float | None = None) -> DataBundle:
+    return load_data(name, root=root, seed=seed, image_size=image_size, limit=limit, val_limit=val_limit,
+                     select_fraction=select_fraction)
 
 
 def experiment_data(cfg: ExperimentConfig) -> DataBundle:
-    """The experiment's dataset (train/val/test), loaded once per process."""
+    """The experiment's dataset (train/val/test, and ``select`` with ``data.select_fraction``:
+    carved from train, so neither the base model nor a trial trains on it), loaded once per process."""
     d = cfg.data
     # One cache entry for a relative root and the absolute one the search passes on.
     root = str(Path(d.root).expanduser().resolve()) if d.root is not None else None
-    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit, d.val_limit)
+    return _load(d.name, root, cfg.experiment.seed, d.image_size, d.limit, d.val_limit, d.select_fraction)
 
 
 def untrained_model(cfg: ExperimentConfig, data: DataBundle, seed: int | None = None) -> nn.Module:

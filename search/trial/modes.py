@@ -29,8 +29,9 @@ from pruning.surgery import GroupGraph, grow
 from pruning.train import DistillConfig, TrainConfig, train
 from search.config import ExperimentConfig
 from search.trial.materialize import untrained_model
-from search.trial.params import (ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, BUDGET_KEY, baseline_defaults,
-                                 ratios_from_params)
+from search.trial.params import (ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, BASELINES, BUDGET_KEY, TARGET_KEY,
+                                 baseline_defaults, ratios_from_params)
+from search.trial.targets import target_macs, trial_ratios
 from search.trial.base import BaseArtifacts, base_train_config
 from search.trial.epochs import EpochRows
 
@@ -75,10 +76,13 @@ def run_prune(
         round_to=s.round_to, calib_batches=cfg.train.calib_batches, calib_batch_size=cfg.train.batch_size,
         recalib_batches=s.recalib_batches, max_drop_pts=s.max_drop_pts,
     )  # fmt: skip
-    if params.get("baseline") in BASELINES:
+    target = params.get(TARGET_KEY)  # budget-exact trial (search.targets)
+    if params.get("baseline") == "global" and target is not None:
+        spec = PruneSpec(target_macs=target_macs(target, base.metrics["macs"]), ranking="global", **common)
+    elif params.get("baseline") in BASELINES and target is None:
         spec = PruneSpec(ratio=float(params["ratio"]), ranking=str(params["baseline"]), **common)
     else:
-        ratios = ratios_from_params(params, base.group_names)
+        ratios = trial_ratios(cfg, params, base)
         add = grow_counts(ratios, dict(zip(base.group_names, base.widths)), s.round_to)
         if add and resume is None:
             if not s.grow:
@@ -112,7 +116,7 @@ def run_scratch(
     s = cfg.search
     model = copy.deepcopy(base.model)
     x = data.example_input()
-    ratios = ratios_from_params(params, base.group_names)
+    ratios = trial_ratios(cfg, params, base)
     widths = dict(zip(base.group_names, base.widths))
     shrink = {g: r for g, r in ratios.items() if r < 1.0}
     if shrink:

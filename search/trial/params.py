@@ -4,7 +4,8 @@ A params dict (``search.study.space`` samples it; the ledger stores it) is read 
 the trial, the search and finalize alike:
 
 * :data:`MODES` and the keys of each mode (:data:`ADAPTIVE_FLOAT_KNOBS`,
-  :data:`ADAPTIVE_CHOICE_KNOBS`, :data:`BUDGET_KEY`); a baseline's markers ``baseline``
+  :data:`ADAPTIVE_CHOICE_KNOBS`, :data:`BUDGET_KEY`), the MACs target :data:`TARGET_KEY` and the
+  screening marker :data:`SCREEN_KEY`; a baseline's markers ``baseline``
   (one of :data:`BASELINES`) and ``ratio``;
 * the ratio keys (:func:`ratio_key`, :data:`ALL_KEY`) and the one rule that turns them into a
   keep ratio per group (:func:`ratios_from_params`, described in ``search.study.space``);
@@ -25,7 +26,7 @@ from pruning.errors import UsageError
 from search.config import ExperimentConfig
 
 __all__ = ["ADAPTIVE_CHOICE_KNOBS", "ADAPTIVE_FLOAT_KNOBS", "ALL_KEY", "BASELINES", "BUDGET_KEY", "MODES",
-           "baseline_defaults", "ratio_key", "ratios_from_params"]
+           "SCREEN_KEY", "TARGET_KEY", "baseline_defaults", "ratio_key", "ratios_from_params"]
 
 MODES = ("prune", "adaptive", "scratch")
 BASELINES = ("uniform", "global")
@@ -35,6 +36,10 @@ ADAPTIVE_FLOAT_KNOBS = ("gamma", "prune_threshold", "grow_fraction")
 ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
 #: Adaptive mode: the trial's MACs budget as a fraction of the base model's MACs (``macs_budget_range``).
 BUDGET_KEY = "macs_budget_ratio"
+#: With ``objectives.macs_targets``: the trial's target, a fraction of the base MACs (``search.trial.targets``).
+TARGET_KEY = "macs_target"
+#: Marker of a trial enqueued by screening: the candidate's index in ``screen.parquet`` (``search.study.screen``).
+SCREEN_KEY = "screen_candidate"
 
 
 def baseline_defaults(cfg: ExperimentConfig) -> dict[str, Any]:

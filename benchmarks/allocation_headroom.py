@@ -1,0 +1,427 @@
+"""Does the allocation of widths matter? Uniform L1 vs budget-exact random allocations at 10% MACs (issue 17).
+
+Per testbed (model, width multiplier, image size) and seed: a dense base model is trained once on a
+seeded stratified subset of Fashion-MNIST (``--limit`` training, ``--val-limit`` validation images,
+the official 10,000 test images). From it, at ``--budget`` x the dense MACs, every allocation is cut
+by L1 (top filters per group) and finetuned the same way (same epochs, LR, data order):
+
+* **uniform**: the profile of all ones projected to the budget (``pruning.budget``);
+* **uniform, another seed**: the same cut finetuned with another data order: the noise floor;
+* **random** (``--allocations`` per seed): random profiles (each group's relative keep value uniform
+  in [low, 1], low alternating 0.1 and 0.4 for wide and near-uniform draws), projected to within
+  ±1% of the budget;
+* **abn-screened** (``--screen`` candidates, top ``--screen-top``): EagleEye's procedure, random
+  profiles (low 0.1) scored by adaptive BN, the best ones finetuned.
+
+Proxies recorded for every finetuned allocation, before its finetune: adaptive BN (BN statistics
+re-estimated on ``--abn-batches`` training batches, ``pruning.recalibrate.recalibrate_bn``, then
+accuracy on val) and the val accuracy after the first finetune epoch (of the same cosine schedule: a
+free by-product, not a separate 1-epoch run). Their Spearman rank correlation with the finetuned val
+and test accuracy is printed per seed (over uniform + random + screened allocations).
+
+Headroom = test accuracy of the random allocation that is best on *val* minus uniform's test
+accuracy; the max over allocations on test is the optimistic bound. Markdown on stdout (``make
+bench`` style: ``benchmarks/results/allocation_headroom.md``), progress on stderr; ``--quick`` is
+a smoke run (tiny sizes, one seed, ~2 minutes). Not part of ``make bench`` (about an hour).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DATASET = "fashion_mnist"
+
+
+@dataclass(frozen=True)
+class Testbed:
+    model: str
+    width_mult: float
+    image_size: int
+    base_epochs: int
+
+    @property
+    def label(self) -> str:
+        w = "" if self.width_mult == 1.0 else f" ×{self.width_mult:g}"
+        return f"{self.model}{w} @{self.image_size}px"
+
+
+# cifar_vgg16 has 5 max-pools: it needs >= 32 px (28 px pools to 0x0). Narrowed to x0.25 so that
+# its dense MACs (19.6M at 32 px, 1 channel) are within ~3x of small_vgg at 16 px.
+TESTBEDS = {
+    "small_vgg": Testbed("small_vgg", 1.0, 16, 15),
+    "cifar_resnet20": Testbed("cifar_resnet20", 1.0, 16, 12),
+    "cifar_vgg16": Testbed("cifar_vgg16", 0.25, 32, 10),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    testbeds: tuple[str, ...] = ("small_vgg", "cifar_resnet20", "cifar_vgg16")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    budget: float = 0.1
+    limit: int = 4000
+    val_limit: int = 1000
+    lr: float = 0.05
+    finetune_epochs: int = 5
+    finetune_lr: float = 0.01
+    batch_size: int = 64
+    allocations: int = 10
+    screen: int = 60
+    screen_top: int = 2
+    abn_batches: int = 20
+    min_channels: int = 2
+    workers: int = 2
+    base_epochs: int | None = None  # None: the testbed's own
+
+
+QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
+                 abn_batches=3, base_epochs=1)
+NOISE_SEED = 1000  # the noise-floor finetune's data order: seed + NOISE_SEED
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- worker jobs (1 thread each)
+
+
+def _init_worker() -> None:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+
+
+@functools.lru_cache(maxsize=2)
+def _data(s: Settings, tb: str, seed: int) -> Any:
+    from pruning.data import load_data
+
+    return load_data(DATASET, seed=seed, image_size=TESTBEDS[tb].image_size, limit=s.limit, val_limit=s.val_limit)
+
+
+def _epochs(s: Settings, tb: str) -> int:
+    return s.base_epochs if s.base_epochs is not None else TESTBEDS[tb].base_epochs
+
+
+def base_name(s: Settings, tb: str, seed: int) -> str:
+    """File name of a base model: a hash of what determines it, so ``--keep DIR`` reuses it."""
+    t = TESTBEDS[tb]
+    recipe = [t.model, t.width_mult, t.image_size, DATASET, s.limit, s.val_limit, _epochs(s, tb), s.lr, s.batch_size,
+              seed]
+    return f"base-{tb}-seed{seed}-{hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]}.pt"
+
+
+def _abn_acc(model: torch.nn.Module, data: Any, s: Settings, seed: int) -> float:
+    from pruning.recalibrate import recalibrate_bn
+    from pruning.train import evaluate
+
+    recalibrate_bn(model, data.train.batches(s.batch_size, shuffle=True, seed=seed), s.abn_batches)
+    return evaluate(model, data.val)
+
+
+def _projector(model: torch.nn.Module, data: Any, s: Settings) -> Any:
+    from pruning.budget import Projector
+    from pruning.criteria import get_criterion
+    from pruning.surgery import GroupGraph
+
+    graph = GroupGraph(model, data.example_input())
+    scores = get_criterion("l1").score(model, graph.groups, [])
+    return Projector(model, scores, data.input_shape, min_channels=s.min_channels)
+
+
+def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
+    """Train (or load) the base model, then plan the allocations: uniform, random, ABN-screened."""
+    import random
+
+    from pruning.budget import random_profile, uniform_profile
+    from pruning.models import create_model
+    from pruning.train import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+
+    t0 = time.perf_counter()
+    data, t = _data(s, tb, seed), TESTBEDS[tb]
+    if Path(ckpt).is_file():
+        model, reused = load_checkpoint(ckpt)["model"], True
+    else:
+        torch.manual_seed(seed)
+        model = create_model(t.model, data.num_classes, in_channels=data.input_shape[0], width_mult=t.width_mult)
+        train(model, data, TrainConfig(epochs=_epochs(s, tb), lr=s.lr, batch_size=s.batch_size, seed=seed))
+        save_checkpoint(ckpt, model.cpu(), recipe=t.model)
+        reused = False
+    base_s = time.perf_counter() - t0
+    proj = _projector(model, data, s)
+    target = int(s.budget * proj.full_macs)
+    allocs = [{"kind": "uniform", "profile": uniform_profile(proj.sizes)}]
+    rng = random.Random(seed)
+    for i in range(s.allocations):
+        low = 0.1 if i % 2 == 0 else 0.4
+        allocs.append({"kind": "random", "low": low, "profile": random_profile(list(proj.sizes), rng, low=low)})
+    # EagleEye screening: candidates scored by adaptive BN, the best finetuned.
+    t2 = time.perf_counter()
+    screened = []
+    for p in proj.sample(target, s.screen, seed=10_000 + seed, low=0.1):
+        screened.append((_abn_acc(proj.prune(p), data, s, seed), p.profile))
+    screen_s = time.perf_counter() - t2
+    screened.sort(key=lambda t: -t[0])
+    allocs += [{"kind": "abn-screened", "profile": prof, "screen_rank": i}
+               for i, (_, prof) in enumerate(screened[:s.screen_top])]
+    t3 = time.perf_counter()
+    for a in allocs:
+        a["widths"] = proj.project(a["profile"], target).widths
+    one_proj_ms = 1000 * (time.perf_counter() - t3) / len(allocs)
+    return {"tb": tb, "seed": seed, "dense_test": evaluate(model, data.test), "dense_val": evaluate(model, data.val),
+            "dense_macs": proj.full_macs, "target": target, "allocs": allocs, "base_s": base_s, "reused": reused,
+            "projection_ms": one_proj_ms, "screen_s": screen_s, "screen_n": len(screened),
+            "screen_abn": [a for a, _ in screened]}
+
+
+def job_finetune(s: Settings, tb: str, seed: int, ckpt: str, alloc: dict, train_seed: int) -> dict:
+    """Cut ``alloc`` from the base model by L1, record the proxies, finetune, evaluate."""
+    from pruning.train import TrainConfig, evaluate, load_checkpoint, train
+
+    t0 = time.perf_counter()
+    data = _data(s, tb, seed)
+    base = load_checkpoint(ckpt)["model"]
+    proj = _projector(base, data, s)
+    target = int(s.budget * proj.full_macs)
+    p = proj.project(alloc["profile"], target)
+    if p.widths != alloc["widths"]:
+        raise RuntimeError(f"projection differs from the plan: {p.widths} vs {alloc['widths']}")
+    model = proj.prune(p)  # checks the counted MACs against the polynomial
+    abn = _abn_acc(model, data, s, seed)
+    history = train(model, data, TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
+                                             seed=train_seed))
+    return {**{k: v for k, v in alloc.items() if k != "profile"}, "tb": tb, "seed": seed, "train_seed": train_seed,
+            "macs": p.macs, "target": target, "abn_val": abn, "ep1_val": history[0].val_acc,
+            "val_acc": evaluate(model, data.val), "test_acc": evaluate(model, data.test),
+            "wall_s": time.perf_counter() - t0}
+
+
+# --------------------------------------------------------------------------- driver
+
+
+def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
+    """Every base model and finetune, at most ``s.workers`` at a time. A finished base model's
+    finetunes go ahead of the next base model, so results arrive seed by seed (and an
+    interrupted run has whole seeds in ``rows.jsonl``: ``--from DIR`` reports them)."""
+    pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    bases, rows = [], []
+    log = open(root / "rows.jsonl", "a")
+    queue: list[tuple] = [("base", tb, seed) for seed in s.seeds for tb in s.testbeds]
+    ckpt = {(tb, seed): str(root / base_name(s, tb, seed)) for _, tb, seed in queue}
+    pending: dict[Any, tuple] = {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < s.workers:
+                job = queue.pop(0)
+                kind, tb, seed = job[:3]
+                if kind == "base":
+                    fut = pool.submit(job_base, s, tb, seed, ckpt[(tb, seed)])
+                else:
+                    fut = pool.submit(job_finetune, s, tb, seed, ckpt[(tb, seed)], job[3], job[4])
+                pending[fut] = job
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                kind, tb, seed = pending.pop(fut)[:3]
+                res = fut.result()
+                log.write(json.dumps({"job": kind, **res}, default=str) + "\n")
+                log.flush()
+                if kind == "base":
+                    bases.append(res)
+                    say(f"base {tb} seed {seed}: dense test {100 * res['dense_test']:.2f}% ({res['base_s']:.0f} s"
+                        f"{', reused' if res['reused'] else ''}); {len(res['allocs'])} allocations planned, "
+                        f"screened {res['screen_n']} in {res['screen_s']:.0f} s")
+                    jobs = [("finetune", tb, seed, a, seed) for a in res["allocs"]]
+                    jobs.append(("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, another seed"},
+                                 seed + NOISE_SEED))
+                    queue[:0] = jobs
+                else:
+                    rows.append(res)
+                    say(f"{tb} seed {seed} {res['kind']}: widths {list(res['widths'].values())} abn "
+                        f"{100 * res['abn_val']:.1f} ep1 {100 * res['ep1_val']:.1f} -> val {100 * res['val_acc']:.2f} "
+                        f"test {100 * res['test_acc']:.2f} ({res['wall_s']:.0f} s)")
+    finally:
+        pool.shutdown(cancel_futures=True)
+        log.close()
+    return bases, rows
+
+
+def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
+    """Base models and finetunes recorded in ``root/rows.jsonl`` (the last record of each wins)."""
+    bases: dict[tuple, dict] = {}
+    rows: dict[tuple, dict] = {}
+    for line in (root / "rows.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        if r.pop("job") == "base":
+            bases[(r["tb"], r["seed"])] = r
+        else:
+            rows[(r["tb"], r["seed"], r["kind"], r.get("screen_rank"), json.dumps(r["widths"]), r["train_seed"])] = r
+    return list(bases.values()), list(rows.values())
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or len(set(a)) < 2 or len(set(b)) < 2:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool) -> None:
+    print(f"### Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
+          f"{' — QUICK smoke run' if quick else ''}\n")
+    print(f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
+          f"official train set), the official 10,000 test images. Per testbed and seed one dense base model "
+          f"(LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of {s.budget:.0%} of the dense "
+          f"MACs (`pruning.budget`, min {s.min_channels} channels per group) and finetuned {s.finetune_epochs} epochs "
+          f"at LR {s.finetune_lr} with the same data order. *random*: {s.allocations} random profiles per seed "
+          f"(relative keep values uniform in [0.1, 1] or [0.4, 1], alternating); *best by val*: the random "
+          f"allocation with the highest finetuned val accuracy, reported on test; *ABN-screened*: the top "
+          f"{s.screen_top} of {s.screen} random profiles (low 0.1) by adaptive-BN val accuracy (EagleEye), "
+          f"finetuned; *noise floor*: uniform finetuned again with another data order, |Δ test|. Test accuracy %.\n")
+    print("| testbed | seed | dense | uniform | noise floor | best random by val | Δ vs uniform (pt) | max random "
+          "(optimistic) | random mean ± std | ABN-screened best by val | Δ vs uniform (pt) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    summary: dict[str, dict[str, list[float]]] = {}
+    for tb in s.testbeds:
+        for seed in s.seeds:
+            base = next((b for b in bases if b["tb"] == tb and b["seed"] == seed), None)
+            mine = [r for r in rows if r["tb"] == tb and r["seed"] == seed]
+            uni = next((r for r in mine if r["kind"] == "uniform"), None)
+            rep = next((r for r in mine if r["kind"] == "uniform, another seed"), None)
+            rnd = [r for r in mine if r["kind"] == "random"]
+            scr = [r for r in mine if r["kind"] == "abn-screened"]
+            if base is None or uni is None or not rnd:
+                print(f"| {TESTBEDS[tb].label} | {seed} | not run | | | | | | | | |")
+                continue
+            best = max(rnd, key=lambda r: (r["val_acc"], -r["macs"]))
+            sbest = max(scr, key=lambda r: r["val_acc"]) if scr else None
+            tests = [r["test_acc"] for r in rnd]
+            d = summary.setdefault(tb, {"uniform": [], "best": [], "delta": [], "max": [], "noise": [], "sdelta": [],
+                                        "mean": []})
+            d["uniform"].append(uni["test_acc"])
+            d["best"].append(best["test_acc"])
+            d["delta"].append(best["test_acc"] - uni["test_acc"])
+            d["max"].append(max(tests) - uni["test_acc"])
+            d["mean"].append(statistics.mean(tests) - uni["test_acc"])
+            if rep is not None:
+                d["noise"].append(abs(rep["test_acc"] - uni["test_acc"]))
+            if sbest is not None:
+                d["sdelta"].append(sbest["test_acc"] - uni["test_acc"])
+            sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
+            sdelta = f"{100 * (sbest['test_acc'] - uni['test_acc']):+.2f}" if sbest else "-"
+            print(f"| {TESTBEDS[tb].label} | {seed} | {_pct(base['dense_test'])} | {_pct(uni['test_acc'])} | "
+                  f"{_pct(abs(rep['test_acc'] - uni['test_acc'])) if rep else '-'} | {_pct(best['test_acc'])} | "
+                  f"{100 * (best['test_acc'] - uni['test_acc']):+.2f} | {_pct(max(tests))} | "
+                  f"{_pct(statistics.mean(tests))} ± {100 * sd:.2f} | {_pct(sbest['test_acc']) if sbest else '-'} | "
+                  f"{sdelta} |")
+    print("\n**Mean over seeds** (pt vs uniform on test):\n")
+    print("| testbed | uniform test % | best random by val | max random (optimistic) | random mean | ABN-screened "
+          "best by val | noise floor (mean abs) | headroom ≥ 1 pt? |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    verdicts = []
+    for tb, d in summary.items():
+        m = {k: (statistics.mean(v) if v else float("nan")) for k, v in d.items()}
+        ok = 100 * m["delta"] >= 1.0
+        verdicts.append((tb, ok, m["delta"]))
+        print(f"| {TESTBEDS[tb].label} | {_pct(m['uniform'])} | {100 * m['delta']:+.2f} | {100 * m['max']:+.2f} | "
+              f"{100 * m['mean']:+.2f} | {100 * m['sdelta']:+.2f} | {100 * m['noise']:.2f} | "
+              f"{'**yes**' if ok else 'no'} |")
+    print("\n**Proxy rank correlations** (Spearman, per seed, over the finetuned uniform + random + ABN-screened "
+          "allocations): adaptive-BN val accuracy before finetuning (`abn`) and val accuracy after the first "
+          "finetune epoch (`ep1`), against the finetuned val and test accuracy.\n")
+    print("| testbed | seed | n | abn ~ val | abn ~ test | ep1 ~ val | ep1 ~ test |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for tb in s.testbeds:
+        for seed in s.seeds:
+            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] != "uniform, another seed"]
+            if len(pts) < 3:
+                continue
+            c = [spearman([r[p] for r in pts], [r[t] for r in pts]) for p in ("abn_val", "ep1_val")
+                 for t in ("val_acc", "test_acc")]
+            print(f"| {TESTBEDS[tb].label} | {seed} | {len(pts)} | " + " | ".join(f"{x:+.2f}" for x in c) + " |")
+    print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
+    print("| testbed | base training s (mean) | one projection ms | ABN screen s per candidate | one finetune s "
+          "(mean, incl. cut + ABN + test eval) |")
+    print("|---|---:|---:|---:|---:|")
+    for tb in s.testbeds:
+        bs = [b for b in bases if b["tb"] == tb]
+        fs = [r["wall_s"] for r in rows if r["tb"] == tb]
+        if not bs or not fs:
+            continue
+        print(f"| {TESTBEDS[tb].label} | {statistics.mean(b['base_s'] for b in bs):.0f} | "
+              f"{statistics.mean(b['projection_ms'] for b in bs):.1f} | "
+              f"{statistics.mean(b['screen_s'] / max(1, b['screen_n']) for b in bs):.2f} | {statistics.mean(fs):.1f} |")
+    print()
+    yes = [tb for tb, ok, _ in verdicts if ok]
+    if yes:
+        print(f"Verdict: headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
+              f"{len(s.seeds)} seeds) on: {', '.join(TESTBEDS[tb].label for tb in yes)}.")
+    else:
+        print(f"Verdict: no testbed shows headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
+              f"{len(s.seeds)} seeds): " + ", ".join(f"{TESTBEDS[tb].label} {100 * d:+.2f} pt" for tb, _, d in verdicts)
+              + ".")
+    if wall:
+        print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread; a shared "
+              f"machine).")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny subset, 1 seed, few allocations")
+    p.add_argument("--testbeds", nargs="+", choices=sorted(TESTBEDS), help="override the testbeds")
+    p.add_argument("--seeds", type=int, nargs="+", help="override the seeds")
+    p.add_argument("--allocations", type=int, help="random allocations finetuned per seed")
+    p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
+    p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
+    p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
+    p.add_argument("--from", dest="source", help="only report what DIR/rows.jsonl of an earlier (--keep) run holds")
+    p.add_argument("--keep", help="keep base models and rows.jsonl here and reuse base models found there "
+                                  "(default: a temp dir, removed)")
+    args = p.parse_args(argv)
+    s = QUICK if args.quick else Settings()
+    over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
+                              "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
+                              "screen": args.screen, "finetune_epochs": args.finetune_epochs,
+                              "workers": args.workers}.items() if v is not None}
+    s = replace(s, **over)
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    import shutil
+
+    if args.source:
+        bases, rows = read_rows(Path(args.source))
+        report(s, bases, rows, 0.0, args.quick)
+        return 0
+    root = Path(args.keep or tempfile.mkdtemp(prefix="ptheadroom-")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    say(f"settings {asdict(s)}; work dir {root}")
+    t0 = time.perf_counter()
+    try:
+        bases, rows = run(s, root)
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    report(s, bases, rows, time.perf_counter() - t0, args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

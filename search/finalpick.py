@@ -1,0 +1,326 @@
+"""Finalize's fair pick (issue 17): per target, the top K trials *and* the uniform baseline,
+retrained alike, picked on the selection split.
+
+A search ranks its trials on val, so the best of them on val is biased upwards (the
+winner's curse): on fresh data it may lose to the uniform baseline it was meant to beat.
+Finalize therefore retrains, per MACs target,
+
+- the ``top`` best front trials of that target (as :func:`search.finalize.choose_sources`), and
+- the *uniform baseline* at the same target: every group the same keep ratio, L1, cut by
+  bisection (:func:`pruning.selection.keep_for_macs`) to the target's MACs,
+
+all with the same epochs and the same training variant (finetuned or from scratch, with
+or without distillation of the base model), scores every one on ``DataBundle.select``
+(carved from train by ``data.select_fraction``: no trial trained on it, the search never
+ranked on it) and *picks* the most accurate there. The pick is what finalize hands back.
+Val, select and test are reported for every candidate; test decides nothing.
+
+Targets: trials carrying ``macs_target`` (a fraction of the base MACs) are grouped by it;
+without that column, all trials are one target whose MACs are those of the best trial.
+Without a selection split (an experiment started before it, or ``select_fraction: null``)
+the pick falls back to val, and the summary says so.
+
+This module imports neither Ray nor Optuna (``pareto --final`` reads
+:mod:`search.results.final`, not this module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pruning.budget import Projector, uniform_profile
+from pruning.selection import keep_for_macs
+from pruning.train import evaluate, resolve_device
+from search.report.table import human_count
+from search.results.final import (FINAL_EXTRA_FIELDS, P_CANDIDATE, P_TARGET, P_TARGET_LABEL, P_UNIFORM, P_VARIANT,
+                                  SOURCE_KEY)
+from search.results.ledger import pareto_front
+from search.results.schema import is_missing, params_of
+from search.trial.materialize import experiment_data
+from search.trial.params import baseline_defaults, ratio_key
+
+__all__ = ["FINAL_EXTRA_FIELDS", "UNIFORM", "Candidate", "Target", "Variant", "candidate_params", "candidates",
+           "choose_sources", "compare_variants", "final_params", "pick_rows", "plan_targets", "score_select",
+           "summary_text", "uniform_widths"]
+
+log = logging.getLogger(__name__)
+
+#: The ``candidate`` key prefix of a uniform baseline (``uniform@<target>``).
+UNIFORM = "uniform"
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """How a candidate is trained: finetuned from the pruned base or from scratch, distilled or not."""
+
+    from_scratch: bool = False
+    distill: bool = False
+
+    @property
+    def name(self) -> str:
+        return ("scratch" if self.from_scratch else "finetune") + ("+distill" if self.distill else "")
+
+    @property
+    def suffix(self) -> str:
+        """Appended to a candidate's key; the plain finetune has none (keys of older finalizes)."""
+        return "" if self == Variant() else "+" + self.name.removeprefix("finetune+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """One MACs target: its label, its MACs (a fraction of the base, or absolute) and its top trials."""
+
+    label: str
+    fraction: float | None  # macs_target of its trials (fraction of the base MACs); None: ``macs`` is absolute
+    macs: int | None  # absolute MACs of the target (the best trial's) when ``fraction`` is None
+    sources: pd.DataFrame  # the top trials' rows, best val first
+
+    def target_macs(self, base_macs: float) -> int:
+        return int(math.floor(self.fraction * base_macs)) if self.fraction is not None else int(self.macs or 0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.fraction:g}" if self.fraction is not None else f"{self.macs}macs"
+
+    def macs_target(self) -> float | None:
+        """The target as a fraction of the base MACs (the best trial's ``macs_ratio`` without ``fraction``)."""
+        if self.fraction is not None:
+            return float(self.fraction)
+        ratio = self.sources["macs_ratio"].iloc[0] if "macs_ratio" in self.sources else None
+        return None if is_missing(ratio) else float(ratio)
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One finalize run: a search trial's widths (``row``) or the uniform baseline, in a variant."""
+
+    target: Target
+    variant: Variant
+    row: Mapping[str, Any] | None  # the trials row; None for the uniform baseline
+
+    @property
+    def uniform(self) -> bool:
+        return self.row is None
+
+    @property
+    def base_key(self) -> str:
+        return f"{UNIFORM}@{self.target.key}" if self.row is None else str(self.row["trial_id"])
+
+    @property
+    def key(self) -> str:
+        return self.base_key + self.variant.suffix
+
+
+# --------------------------------------------------------------------------- what to run
+
+
+#: Params of a trial that the from-scratch run keeps (distillation); the widths come from the row.
+_SCRATCH_KEEPS = ("distill", "distill_alpha", "distill_temperature")
+
+
+def choose_sources(trials: pd.DataFrame, top: int, macs_budget: int | None = None) -> pd.DataFrame:
+    """The ``top`` front trials (val_acc max, MACs min) with the highest val accuracy
+    (ties: fewer MACs, then trial id), best first. With ``macs_budget`` (the search's
+    ``objectives.macs_budget``) the front is that of the trials within the budget: the
+    others were infeasible for the search, and the most accurate of them would otherwise
+    fill the top K."""
+    if macs_budget is not None:
+        trials = trials[trials["macs"] <= macs_budget]
+    front = pareto_front(trials)
+    order = front.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
+    return order.head(top).reset_index(drop=True)
+
+
+def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_names: Sequence[str],
+                 base_widths: Sequence[int]) -> dict[str, Any]:
+    """The params of the final run of the trials row ``row`` (see the module docstring)."""
+    params = params_of(row)
+    if from_scratch:
+        widths = dict(zip(row["group_names"], (int(w) for w in row["widths"])))
+        out: dict[str, Any] = {"mode": "scratch", "scratch_epochs": int(epochs)}
+        out.update({k: params[k] for k in _SCRATCH_KEEPS if k in params})
+        out.update({ratio_key(g): widths[g] / bw for g, bw in zip(group_names, base_widths)})
+    else:
+        out = dict(params)
+        out["scratch_epochs" if params.get("mode") == "scratch" else "finetune_epochs"] = int(epochs)
+    out[SOURCE_KEY] = str(row["trial_id"])
+    return out
+
+
+def plan_targets(trials: pd.DataFrame, top: int, macs_budget: int | None = None) -> list[Target]:
+    """The targets of a search and the ``top`` trials of each (see the module docstring), in
+    increasing MACs; empty when no trial finished."""
+    if "macs_target" in trials.columns and trials["macs_target"].notna().any():
+        targets = []
+        for fraction in sorted(trials["macs_target"].dropna().unique()):
+            chosen = choose_sources(trials[trials["macs_target"] == fraction], top, macs_budget)
+            if not chosen.empty:
+                targets.append(Target(f"{100 * fraction:g}% MACs", float(fraction), None, chosen))
+        return targets
+    chosen = choose_sources(trials, top, macs_budget)
+    if chosen.empty:
+        return []
+    best = chosen.iloc[0]
+    ratio = best.get("macs_ratio")
+    share = "" if is_missing(ratio) else f" = {100 * float(ratio):.1f}%"
+    return [Target(f"{int(best['macs']):,} MACs (best trial{share})", None, int(best["macs"]), chosen)]
+
+
+def candidates(targets: Sequence[Target], variant: Variant) -> list[Candidate]:
+    """Per target: its top trials, then its uniform baseline, all in ``variant``."""
+    out = []
+    for t in targets:
+        out += [Candidate(t, variant, row) for row in t.sources.to_dict("records")]
+        out.append(Candidate(t, variant, None))
+    return out
+
+
+def compare_variants(main: Variant) -> list[Variant]:
+    """What ``--compare`` adds for a pick: of {finetune, finetune + distillation, from scratch
+    (distilled if ``main`` distils)}, those that are not ``main``."""
+    wanted = [Variant(False, False), Variant(False, True), Variant(True, main.distill)]
+    return [v for v in wanted if v != main]
+
+
+#: The uniform baseline aims at target / (1 + _AIM_TOL) with tolerance _AIM_TOL: it lands in
+#: about [0.99, 1] x the target, the band budget-exact search trials land in, never above it.
+_AIM_TOL = 0.005
+
+
+def uniform_widths(base: Any, target_macs: int, input_shape: Sequence[int], min_channels: int,
+                   round_to: int) -> list[int]:
+    """Per base group, the widths of the uniform cut (the same keep ratio in every group) at
+    ``target_macs``: the all-ones profile projected onto it (``pruning.budget``: bisection on
+    the ratio, then at most a few ``round_to`` units of correction to land in the band under
+    the target); where rounding cannot land there, the widest exactly uniform cut at or under
+    the target (``pruning.selection.keep_for_macs``, bisection on the pruned model's MACs)."""
+    # Only the counts matter here: the trial itself ranks the channels by L1.
+    scores = {g: torch.zeros(int(w)) for g, w in zip(base.group_names, base.widths)}
+    proj = Projector(base.model, scores, input_shape, min_channels=min_channels, round_to=round_to, tol=_AIM_TOL)
+    aim = max(proj.min_macs, int(target_macs / (1 + _AIM_TOL)))
+    if aim <= target_macs:
+        p = proj.project(uniform_profile(scores), aim)
+        if p.macs <= target_macs and p.within_tol:
+            return [int(p.widths[g]) for g in base.group_names]
+    keep = keep_for_macs(base.model, scores, int(target_macs), tuple(input_shape), ranking="uniform",
+                         min_channels=min_channels, round_to=round_to)
+    return [len(keep[g]) for g in base.group_names]
+
+
+def candidate_params(cand: Candidate, epochs: int, cfg: Any, base: Any, input_shape: Sequence[int]) -> dict[str, Any]:
+    """The trial params of ``cand``'s run: the source trial's params (or, for the uniform
+    baseline, an L1 one-step prune at the bisected widths) with ``epochs`` epochs, trained
+    as its variant says, distillation forced on or off alike for every candidate."""
+    names, widths = list(base.group_names), [int(w) for w in base.widths]
+    row: Mapping[str, Any]
+    if cand.row is None:
+        target_macs = cand.target.target_macs(float(base.metrics["macs"]))
+        kept = uniform_widths(base, target_macs, input_shape, cfg.search.min_channels, cfg.search.round_to)
+        params = {"mode": "prune", "criterion": "l1", "steps": 1, **{ratio_key(g): k / w for g, k, w in
+                                                                     zip(names, kept, widths)}}
+        row = {"trial_id": cand.base_key, "group_names": names, "widths": kept, "params_json": json.dumps(params)}
+    else:
+        row = cand.row
+    out = final_params(row, epochs, cand.variant.from_scratch, names, widths)
+    for k in ("distill", "distill_alpha", "distill_temperature"):
+        out.pop(k, None)
+    if cand.variant.distill:  # the middle of the search space's ranges, as a trial without those params gets
+        default = baseline_defaults(cfg)
+        out.update(distill=True, distill_alpha=default["distill_alpha"],
+                   distill_temperature=default["distill_temperature"])
+    out[SOURCE_KEY] = None if cand.uniform else str(cand.row["trial_id"])  # type: ignore[index]
+    out.update({P_CANDIDATE: cand.key, P_VARIANT: cand.variant.name, P_TARGET: cand.target.macs_target(),
+                P_TARGET_LABEL: cand.target.label, P_UNIFORM: cand.uniform})
+    return out
+
+
+# --------------------------------------------------------------------------- scoring and the pick
+
+
+def score_select(cfg: Any, final: pd.DataFrame, load_model: Any) -> dict[str, float]:
+    """``select_acc`` of the finished rows of ``final`` that lack it, by candidate key
+    (``load_model(row)`` gives a row's model); empty without a selection split."""
+    data = experiment_data(cfg)
+    if data.select is None:
+        return {}
+    device = resolve_device(cfg.train.device)
+    out = {}
+    for row in final.to_dict("records"):
+        if row["status"] != "TERMINATED" or not is_missing(row.get("select_acc")) or is_missing(row.get("candidate")):
+            continue
+        model = load_model(row).to(device)
+        out[str(row["candidate"])] = float(evaluate(model, data.select, batch_size=cfg.train.latency_batch * 8,
+                                                    device=device))
+    return out
+
+
+def pick_rows(final: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """The pick among the finished rows whose candidate is in ``keys`` (one target's
+    candidates in one variant): the best select accuracy; ties (or no selection split):
+    the best val accuracy, then fewer MACs, then the candidate key. Empty if none finished."""
+    rows = final[final["candidate"].isin(list(keys)) & (final["status"] == "TERMINATED")]
+    if rows.empty:
+        return rows
+    order = rows.assign(_sel=rows["select_acc"].fillna(-1.0)).sort_values(
+        ["_sel", "val_acc", "macs", "candidate"], ascending=[False, False, True, True], kind="mergesort")
+    return order.head(1).drop(columns="_sel")
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def _true(v: Any) -> bool:
+    """A nullable flag as read back (Python, numpy or pandas bool; null is False)."""
+    return not is_missing(v) and bool(v)
+
+
+def _or(v: Any, default: float) -> float:
+    return default if is_missing(v) else float(v)
+
+
+def _pct(v: Any) -> str:
+    return "-" if is_missing(v) else f"{100 * float(v):.2f}"
+
+
+def _diff(a: Any, b: Any) -> str:
+    return "n/a" if is_missing(a) or is_missing(b) else f"{100 * (float(a) - float(b)):+.2f} pt"
+
+
+def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, shown_variants: Sequence[Variant],
+                 select_size: int | None) -> str:
+    """One table per target (candidate, variant, widths, MACs, val, select, test, ``*`` = the
+    pick) and the line ``search pick vs uniform at target T: +x.xx pt on select, +y.yy pt on
+    test`` (the best search candidate on select against the uniform baseline, both ``main``)."""
+    lines = []
+    how = f"select ({select_size} samples)" if select_size else "val (no selection split: data.select_fraction is null)"
+    for t in targets:
+        keys = {Candidate(t, v, row).key: v for v in shown_variants
+                for row in [*t.sources.to_dict("records"), None]}
+        rows = final[final["candidate"].isin(list(keys))]
+        n = len(t.sources)
+        lines.append(f"\ntarget {t.label}: {n} search trial{'s' if n > 1 else ''} + uniform L1, {main.name}, "
+                     f"picked on {how}")
+        cells = [["", "candidate", "variant", "widths", "MACs", "val", "select", "test"]]
+        order = sorted(rows.to_dict("records"), key=lambda r: (r["variant"] != main.name, str(r["variant"]),
+                                                               -_or(r["select_acc"], -1.0)))
+        for r in order:
+            widths = "-".join(str(int(w)) for w in r["widths"]) if r["widths"] is not None else "-"
+            cells.append(["*" if _true(r.get("picked")) else "", str(r["candidate"]), str(r["variant"]), widths,
+                          human_count(r["macs"]), _pct(r["val_acc"]), _pct(r["select_acc"]), _pct(r["test_acc"])])
+        width = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cell, width)).rstrip() for cell in cells]
+        main_rows = rows[rows["variant"] == main.name]
+        search = pick_rows(main_rows[main_rows["is_uniform"] != True], list(keys))  # noqa: E712 (nullable)
+        uniform = main_rows[main_rows["is_uniform"] == True]  # noqa: E712
+        if not search.empty and not uniform.empty:
+            s, u = search.iloc[0], uniform.iloc[0]
+            handed = "search trial " + str(s["candidate"]) if _true(s.get("picked")) else "uniform"
+            lines.append(f"  search pick vs uniform at target {t.label}: {_diff(s['select_acc'], u['select_acc'])} on "
+                         f"select, {_diff(s['test_acc'], u['test_acc'])} on test (handed back: {handed})")
+    return "\n".join(lines)

@@ -1,0 +1,267 @@
+"""Issue 17, no winner's curse: the selection split of a search (``data.select_fraction``)
+and finalize's fair pick (:mod:`search.finalpick`): candidates per target include the
+uniform baseline, the pick is the argmax of select accuracy, ``--distill`` trains with a
+teacher, bad values are one line (exit 2, nothing written).
+
+Fast tests build the pieces in process; the slow one runs ``prunetune finalize`` on Ray
+on the tiny experiment of ``test_finalize`` (tiny_vgg, digits limit 200, 1 epoch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pruning.cost import count_macs
+from search import finalpick
+from search.config import config_from_dict, load_config
+from search.results.final import FINAL_SCHEMA, FinalLedger, read_final
+from search.finalpick import Candidate, Target, Variant
+from search.results.ledger import read_trials
+from search.trial.materialize import data_key, experiment_data
+from test_cli_search import Cli, assert_usage_error, main_in_process
+from test_finalize import CONFIG, GROUPS, make_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+#: The columns final.parquet gained with issue 17 (a file without them is an older finalize's).
+NEW_COLUMNS = [f.name for f in finalpick.FINAL_EXTRA_FIELDS if f.name in FINAL_SCHEMA.names]
+
+
+def _rows(split) -> set[bytes]:
+    return {row.numpy().tobytes() for row in split.x}
+
+
+# --------------------------------------------------------------------------- the selection split
+
+
+def test_select_split_of_an_experiment_is_disjoint_from_train_val_test() -> None:
+    cfg = config_from_dict(CONFIG)
+    assert cfg.data.select_fraction == 0.1  # the default
+    data = experiment_data(cfg)
+    assert (len(data.train), len(data.select)) == (180, 20)  # the limit of 200 is split 90/10
+    select = _rows(data.select)
+    assert len(select) == len(data.select)
+    assert not select & _rows(data.train) and not select & _rows(data.val) and not select & _rows(data.test)
+    assert data_key(cfg)["select_fraction"] == 0.1  # the base model (trained on train minus select) is cached apart
+    none = config_from_dict({**CONFIG, "data": {**CONFIG["data"], "select_fraction": None}})
+    assert experiment_data(none).select is None and "select_fraction" not in data_key(none)
+    assert len(experiment_data(none).train) == 200
+
+
+def test_a_saved_config_from_before_the_split_reads_back_without_one(tmp_path: Path) -> None:
+    raw = config_from_dict(CONFIG).model_dump(mode="json")
+    del raw["data"]["select_fraction"], raw["finalize"]
+    old = config_from_dict(raw, saved=True)
+    assert old.data.select_fraction is None
+    # Its search hash is that of the config before the key existed (resume and the study name keep working).
+    d = old.model_dump(mode="json")  # the hash as computed before select_fraction and finalize existed
+    del d["data"]["select_fraction"], d["finalize"], d["max_concurrent"], d["experiment"]["results_dir"]
+    d["resources"] = None
+    assert old.search_hash() == hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+    assert config_from_dict(raw).data.select_fraction == 0.1  # a new config gets the default
+    # The finalize section changes no trial: not part of the hash.
+    assert config_from_dict({**CONFIG, "finalize": {"top": 2}}).search_hash() == config_from_dict(CONFIG).search_hash()
+
+
+@pytest.mark.parametrize("value", ["0", "0.6", "-0.1", "1"])
+def test_bad_select_fraction_is_one_line_exit_2_nothing_written(tmp_path: Path, value: str) -> None:
+    results = tmp_path / "results"
+    proc = main_in_process("run", str(REPO / "configs" / "demo.yaml"), "--set", f"experiment.results_dir={results}",
+                           "--set", f"data.select_fraction={value}")
+    assert_usage_error(proc, "data.select_fraction", "must be in (0, 0.5]", f"got {float(value)}")
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("finalize.top", "0", "finalize.top"),
+    ("finalize.epochs", "0", "finalize.epochs"),
+    ("finalize.topp", "1", "unknown key 'finalize.topp'"),
+])
+def test_bad_finalize_section_is_one_line_exit_2(tmp_path: Path, key: str, value: str, fragment: str) -> None:
+    results = tmp_path / "results"
+    proc = main_in_process("run", str(REPO / "configs" / "demo.yaml"), "--set", f"experiment.results_dir={results}",
+                           "--set", f"{key}={value}")
+    assert_usage_error(proc, fragment)
+    assert not results.exists()
+
+
+def test_finalize_without_top_anywhere_is_one_line_exit_2(tmp_path: Path) -> None:
+    exp = make_experiment(tmp_path)
+    assert_usage_error(main_in_process("finalize", str(exp), "--epochs", "1"), "--top is required")
+    assert not (exp / "final.parquet").exists()
+
+
+# --------------------------------------------------------------------------- candidates and the pick
+
+
+def _trials_with_targets(tmp_path: Path) -> pd.DataFrame:
+    trials = read_trials(make_experiment(tmp_path))
+    # a, b at 50% of the base MACs, c, d at 25%; the errored trial has none
+    return trials.assign(macs_target=trials["trial_id"].map({"a": 0.5, "b": 0.5, "c": 0.25, "d": 0.25}))
+
+
+def test_candidates_per_target_include_the_uniform_baseline(tmp_path: Path) -> None:
+    targets = finalpick.plan_targets(_trials_with_targets(tmp_path), 1)
+    assert [(t.fraction, list(t.sources["trial_id"])) for t in targets] == [(0.25, ["c"]), (0.5, ["a"])]
+    keys = [c.key for c in finalpick.candidates(targets, Variant(distill=True))]
+    assert keys == ["c+distill", "uniform@0.25+distill", "a+distill", "uniform@0.5+distill"]
+    # Without macs_target: one target at the best trial's MACs.
+    (one,) = finalpick.plan_targets(read_trials(make_experiment(tmp_path / "plain")), 2)
+    assert one.fraction is None and one.macs == 300_000 and list(one.sources["trial_id"]) == ["a", "b"]
+    assert [c.key for c in finalpick.candidates([one], Variant())] == ["a", "b", "uniform@300000macs"]
+    assert finalpick.compare_variants(Variant()) == [Variant(False, True), Variant(True, False)]
+    assert finalpick.compare_variants(Variant(False, True)) == [Variant(False, False), Variant(True, True)]
+
+
+def _final(rows: list[tuple[str, float | None, float, int]]) -> pd.DataFrame:
+    led = FinalLedger("/nonexistent-final", "fin")
+    for i, (key, select, val, macs) in enumerate(rows):
+        led.add_trial({"trial_id": f"t{i}", "status": "TERMINATED", "val_acc": val, "select_acc": select,
+                       "macs": macs, "candidate": key})
+    return led.trials()
+
+
+def test_the_pick_is_the_argmax_of_select_accuracy_not_val() -> None:
+    final = _final([("a", 0.80, 0.95, 300), ("b", 0.85, 0.90, 200), ("uniform@x", 0.84, 0.99, 250),
+                    ("other", 0.99, 0.99, 100)])
+    assert list(finalpick.pick_rows(final, ["a", "b", "uniform@x"])["candidate"]) == ["b"]
+    tie = _final([("a", 0.80, 0.90, 300), ("b", 0.80, 0.90, 200), ("c", 0.80, 0.91, 400)])
+    assert list(finalpick.pick_rows(tie, ["a", "b", "c"])["candidate"]) == ["c"]  # tie on select: val, then MACs
+    no_select = _final([("a", None, 0.90, 300), ("b", None, 0.92, 200)])
+    assert list(finalpick.pick_rows(no_select, ["a", "b"])["candidate"]) == ["b"]  # no split: val decides
+
+
+def test_uniform_widths_meet_the_target_macs(tmp_path: Path) -> None:
+    from search.trial.base import BaseArtifacts
+    from search.trial.materialize import untrained_model
+    from pruning.surgery import GroupGraph
+
+    cfg = config_from_dict({**CONFIG, "search": {**CONFIG["search"], "round_to": 4}})
+    data = experiment_data(cfg)
+    model = untrained_model(cfg, data)
+    widths = GroupGraph(model, data.example_input()).widths()
+    base_macs = count_macs(model, data.input_shape)
+    base = BaseArtifacts(model=model, metrics={"macs": float(base_macs)}, group_names=list(widths),
+                         widths=list(widths.values()), checkpoint=None)
+    target = Target("30%", 0.3, None, pd.DataFrame())
+    cand = Candidate(target, Variant(True, True), None)
+    params = finalpick.candidate_params(cand, 2, cfg, base, data.input_shape)
+    kept = [round(params[f"r_{g}"] * w) for g, w in widths.items()]
+    assert all(k % 4 == 0 for k in kept) and kept != list(widths.values())
+    pruned = GroupGraph(untrained_model(cfg, data), data.example_input())
+    pruned.prune({g: list(range(k)) for g, k in zip(widths, kept)})
+    macs = count_macs(pruned.model, data.input_shape)
+    assert macs <= 0.3 * base_macs
+    assert params["mode"] == "scratch" and params["scratch_epochs"] == 2 and params["distill"] is True
+    # Without rounding the cut lands in the band of budget-exact trials, [0.99, 1] x the target,
+    # each group within a channel or two of one common keep ratio.
+    kept = finalpick.uniform_widths(base, int(0.3 * base_macs), data.input_shape, 1, 1)
+    pruned = GroupGraph(untrained_model(cfg, data), data.example_input())
+    pruned.prune({g: list(range(k)) for g, k in zip(widths, kept)})
+    assert 0.99 * 0.3 * base_macs <= count_macs(pruned.model, data.input_shape) <= 0.3 * base_macs
+    ratios = [k / w for k, w in zip(kept, widths.values())]
+    assert max(ratios) - min(ratios) <= 2 / min(widths.values())
+    assert params["distill_alpha"] == 0.5 and params["final_candidate"] == "uniform@0.3+scratch+distill"
+    assert params["final_uniform"] is True and params["source_trial_id"] is None
+
+
+def test_final_rows_carry_the_candidate_columns_and_old_files_still_read(tmp_path: Path) -> None:
+    params = {"source_trial_id": None, "final_candidate": "uniform@0.5", "final_variant": "finetune",
+              "final_macs_target": 0.5, "final_target_label": "50% MACs", "final_uniform": True}
+    led = FinalLedger(tmp_path, "fin")
+    led.add_trial({"trial_id": "x", "status": "TERMINATED", "val_acc": 0.5, "params_json": json.dumps(params)})
+    led.update("uniform@0.5", select_acc=0.7, picked=True)
+    led.flush()
+    (row,) = read_final(tmp_path).to_dict("records")
+    assert (row["candidate"], row["is_uniform"], row["picked"], row["macs_target"], row["select_acc"]) == \
+        ("uniform@0.5", True, True, 0.5, 0.7)
+    # A final.parquet written before these columns existed reads with nulls.
+    old = read_final(tmp_path).drop(columns=NEW_COLUMNS)
+    old.to_parquet(tmp_path / "final.parquet")
+    (row,) = read_final(tmp_path).to_dict("records")
+    assert pd.isna(row["select_acc"]) and pd.isna(row["candidate"])
+
+
+# --------------------------------------------------------------------------- real runs (Ray)
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    c = Cli(tmp_path)
+    yield c
+    c.close()
+
+
+@pytest.mark.slow
+def test_finalize_distill_compare_picks_on_select_against_uniform(tmp_path: Path, cli: Cli) -> None:
+    exp = make_experiment(tmp_path / "results")
+    proc = cli("finalize", str(exp), "--top", "1", "--epochs", "1", "--distill", "--compare", timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    final = read_final(exp).set_index("candidate")
+    main = final[final["variant"] == "finetune+distill"]
+    assert sorted(main.index) == ["a+distill", "uniform@300000macs+distill"]
+    assert (main["teacher_macs"] > 0).all()  # distilled: the base model was the teacher
+    assert main["select_acc"].notna().all() and set(final["status"]) == {"TERMINATED"}
+    assert bool(main.loc["uniform@300000macs+distill", "is_uniform"]) and not bool(main.loc["a+distill", "is_uniform"])
+    assert final["macs"].loc["uniform@300000macs+distill"] <= 300_000
+    picked = final[final["picked"] == True]  # noqa: E712 (nullable)
+    assert len(picked) == 1
+    assert picked.index[0] == main.sort_values(["select_acc", "val_acc"], ascending=False).index[0]
+    base_key = picked.index[0].removesuffix("+distill")
+    # --compare: the pick's widths finetuned without distillation and from scratch (distilled), never picked
+    assert sorted(set(final.index) - set(main.index)) == sorted([base_key, base_key + "+scratch+distill"])
+    assert final.loc[base_key + "+scratch+distill", "mode"] == "scratch"
+    assert list(final.loc[base_key, "widths"]) == list(picked["widths"].iloc[0])
+    assert "search pick vs uniform at target 300,000 MACs (best trial): " in proc.stdout
+    assert " pt on select, " in proc.stdout and " pt on test" in proc.stdout
+    assert (exp / "export" / f"final-{picked.index[0]}" / "model.pt").is_file()
+
+
+@pytest.mark.slow
+def test_run_with_a_finalize_section_finalizes_at_its_end(tmp_path: Path, cli: Cli) -> None:
+    from test_cli_search import write_config
+
+    path = write_config(tmp_path, num_samples=2, **{"finalize.top": 1, "finalize.epochs": 1})
+    proc = cli("run", str(path), timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    exp = tmp_path / "results" / "tiny"
+    final = read_final(exp)
+    assert len(final) == 2 and final["is_uniform"].sum() == 1 and final["picked"].sum() == 1
+    assert final["select_acc"].notna().all() and (final["epochs"] == 1).all()
+    assert "search pick vs uniform at target" in proc.stdout
+
+
+def test_rows_of_an_older_finalize_are_candidates_by_their_source(tmp_path: Path) -> None:
+    """A final.parquet from before the candidate column: its rows are keyed (skipped on rerun,
+    picked) by their source trial, as the plain finetune of that trial."""
+    led = FinalLedger(tmp_path, "fin")
+    led.add_trial({"trial_id": "x", "status": "TERMINATED", "val_acc": 0.5,
+                   "params_json": json.dumps({"source_trial_id": "a"})})
+    led.flush()
+    old = read_final(tmp_path).drop(columns=NEW_COLUMNS)
+    old.to_parquet(tmp_path / "final.parquet")
+    again = FinalLedger(tmp_path, "fin")
+    assert again.keys() == ["a"] and list(again.trials()["candidate"]) == ["a"]
+    assert list(finalpick.pick_rows(again.trials(), ["a", "uniform@x"])["trial_id"]) == ["x"]
+
+
+def test_summary_has_a_table_per_target_and_the_line_against_uniform(tmp_path: Path) -> None:
+    (target,) = finalpick.plan_targets(read_trials(make_experiment(tmp_path)), 1)
+    led = FinalLedger(tmp_path, "fin")
+    for cand, (select, test) in zip(finalpick.candidates([target], Variant()), [(0.85, 0.82), (0.80, 0.80)]):
+        params = {"final_candidate": cand.key, "final_variant": "finetune", "final_uniform": cand.uniform}
+        led.add_trial({"trial_id": f"t-{cand.key}", "status": "TERMINATED", "val_acc": 0.9, "test_acc": test,
+                       "select_acc": select, "macs": 290_000, "widths": [12, 24, 24],
+                       "params_json": json.dumps(params)})
+    led.update("a", picked=True)
+    led.update("uniform@300000macs", picked=False)
+    text = finalpick.summary_text(led.trials(), [target], Variant(), [Variant()], 20)
+    assert "target 300,000 MACs (best trial): 1 search trial + uniform L1, finetune, picked on select (20 samples)" in text
+    (star,) = [ln for ln in text.splitlines() if ln.strip().startswith("*")]
+    assert star.split()[1] == "a" and "85.00" in star and "82.00" in star
+    assert ("search pick vs uniform at target 300,000 MACs (best trial): +5.00 pt on select, +2.00 pt on test "
+            "(handed back: search trial a)") in text
