@@ -205,7 +205,7 @@ def job_finetune(s: Settings, tb: str, seed: int, ckpt: str, alloc: dict, train_
     history = train(model, data, TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
                                              seed=train_seed))
     return {**{k: v for k, v in alloc.items() if k != "profile"}, "tb": tb, "seed": seed, "train_seed": train_seed,
-            "macs": p.macs, "target": target, "abn_val": abn, "ep1_val": history[0].val_acc,
+            "macs": p.macs, "target": target, "finetune_epochs": s.finetune_epochs, "abn_val": abn, "ep1_val": history[0].val_acc,
             "val_acc": evaluate(model, data.val), "test_acc": evaluate(model, data.test),
             "wall_s": time.perf_counter() - t0}
 
@@ -219,6 +219,8 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
     interrupted run has whole seeds in ``rows.jsonl``: ``--from DIR`` reports them)."""
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
     bases, rows = [], []
+    # Finetunes an earlier run of the same settings recorded (``--keep DIR``) are not run again.
+    earlier = {_row_key(r): r for r in read_rows(root)[1]} if (root / "rows.jsonl").is_file() else {}
     log = open(root / "rows.jsonl", "a")
     queue: list[tuple] = [("base", tb, seed) for seed in s.seeds for tb in s.testbeds]
     ckpt = {(tb, seed): str(root / base_name(s, tb, seed)) for _, tb, seed in queue}
@@ -247,7 +249,15 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
                     jobs = [("finetune", tb, seed, a, seed) for a in res["allocs"]]
                     jobs.append(("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, another seed"},
                                  seed + NOISE_SEED))
-                    queue[:0] = jobs
+                    todo = []
+                    for job in jobs:
+                        key = _row_key({**job[3], "tb": tb, "seed": seed, "train_seed": job[4]})
+                        if key in earlier and earlier[key]["finetune_epochs"] == s.finetune_epochs:
+                            rows.append(earlier[key])
+                        else:
+                            todo.append(job)
+                    say(f"{tb} seed {seed}: {len(jobs) - len(todo)} finetunes reused from an earlier run")
+                    queue[:0] = todo
                 else:
                     rows.append(res)
                     say(f"{tb} seed {seed} {res['kind']}: widths {list(res['widths'].values())} abn "
@@ -259,6 +269,10 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
     return bases, rows
 
 
+def _row_key(r: dict) -> tuple:
+    return (r["tb"], r["seed"], r["kind"], r.get("screen_rank"), json.dumps(r["widths"]), r["train_seed"])
+
+
 def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
     """Base models and finetunes recorded in ``root/rows.jsonl`` (the last record of each wins)."""
     bases: dict[tuple, dict] = {}
@@ -268,7 +282,7 @@ def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
         if r.pop("job") == "base":
             bases[(r["tb"], r["seed"])] = r
         else:
-            rows[(r["tb"], r["seed"], r["kind"], r.get("screen_rank"), json.dumps(r["widths"]), r["train_seed"])] = r
+            rows[_row_key(r)] = r
     return list(bases.values()), list(rows.values())
 
 
@@ -316,6 +330,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             tests = [r["test_acc"] for r in rnd]
             d = summary.setdefault(tb, {"uniform": [], "best": [], "delta": [], "max": [], "noise": [], "sdelta": [],
                                         "mean": []})
+            d.setdefault("gap", []).append(base["dense_test"] - uni["test_acc"])
             d["uniform"].append(uni["test_acc"])
             d["best"].append(best["test_acc"])
             d["delta"].append(best["test_acc"] - uni["test_acc"])
@@ -333,15 +348,15 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
                   f"{_pct(statistics.mean(tests))} ± {100 * sd:.2f} | {_pct(sbest['test_acc']) if sbest else '-'} | "
                   f"{sdelta} |")
     print("\n**Mean over seeds** (pt vs uniform on test):\n")
-    print("| testbed | uniform test % | best random by val | max random (optimistic) | random mean | ABN-screened "
+    print("| testbed | seeds | dense − uniform (pt) | uniform test % | best random by val | max random (optimistic) | random mean | ABN-screened "
           "best by val | noise floor (mean abs) | headroom ≥ 1 pt? |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     verdicts = []
     for tb, d in summary.items():
         m = {k: (statistics.mean(v) if v else float("nan")) for k, v in d.items()}
         ok = 100 * m["delta"] >= 1.0
-        verdicts.append((tb, ok, m["delta"]))
-        print(f"| {TESTBEDS[tb].label} | {_pct(m['uniform'])} | {100 * m['delta']:+.2f} | {100 * m['max']:+.2f} | "
+        verdicts.append((tb, ok, m["delta"], len(d["delta"])))
+        print(f"| {TESTBEDS[tb].label} | {len(d['delta'])} | {100 * m['gap']:.2f} | {_pct(m['uniform'])} | {100 * m['delta']:+.2f} | {100 * m['max']:+.2f} | "
               f"{100 * m['mean']:+.2f} | {100 * m['sdelta']:+.2f} | {100 * m['noise']:.2f} | "
               f"{'**yes**' if ok else 'no'} |")
     print("\n**Proxy rank correlations** (Spearman, per seed, over the finetuned uniform + random + ABN-screened "
@@ -357,27 +372,43 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             c = [spearman([r[p] for r in pts], [r[t] for r in pts]) for p in ("abn_val", "ep1_val")
                  for t in ("val_acc", "test_acc")]
             print(f"| {TESTBEDS[tb].label} | {seed} | {len(pts)} | " + " | ".join(f"{x:+.2f}" for x in c) + " |")
+        # all seeds together, each value centred on its seed's mean (seeds differ in base model and split)
+        pooled: dict[str, list[float]] = {k: [] for k in ("abn_val", "ep1_val", "val_acc", "test_acc")}
+        n_seeds = 0
+        for seed in s.seeds:
+            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] != "uniform, another seed"]
+            if len(pts) < 3:
+                continue
+            n_seeds += 1
+            for k, v in pooled.items():
+                mean = statistics.mean(r[k] for r in pts)
+                v += [r[k] - mean for r in pts]
+        if n_seeds > 1:
+            c = [spearman(pooled[p], pooled[t]) for p in ("abn_val", "ep1_val") for t in ("val_acc", "test_acc")]
+            print(f"| {TESTBEDS[tb].label} | pooled ({n_seeds} seeds, centred) | {len(pooled['val_acc'])} | "
+                  + " | ".join(f"{x:+.2f}" for x in c) + " |")
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
     print("| testbed | base training s (mean) | one projection ms | ABN screen s per candidate | one finetune s "
           "(mean, incl. cut + ABN + test eval) |")
     print("|---|---:|---:|---:|---:|")
     for tb in s.testbeds:
         bs = [b for b in bases if b["tb"] == tb]
+        trained = [b["base_s"] for b in bs if not b["reused"]]
         fs = [r["wall_s"] for r in rows if r["tb"] == tb]
         if not bs or not fs:
             continue
-        print(f"| {TESTBEDS[tb].label} | {statistics.mean(b['base_s'] for b in bs):.0f} | "
+        print(f"| {TESTBEDS[tb].label} | {f'{statistics.mean(trained):.0f}' if trained else 'reused'} | "
               f"{statistics.mean(b['projection_ms'] for b in bs):.1f} | "
               f"{statistics.mean(b['screen_s'] / max(1, b['screen_n']) for b in bs):.2f} | {statistics.mean(fs):.1f} |")
     print()
-    yes = [tb for tb, ok, _ in verdicts if ok]
+    yes = [tb for tb, ok, _, _ in verdicts if ok]
+    each = ", ".join(f"{TESTBEDS[tb].label} {100 * d:+.2f} pt ({n} seeds)" for tb, _, d, n in verdicts)
     if yes:
-        print(f"Verdict: headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
-              f"{len(s.seeds)} seeds) on: {', '.join(TESTBEDS[tb].label for tb in yes)}.")
+        print(f"Verdict: headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over seeds) on: "
+              f"{', '.join(TESTBEDS[tb].label for tb in yes)} ({each}).")
     else:
         print(f"Verdict: no testbed shows headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
-              f"{len(s.seeds)} seeds): " + ", ".join(f"{TESTBEDS[tb].label} {100 * d:+.2f} pt" for tb, _, d in verdicts)
-              + ".")
+              f"seeds): {each}.")
     if wall:
         print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread; a shared "
               f"machine).")
