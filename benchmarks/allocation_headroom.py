@@ -87,10 +87,15 @@ class Settings:
     min_channels: int = 2
     workers: int = 2
     base_epochs: int | None = None  # None: the testbed's own
+    graded: bool = False  # also the cost-graded profiles (GRADED)
 
 
 QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
                  abn_batches=3, base_epochs=1)
+#: Cost-graded profiles: p_g = (d_min / d_g)^beta ("cost-aware": channels that cost few MACs are kept
+#: more) or (d_g / d_max)^beta ("cost-inverse"), d_g = the MACs one more channel of group g adds at
+#: the uniform widths. Deterministic: one each per seed.
+GRADED = (("cost-aware β=0.25", 0.25), ("cost-aware β=0.5", 0.5), ("cost-inverse β=0.25", -0.25))
 NOISE_SEED = 1000  # the noise-floor finetune's data order: seed + NOISE_SEED
 
 
@@ -178,6 +183,14 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
     screened.sort(key=lambda t: -t[0])
     allocs += [{"kind": "abn-screened", "profile": prof, "screen_rank": i}
                for i, (_, prof) in enumerate(screened[:s.screen_top])]
+    if s.graded:
+        uni = proj.project(allocs[0]["profile"], target).widths
+        at = proj.poly(uni)
+        d = {g: proj.poly({**uni, g: uni[g] + 1}) - at for g in uni}  # marginal MACs of one more channel
+        lo, hi = min(d.values()), max(d.values())
+        for kind, beta in GRADED:
+            prof = {g: (lo / d[g]) ** beta if beta > 0 else (d[g] / hi) ** -beta for g in d}
+            allocs.append({"kind": kind, "profile": prof})
     t3 = time.perf_counter()
     for a in allocs:
         a["widths"] = proj.project(a["profile"], target).widths
@@ -298,6 +311,31 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
+RANKED = ("uniform", "random", "abn-screened")  # the allocations the proxy correlations are over
+
+
+def _graded(s: Settings, rows: list[dict]) -> None:
+    kinds = [k for k, _ in GRADED if any(r["kind"] == k for r in rows)]
+    if not kinds:
+        return
+    print("\n**Cost-graded profiles** (test accuracy, pt vs uniform of the same seed; per seed and mean): "
+          "p_g = (d_min/d_g)^β (*cost-aware*: groups whose channels cost few MACs are kept wider) or "
+          "(d_g/d_max)^β (*cost-inverse*), d_g = MACs of one more channel of group g at the uniform widths.\n")
+    print("| testbed | " + " | ".join(kinds) + " |")
+    print("|---|" + "---:|" * len(kinds))
+    for tb in s.testbeds:
+        cells = []
+        for k in kinds:
+            ds = []
+            for seed in s.seeds:
+                uni = next((r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == "uniform"), None)
+                got = next((r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == k), None)
+                if uni and got:
+                    ds.append(100 * (got["test_acc"] - uni["test_acc"]))
+            cells.append(f"{' / '.join(f'{x:+.2f}' for x in ds)} (mean {statistics.mean(ds):+.2f})" if ds else "-")
+        print(f"| {TESTBEDS[tb].label} | " + " | ".join(cells) + " |")
+
+
 def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool) -> None:
     print(f"### Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
           f"{' — QUICK smoke run' if quick else ''}\n")
@@ -366,7 +404,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for tb in s.testbeds:
         for seed in s.seeds:
-            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] != "uniform, another seed"]
+            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in RANKED]
             if len(pts) < 3:
                 continue
             c = [spearman([r[p] for r in pts], [r[t] for r in pts]) for p in ("abn_val", "ep1_val")
@@ -376,7 +414,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
         pooled: dict[str, list[float]] = {k: [] for k in ("abn_val", "ep1_val", "val_acc", "test_acc")}
         n_seeds = 0
         for seed in s.seeds:
-            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] != "uniform, another seed"]
+            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in RANKED]
             if len(pts) < 3:
                 continue
             n_seeds += 1
@@ -387,6 +425,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             c = [spearman(pooled[p], pooled[t]) for p in ("abn_val", "ep1_val") for t in ("val_acc", "test_acc")]
             print(f"| {TESTBEDS[tb].label} | pooled ({n_seeds} seeds, centred) | {len(pooled['val_acc'])} | "
                   + " | ".join(f"{x:+.2f}" for x in c) + " |")
+    _graded(s, rows)
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
     print("| testbed | base training s (mean) | one projection ms | ABN screen s per candidate | one finetune s "
           "(mean, incl. cut + ABN + test eval) |")
@@ -422,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocations", type=int, help="random allocations finetuned per seed")
     p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
+    p.add_argument("--graded", action="store_true", help="also finetune the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
     p.add_argument("--from", dest="source", help="only report what DIR/rows.jsonl of an earlier (--keep) run holds")
     p.add_argument("--keep", help="keep base models and rows.jsonl here and reuse base models found there "
@@ -431,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
-                              "workers": args.workers}.items() if v is not None}
+                              "workers": args.workers, "graded": args.graded or None}.items() if v is not None}
     s = replace(s, **over)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
