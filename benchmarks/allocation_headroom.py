@@ -339,7 +339,16 @@ def _graded(s: Settings, rows: list[dict]) -> None:
         print(f"| {TESTBEDS[tb].label} | " + " | ".join(cells) + " |")
 
 
+def _first_random(s: Settings, bases: list[dict], rows: list[dict]) -> list[dict]:
+    """``rows`` with only the first ``s.allocations`` random allocations of each base model's plan (the
+    draws are sequential, so a run resumed with more allocations holds a report of fewer as a prefix)."""
+    keep = {(b["tb"], b["seed"]): {json.dumps(a["widths"]) for a in [a for a in b["allocs"] if a["kind"] == "random"]
+                                   [:s.allocations]} for b in bases}
+    return [r for r in rows if r["kind"] != "random" or json.dumps(r["widths"]) in keep.get((r["tb"], r["seed"]), ())]
+
+
 def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool) -> None:
+    rows = _first_random(s, bases, rows)
     print(f"### Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
           f"{' — QUICK smoke run' if quick else ''}\n")
     print(f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
@@ -363,6 +372,8 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             rep = next((r for r in mine if r["kind"] == "uniform, another seed"), None)
             rnd = [r for r in mine if r["kind"] == "random"]
             scr = [r for r in mine if r["kind"] == "abn-screened"]
+            if base is None and not mine:
+                continue  # e.g. extra seeds run for one testbed only
             if base is None or uni is None or not rnd:
                 print(f"| {TESTBEDS[tb].label} | {seed} | not run | | | | | | | | |")
                 continue
