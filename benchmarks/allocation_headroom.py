@@ -10,8 +10,10 @@ by L1 (top filters per group) and finetuned the same way (same epochs, LR, data 
 * **random** (``--allocations`` per seed): random profiles (each group's relative keep value uniform
   in [low, 1], low alternating 0.1 and 0.4 for wide and near-uniform draws), projected to within
   ±1% of the budget;
-* **abn-screened** (``--screen`` candidates, top ``--screen-top``): EagleEye's procedure, random
-  profiles (low 0.1) scored by adaptive BN, the best ones finetuned.
+* **abn-screened** (``--screen`` candidates, top ``screen_top``): EagleEye's procedure, random
+  profiles (low 0.1) scored by adaptive BN, the best ones finetuned;
+* **cost-graded** (``GRADED``, off with ``--no-graded``): deterministic profiles that keep wider the
+  groups whose channels cost few MACs (or the reverse).
 
 Proxies recorded for every finetuned allocation, before its finetune: adaptive BN (BN statistics
 re-estimated on ``--abn-batches`` training batches, ``pruning.recalibrate.recalibrate_bn``, then
@@ -22,7 +24,10 @@ and test accuracy is printed per seed (over uniform + random + screened allocati
 Headroom = test accuracy of the random allocation that is best on *val* minus uniform's test
 accuracy; the max over allocations on test is the optimistic bound. Markdown on stdout (``make
 bench`` style: ``benchmarks/results/allocation_headroom.md``), progress on stderr; ``--quick`` is
-a smoke run (tiny sizes, one seed, ~2 minutes). Not part of ``make bench`` (about an hour).
+a smoke run (tiny sizes, one seed, ~3 minutes). Not part of ``make bench`` (about 80 minutes of
+2 one-thread workers on a shared machine). The README's second block is
+``--from DIR --testbeds cifar_vgg16 --seeds 0 1 2 3 4 --allocations 8 --title ...`` after
+``--keep DIR --testbeds cifar_vgg16 --seeds 3 4 --allocations 8 --screen 0 --no-graded``.
 """
 
 from __future__ import annotations
@@ -71,23 +76,23 @@ TESTBEDS = {
 
 @dataclass(frozen=True)
 class Settings:
-    testbeds: tuple[str, ...] = ("small_vgg", "cifar_resnet20", "cifar_vgg16")
+    testbeds: tuple[str, ...] = ("cifar_resnet20", "cifar_vgg16", "small_vgg")
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: float = 0.1
     limit: int = 4000
     val_limit: int = 1000
     lr: float = 0.05
-    finetune_epochs: int = 5
+    finetune_epochs: int = 3
     finetune_lr: float = 0.01
     batch_size: int = 64
-    allocations: int = 10
-    screen: int = 60
+    allocations: int = 16
+    screen: int = 20
     screen_top: int = 2
     abn_batches: int = 20
     min_channels: int = 2
     workers: int = 2
     base_epochs: int | None = None  # None: the testbed's own
-    graded: bool = False  # also the cost-graded profiles (GRADED)
+    graded: bool = True  # also the cost-graded profiles (GRADED)
 
 
 QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
@@ -218,7 +223,8 @@ def job_finetune(s: Settings, tb: str, seed: int, ckpt: str, alloc: dict, train_
     history = train(model, data, TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
                                              seed=train_seed))
     return {**{k: v for k, v in alloc.items() if k != "profile"}, "tb": tb, "seed": seed, "train_seed": train_seed,
-            "macs": p.macs, "target": target, "finetune_epochs": s.finetune_epochs, "abn_val": abn, "ep1_val": history[0].val_acc,
+            "macs": p.macs, "target": target, "finetune_epochs": s.finetune_epochs, "abn_val": abn,
+            "ep1_val": history[0].val_acc,
             "val_acc": evaluate(model, data.val), "test_acc": evaluate(model, data.test),
             "wall_s": time.perf_counter() - t0}
 
@@ -347,10 +353,11 @@ def _first_random(s: Settings, bases: list[dict], rows: list[dict]) -> list[dict
     return [r for r in rows if r["kind"] != "random" or json.dumps(r["widths"]) in keep.get((r["tb"], r["seed"]), ())]
 
 
-def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool) -> None:
+def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool,
+           title: str | None = None) -> None:
     rows = _first_random(s, bases, rows)
-    print(f"### Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
-          f"{' — QUICK smoke run' if quick else ''}\n")
+    title = title or f"Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
+    print(f"### {title}{' — QUICK smoke run' if quick else ''}\n")
     print(f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
           f"official train set), the official 10,000 test images. Per testbed and seed one dense base model "
           f"(LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of {s.budget:.0%} of the dense "
@@ -401,7 +408,8 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
                   f"{_pct(statistics.mean(tests))} ± {100 * sd:.2f} | {_pct(sbest['test_acc']) if sbest else '-'} | "
                   f"{sdelta} |")
     print("\n**Mean over seeds** (pt vs uniform on test):\n")
-    print("| testbed | seeds | dense − uniform (pt) | uniform test % | best random by val | same, vs mean of both uniform "
+    print("| testbed | seeds | dense − uniform (pt) | uniform test % | best random by val | same, vs mean of both "
+          "uniform "
           "finetunes | max random (optimistic) | random mean | ABN-screened best by val | noise floor (mean abs) | "
           "headroom ≥ 1 pt? |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -478,8 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocations", type=int, help="random allocations finetuned per seed")
     p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
-    p.add_argument("--graded", action="store_true", help="also finetune the cost-graded profiles (GRADED)")
+    p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
+                   help="leave out the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
+    p.add_argument("--title", help="the report's heading (default: what it measures)")
     p.add_argument("--from", dest="source", help="only report what DIR/rows.jsonl of an earlier (--keep) run holds")
     p.add_argument("--keep", help="keep base models and rows.jsonl here and reuse base models found there "
                                   "(default: a temp dir, removed)")
@@ -488,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
-                              "workers": args.workers, "graded": args.graded or None}.items() if v is not None}
+                              "workers": args.workers, "graded": args.graded}.items() if v is not None}
     s = replace(s, **over)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -496,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.source:
         bases, rows = read_rows(Path(args.source))
-        report(s, bases, rows, 0.0, args.quick)
+        report(s, bases, rows, 0.0, args.quick, args.title)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="ptheadroom-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -507,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    report(s, bases, rows, time.perf_counter() - t0, args.quick)
+    report(s, bases, rows, time.perf_counter() - t0, args.quick, args.title)
     return 0
 
 
