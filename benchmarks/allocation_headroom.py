@@ -10,8 +10,10 @@ by L1 (top filters per group) and finetuned the same way (same epochs, LR, data 
 * **random** (``--allocations`` per seed): random profiles (each group's relative keep value uniform
   in [low, 1], low alternating 0.1 and 0.4 for wide and near-uniform draws), projected to within
   ±1% of the budget;
-* **abn-screened** (``--screen`` candidates, top ``--screen-top``): EagleEye's procedure, random
-  profiles (low 0.1) scored by adaptive BN, the best ones finetuned.
+* **abn-screened** (``--screen`` candidates, top ``screen_top``): EagleEye's procedure, random
+  profiles (low 0.1) scored by adaptive BN, the best ones finetuned;
+* **cost-graded** (``GRADED``, off with ``--no-graded``): deterministic profiles that keep wider the
+  groups whose channels cost few MACs (or the reverse).
 
 Proxies recorded for every finetuned allocation, before its finetune: adaptive BN (BN statistics
 re-estimated on ``--abn-batches`` training batches, ``pruning.recalibrate.recalibrate_bn``, then
@@ -22,7 +24,10 @@ and test accuracy is printed per seed (over uniform + random + screened allocati
 Headroom = test accuracy of the random allocation that is best on *val* minus uniform's test
 accuracy; the max over allocations on test is the optimistic bound. Markdown on stdout (``make
 bench`` style: ``benchmarks/results/allocation_headroom.md``), progress on stderr; ``--quick`` is
-a smoke run (tiny sizes, one seed, ~2 minutes). Not part of ``make bench`` (about an hour).
+a smoke run (tiny sizes, one seed, ~3 minutes). Not part of ``make bench`` (about 80 minutes of
+2 one-thread workers on a shared machine). The README's second block is
+``--from DIR --testbeds cifar_vgg16 --seeds 0 1 2 3 4 --allocations 8 --title ...`` after
+``--keep DIR --testbeds cifar_vgg16 --seeds 3 4 --allocations 8 --screen 0 --no-graded``.
 """
 
 from __future__ import annotations
@@ -71,26 +76,31 @@ TESTBEDS = {
 
 @dataclass(frozen=True)
 class Settings:
-    testbeds: tuple[str, ...] = ("small_vgg", "cifar_resnet20", "cifar_vgg16")
+    testbeds: tuple[str, ...] = ("cifar_resnet20", "cifar_vgg16", "small_vgg")
     seeds: tuple[int, ...] = (0, 1, 2)
     budget: float = 0.1
     limit: int = 4000
     val_limit: int = 1000
     lr: float = 0.05
-    finetune_epochs: int = 5
+    finetune_epochs: int = 3
     finetune_lr: float = 0.01
     batch_size: int = 64
-    allocations: int = 10
-    screen: int = 60
+    allocations: int = 16
+    screen: int = 20
     screen_top: int = 2
     abn_batches: int = 20
     min_channels: int = 2
     workers: int = 2
     base_epochs: int | None = None  # None: the testbed's own
+    graded: bool = True  # also the cost-graded profiles (GRADED)
 
 
 QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
                  abn_batches=3, base_epochs=1)
+#: Cost-graded profiles: p_g = (d_min / d_g)^beta ("cost-aware": channels that cost few MACs are kept
+#: more) or (d_g / d_max)^beta ("cost-inverse"), d_g = the MACs one more channel of group g adds at
+#: the uniform widths. Deterministic: one each per seed.
+GRADED = (("cost-aware β=0.25", 0.25), ("cost-aware β=0.5", 0.5), ("cost-inverse β=0.25", -0.25))
 NOISE_SEED = 1000  # the noise-floor finetune's data order: seed + NOISE_SEED
 
 
@@ -178,6 +188,14 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
     screened.sort(key=lambda t: -t[0])
     allocs += [{"kind": "abn-screened", "profile": prof, "screen_rank": i}
                for i, (_, prof) in enumerate(screened[:s.screen_top])]
+    if s.graded:
+        uni = proj.project(allocs[0]["profile"], target).widths
+        at = proj.poly(uni)
+        d = {g: proj.poly({**uni, g: uni[g] + 1}) - at for g in uni}  # marginal MACs of one more channel
+        lo, hi = min(d.values()), max(d.values())
+        for kind, beta in GRADED:
+            prof = {g: (lo / d[g]) ** beta if beta > 0 else (d[g] / hi) ** -beta for g in d}
+            allocs.append({"kind": kind, "profile": prof})
     t3 = time.perf_counter()
     for a in allocs:
         a["widths"] = proj.project(a["profile"], target).widths
@@ -205,7 +223,8 @@ def job_finetune(s: Settings, tb: str, seed: int, ckpt: str, alloc: dict, train_
     history = train(model, data, TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
                                              seed=train_seed))
     return {**{k: v for k, v in alloc.items() if k != "profile"}, "tb": tb, "seed": seed, "train_seed": train_seed,
-            "macs": p.macs, "target": target, "abn_val": abn, "ep1_val": history[0].val_acc,
+            "macs": p.macs, "target": target, "finetune_epochs": s.finetune_epochs, "abn_val": abn,
+            "ep1_val": history[0].val_acc,
             "val_acc": evaluate(model, data.val), "test_acc": evaluate(model, data.test),
             "wall_s": time.perf_counter() - t0}
 
@@ -219,6 +238,8 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
     interrupted run has whole seeds in ``rows.jsonl``: ``--from DIR`` reports them)."""
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
     bases, rows = [], []
+    # Finetunes an earlier run of the same settings recorded (``--keep DIR``) are not run again.
+    earlier = {_row_key(r): r for r in read_rows(root)[1]} if (root / "rows.jsonl").is_file() else {}
     log = open(root / "rows.jsonl", "a")
     queue: list[tuple] = [("base", tb, seed) for seed in s.seeds for tb in s.testbeds]
     ckpt = {(tb, seed): str(root / base_name(s, tb, seed)) for _, tb, seed in queue}
@@ -247,7 +268,15 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
                     jobs = [("finetune", tb, seed, a, seed) for a in res["allocs"]]
                     jobs.append(("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, another seed"},
                                  seed + NOISE_SEED))
-                    queue[:0] = jobs
+                    todo = []
+                    for job in jobs:
+                        key = _row_key({**job[3], "tb": tb, "seed": seed, "train_seed": job[4]})
+                        if key in earlier and earlier[key]["finetune_epochs"] == s.finetune_epochs:
+                            rows.append(earlier[key])
+                        else:
+                            todo.append(job)
+                    say(f"{tb} seed {seed}: {len(jobs) - len(todo)} finetunes reused from an earlier run")
+                    queue[:0] = todo
                 else:
                     rows.append(res)
                     say(f"{tb} seed {seed} {res['kind']}: widths {list(res['widths'].values())} abn "
@@ -259,6 +288,10 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
     return bases, rows
 
 
+def _row_key(r: dict) -> tuple:
+    return (r["tb"], r["seed"], r["kind"], r.get("screen_rank"), json.dumps(r["widths"]), r["train_seed"])
+
+
 def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
     """Base models and finetunes recorded in ``root/rows.jsonl`` (the last record of each wins)."""
     bases: dict[tuple, dict] = {}
@@ -266,9 +299,12 @@ def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
     for line in (root / "rows.jsonl").read_text().splitlines():
         r = json.loads(line)
         if r.pop("job") == "base":
+            old = bases.get((r["tb"], r["seed"]))
+            if old is not None and r["reused"] and not old["reused"]:  # keep the time of the real training
+                r = {**r, "base_s": old["base_s"], "reused": False}
             bases[(r["tb"], r["seed"])] = r
         else:
-            rows[(r["tb"], r["seed"], r["kind"], r.get("screen_rank"), json.dumps(r["widths"]), r["train_seed"])] = r
+            rows[_row_key(r)] = r
     return list(bases.values()), list(rows.values())
 
 
@@ -284,9 +320,44 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}"
 
 
-def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool) -> None:
-    print(f"### Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
-          f"{' — QUICK smoke run' if quick else ''}\n")
+RANKED = ("uniform", "random", "abn-screened")  # the allocations the proxy correlations are over
+
+
+def _graded(s: Settings, rows: list[dict]) -> None:
+    kinds = [k for k, _ in GRADED if any(r["kind"] == k for r in rows)]
+    if not kinds:
+        return
+    print("\n**Cost-graded profiles** (test accuracy, pt vs uniform of the same seed; per seed and mean): "
+          "p_g = (d_min/d_g)^β (*cost-aware*: groups whose channels cost few MACs are kept wider) or "
+          "(d_g/d_max)^β (*cost-inverse*), d_g = MACs of one more channel of group g at the uniform widths.\n")
+    print("| testbed | " + " | ".join(kinds) + " |")
+    print("|---|" + "---:|" * len(kinds))
+    for tb in s.testbeds:
+        cells = []
+        for k in kinds:
+            ds = []
+            for seed in s.seeds:
+                uni = next((r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == "uniform"), None)
+                got = next((r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == k), None)
+                if uni and got:
+                    ds.append(100 * (got["test_acc"] - uni["test_acc"]))
+            cells.append(f"{' / '.join(f'{x:+.2f}' for x in ds)} (mean {statistics.mean(ds):+.2f})" if ds else "-")
+        print(f"| {TESTBEDS[tb].label} | " + " | ".join(cells) + " |")
+
+
+def _first_random(s: Settings, bases: list[dict], rows: list[dict]) -> list[dict]:
+    """``rows`` with only the first ``s.allocations`` random allocations of each base model's plan (the
+    draws are sequential, so a run resumed with more allocations holds a report of fewer as a prefix)."""
+    keep = {(b["tb"], b["seed"]): {json.dumps(a["widths"]) for a in [a for a in b["allocs"] if a["kind"] == "random"]
+                                   [:s.allocations]} for b in bases}
+    return [r for r in rows if r["kind"] != "random" or json.dumps(r["widths"]) in keep.get((r["tb"], r["seed"]), ())]
+
+
+def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool,
+           title: str | None = None) -> None:
+    rows = _first_random(s, bases, rows)
+    title = title or f"Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
+    print(f"### {title}{' — QUICK smoke run' if quick else ''}\n")
     print(f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
           f"official train set), the official 10,000 test images. Per testbed and seed one dense base model "
           f"(LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of {s.budget:.0%} of the dense "
@@ -308,6 +379,8 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             rep = next((r for r in mine if r["kind"] == "uniform, another seed"), None)
             rnd = [r for r in mine if r["kind"] == "random"]
             scr = [r for r in mine if r["kind"] == "abn-screened"]
+            if base is None and not mine:
+                continue  # e.g. extra seeds run for one testbed only
             if base is None or uni is None or not rnd:
                 print(f"| {TESTBEDS[tb].label} | {seed} | not run | | | | | | | | |")
                 continue
@@ -316,6 +389,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             tests = [r["test_acc"] for r in rnd]
             d = summary.setdefault(tb, {"uniform": [], "best": [], "delta": [], "max": [], "noise": [], "sdelta": [],
                                         "mean": []})
+            d.setdefault("gap", []).append(base["dense_test"] - uni["test_acc"])
             d["uniform"].append(uni["test_acc"])
             d["best"].append(best["test_acc"])
             d["delta"].append(best["test_acc"] - uni["test_acc"])
@@ -323,6 +397,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             d["mean"].append(statistics.mean(tests) - uni["test_acc"])
             if rep is not None:
                 d["noise"].append(abs(rep["test_acc"] - uni["test_acc"]))
+                d.setdefault("delta2", []).append(best["test_acc"] - (uni["test_acc"] + rep["test_acc"]) / 2)
             if sbest is not None:
                 d["sdelta"].append(sbest["test_acc"] - uni["test_acc"])
             sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
@@ -333,15 +408,18 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
                   f"{_pct(statistics.mean(tests))} ± {100 * sd:.2f} | {_pct(sbest['test_acc']) if sbest else '-'} | "
                   f"{sdelta} |")
     print("\n**Mean over seeds** (pt vs uniform on test):\n")
-    print("| testbed | uniform test % | best random by val | max random (optimistic) | random mean | ABN-screened "
-          "best by val | noise floor (mean abs) | headroom ≥ 1 pt? |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| testbed | seeds | dense − uniform (pt) | uniform test % | best random by val | same, vs mean of both "
+          "uniform "
+          "finetunes | max random (optimistic) | random mean | ABN-screened best by val | noise floor (mean abs) | "
+          "headroom ≥ 1 pt? |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     verdicts = []
     for tb, d in summary.items():
         m = {k: (statistics.mean(v) if v else float("nan")) for k, v in d.items()}
         ok = 100 * m["delta"] >= 1.0
-        verdicts.append((tb, ok, m["delta"]))
-        print(f"| {TESTBEDS[tb].label} | {_pct(m['uniform'])} | {100 * m['delta']:+.2f} | {100 * m['max']:+.2f} | "
+        verdicts.append((tb, ok, m["delta"], len(d["delta"])))
+        print(f"| {TESTBEDS[tb].label} | {len(d['delta'])} | {100 * m['gap']:.2f} | {_pct(m['uniform'])} | "
+              f"{100 * m['delta']:+.2f} | {100 * m.get('delta2', float('nan')):+.2f} | {100 * m['max']:+.2f} | "
               f"{100 * m['mean']:+.2f} | {100 * m['sdelta']:+.2f} | {100 * m['noise']:.2f} | "
               f"{'**yes**' if ok else 'no'} |")
     print("\n**Proxy rank correlations** (Spearman, per seed, over the finetuned uniform + random + ABN-screened "
@@ -351,33 +429,50 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for tb in s.testbeds:
         for seed in s.seeds:
-            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] != "uniform, another seed"]
+            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in RANKED]
             if len(pts) < 3:
                 continue
             c = [spearman([r[p] for r in pts], [r[t] for r in pts]) for p in ("abn_val", "ep1_val")
                  for t in ("val_acc", "test_acc")]
             print(f"| {TESTBEDS[tb].label} | {seed} | {len(pts)} | " + " | ".join(f"{x:+.2f}" for x in c) + " |")
+        # all seeds together, each value centred on its seed's mean (seeds differ in base model and split)
+        pooled: dict[str, list[float]] = {k: [] for k in ("abn_val", "ep1_val", "val_acc", "test_acc")}
+        n_seeds = 0
+        for seed in s.seeds:
+            pts = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in RANKED]
+            if len(pts) < 3:
+                continue
+            n_seeds += 1
+            for k, v in pooled.items():
+                mean = statistics.mean(r[k] for r in pts)
+                v += [r[k] - mean for r in pts]
+        if n_seeds > 1:
+            c = [spearman(pooled[p], pooled[t]) for p in ("abn_val", "ep1_val") for t in ("val_acc", "test_acc")]
+            print(f"| {TESTBEDS[tb].label} | pooled ({n_seeds} seeds, centred) | {len(pooled['val_acc'])} | "
+                  + " | ".join(f"{x:+.2f}" for x in c) + " |")
+    _graded(s, rows)
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
     print("| testbed | base training s (mean) | one projection ms | ABN screen s per candidate | one finetune s "
           "(mean, incl. cut + ABN + test eval) |")
     print("|---|---:|---:|---:|---:|")
     for tb in s.testbeds:
         bs = [b for b in bases if b["tb"] == tb]
+        trained = [b["base_s"] for b in bs if not b["reused"]]
         fs = [r["wall_s"] for r in rows if r["tb"] == tb]
         if not bs or not fs:
             continue
-        print(f"| {TESTBEDS[tb].label} | {statistics.mean(b['base_s'] for b in bs):.0f} | "
+        print(f"| {TESTBEDS[tb].label} | {f'{statistics.mean(trained):.0f}' if trained else 'reused'} | "
               f"{statistics.mean(b['projection_ms'] for b in bs):.1f} | "
               f"{statistics.mean(b['screen_s'] / max(1, b['screen_n']) for b in bs):.2f} | {statistics.mean(fs):.1f} |")
     print()
-    yes = [tb for tb, ok, _ in verdicts if ok]
+    yes = [tb for tb, ok, _, _ in verdicts if ok]
+    each = ", ".join(f"{TESTBEDS[tb].label} {100 * d:+.2f} pt ({n} seeds)" for tb, _, d, n in verdicts)
     if yes:
-        print(f"Verdict: headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
-              f"{len(s.seeds)} seeds) on: {', '.join(TESTBEDS[tb].label for tb in yes)}.")
+        print(f"Verdict: headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over seeds) on "
+              f"{', '.join(TESTBEDS[tb].label for tb in yes)}; per testbed: {each}.")
     else:
         print(f"Verdict: no testbed shows headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
-              f"{len(s.seeds)} seeds): " + ", ".join(f"{TESTBEDS[tb].label} {100 * d:+.2f} pt" for tb, _, d in verdicts)
-              + ".")
+              f"seeds): {each}.")
     if wall:
         print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread; a shared "
               f"machine).")
@@ -391,7 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocations", type=int, help="random allocations finetuned per seed")
     p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
+    p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
+                   help="leave out the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
+    p.add_argument("--title", help="the report's heading (default: what it measures)")
     p.add_argument("--from", dest="source", help="only report what DIR/rows.jsonl of an earlier (--keep) run holds")
     p.add_argument("--keep", help="keep base models and rows.jsonl here and reuse base models found there "
                                   "(default: a temp dir, removed)")
@@ -400,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
-                              "workers": args.workers}.items() if v is not None}
+                              "workers": args.workers, "graded": args.graded}.items() if v is not None}
     s = replace(s, **over)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
@@ -408,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.source:
         bases, rows = read_rows(Path(args.source))
-        report(s, bases, rows, 0.0, args.quick)
+        report(s, bases, rows, 0.0, args.quick, args.title)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="ptheadroom-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -419,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    report(s, bases, rows, time.perf_counter() - t0, args.quick)
+    report(s, bases, rows, time.perf_counter() - t0, args.quick, args.title)
     return 0
 
 
