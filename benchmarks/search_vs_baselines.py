@@ -317,6 +317,27 @@ def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[in
     return bases, rows
 
 
+def report_from(root: Path, plot_dir: Path) -> int:
+    """The report of a run kept with ``--keep``, from ``settings.json`` and ``arms.jsonl`` (the
+    last row of each arm; a run that was interrupted reports what it finished)."""
+    raw = json.loads((root / "settings.json").read_text())
+    quick = raw.pop("quick")
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    last: dict[tuple, dict] = {}
+    with open(root / "arms.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            last[tuple(row.pop("key"))] = row
+    bases = {k[0]: v for k, v in last.items() if k[1] == "dense" and "error" not in v}
+    rows: dict[float, list[dict]] = {frac: [] for frac in s.budgets}
+    for k, v in last.items():
+        if k[1] != "dense" and k[1] in rows:
+            rows[k[1]].append(dict(v, seed=k[0]))
+    png = plot_proxy(s, rows, plot_dir, quick)
+    report(s, bases, rows, float("nan"), quick, png)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny subset, 1 seed, few epochs and trials")
@@ -337,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also finalize with distillation, reported as its own arm")
     p.add_argument("--plot-dir", default=str(Path(__file__).parent / "results"),
                    help="where svb_proxy_<model>.png goes (proxy score vs finetuned accuracy)")
+    p.add_argument("--report-from", metavar="DIR",
+                   help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing")
     args = p.parse_args(argv)
     s = for_testbed(QUICK if args.quick else Settings(), args.model, args.width_mult)
     s = replace(s, seeds=tuple(args.seeds or s.seeds), search_trials=args.trials or s.search_trials,
@@ -347,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                 finalize_distill=args.finalize_distill or s.finalize_distill)
     if s.screen_keep > s.screen_candidates:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
+    if args.report_from:
+        return report_from(Path(args.report_from), Path(args.plot_dir))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("search.progress").setLevel(logging.WARNING)
@@ -360,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     say(f"settings {asdict(s)}; work dir {root}")
+    (root / "settings.json").write_text(json.dumps({**asdict(s), "quick": args.quick}))
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
     try:
         bases, rows = run_all(s, root, pool)

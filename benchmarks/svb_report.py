@@ -111,6 +111,9 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
     _goals(s, bases, rows)
     if png is not None:
         print(f"\nProxy score against finetuned accuracy of the screened candidates that ran as trials: `{png}`.")
+    if wall != wall:  # NaN: printed again by --report-from
+        print("\n(Report regenerated from a kept run's arms.jsonl by --report-from.)")
+        return
     print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread for the arms; "
           f"Ray with 2 one-CPU trials for the search; a shared machine).")
 
@@ -165,6 +168,11 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
             if ad is not None:
                 checks.append((f"{frac:.0%}: {arm} ≥ uniform L1 + distillation − 0.2 pt ({100 * (ef - ad):+.2f} pt)",
                                100 * (ef - ad) >= -0.2))
+            uni = _mean(r, "finalize: uniform at target" if arm == "search + finalize"
+                        else "finalize --distill: uniform at target")
+            if uni is not None:  # the same trainer and epochs as the pick: the like-for-like baseline
+                checks.append((f"{frac:.0%}: {arm} ≥ finalize's own uniform L1 at the target − 0.2 pt "
+                               f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))
             if abs(frac - 0.1) < 1e-9 and ad is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation + 1.0 pt "
                                f"({100 * (ef - ad):+.2f} pt)", 100 * (ef - ad) >= 1.0))
