@@ -119,7 +119,7 @@ def search_config(s: Settings, seed: int, frac: float, ckpt: str, root: Path, r_
                    "ratio_min": round(r_uni / 3.5, 3), "ratio_max": round(min(1.0, 1.9 * r_uni), 3),
                    "finetune_epochs": [s.search_epochs, s.search_epochs],
                    "finetune_lr": [s.finetune_lr, s.finetune_lr],
-                   "distill": [False, True], **DISTILL_RANGES,
+                   "distill": [False, True], **DISTILL_RANGES, "recalib_batches": s.recalib_batches,
                    "baselines": [{"ranking": "uniform", "criterion": "l1"}],
                    "screen": {"candidates": s.screen_candidates, "keep": s.screen_keep, "proxy": s.screen_proxy,
                               "batches": s.screen_batches}},

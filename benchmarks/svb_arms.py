@@ -112,7 +112,7 @@ def arm_ours(s: Settings, seed: int, budget: int, ckpt: str, criterion: str, ran
     teacher = _load_base(ckpt).eval() if distill else None
     meter = _Compute(len(data.train), tuple(data.input_shape))
     spec = PruneSpec(criterion=criterion, target_macs=budget, ranking=ranking, steps=steps, step_epochs=1,
-                     calib_batches=s.calib_batches, calib_batch_size=s.batch_size)
+                     calib_batches=s.calib_batches, calib_batch_size=s.batch_size, recalib_batches=s.recalib_batches)
     prune_iteratively(model, data, spec, _train_cfg(s, seed, s.finetune_epochs, s.finetune_lr, distill),
                       finetune_epochs=s.finetune_epochs - (steps - 1), on_epoch=meter, teacher=teacher)
     return _result(f"{ranking} {criterion}" + (" + distill" if distill else ""), model, data, meter.macs,
@@ -152,6 +152,10 @@ def arm_tp_taylor(s: Settings, seed: int, budget: int, ckpt: str) -> dict:
         else:
             lo = mid
     model = best if best is not None else pruned(hi)
+    if s.recalib_batches:  # as every other pruning arm and the search's trials do after the cut
+        from pruning.recalibrate import recalibrate_bn
+
+        recalibrate_bn(model, data.train.batches(s.batch_size, shuffle=True, seed=seed), s.recalib_batches)
     meter = _Compute(len(data.train), tuple(data.input_shape))
     train(model, data, _train_cfg(s, seed, s.finetune_epochs, s.finetune_lr), on_epoch=meter)
     return _result("global Taylor (torch-pruning)", model, data, meter.macs, meter.epochs, t0)

@@ -58,6 +58,9 @@ class Settings:
     batch_size: int = 64
     iter_steps: int = 3
     calib_batches: int = 4  # (c): batches of 64 scored per step (attribution_iba optimises per batch: costly)
+    # BN statistics re-estimated on this many train batches right after every cut, in every pruning
+    # arm: the search's trials do it (search.recalib_batches, default 20), so the fixed arms must too.
+    recalib_batches: int = 20
     workers: int = 2
 
     @property
