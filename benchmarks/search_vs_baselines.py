@@ -1,11 +1,15 @@
-"""Search vs fixed pruning recipes on Fashion-MNIST, at 30% and 10% of the dense MACs (issue 10).
+"""Search vs fixed pruning recipes on Fashion-MNIST, at 30% and 10% of the dense MACs (issues 10, 17).
 
 Data and model are chosen so that methods can be told apart on 2 CPU cores (digits
-is too easy: the demo's config says why): Fashion-MNIST downsampled to 16x16, a seeded stratified subset of 4,000
+is too easy: the demo's config says why): Fashion-MNIST downsampled, a seeded stratified subset of 4,000
 training and 1,000 validation images (from the official train set), the official 10,000 test
-images; ``small_vgg`` (5 convs 32,32,64,64,128 + BN, 7.15M MACs at 16x16). At this size uniform
-L1 at 10% of the MACs loses about 2 points against dense (measured in the same run and printed:
-the "design check"), while a dense epoch takes ~3.5 s on one thread.
+images. ``--model`` chooses the testbed (``svb_settings.TESTBEDS``: image size, width multiplier,
+base epochs): ``small_vgg`` (default; 5 convs 32,32,64,64,128 + BN, 7.15M MACs at 16x16, a dense
+epoch ~3.5 s on one thread), ``cifar_resnet20`` at 16x16 (the deeper testbed) or ``cifar_vgg16``
+x0.25 at 32x32 (``--width-mult`` overrides). A seeded stratified 10% of the training subset is the
+selection split (``data.select_fraction``): the base model, every fixed arm and every search trial
+train on the rest (the same images: ``load_data(..., select_fraction=0.1)`` with the seed gives the
+split the search's experiment data carves), and only finalize scores on it.
 
 Per seed the dense base model is trained once (``--base-epochs``) and shared by every arm. Then,
 per budget (MACs <= budget x dense), every pruning arm gets the same ``--finetune-epochs``:
@@ -20,20 +24,26 @@ per budget (MACs <= budget x dense), every pruning arm gets the same ``--finetun
     rest after the last: the same total finetune epochs; scores from 4 batches of 64 per step);
 (d) online grow/prune (``pruning.adaptive``) from the base model with the budget: at most 2
     search epochs at the finetune LR, then finetune epochs to the same total;
-(e) the search: ``search.tuner.run_search`` (Ray, 2 trials at a time, TPE on val accuracy with
-    the MACs budget as a constraint, per-group keep ratios, criterion l1 or taylor_fo,
-    distillation on/off with its alpha and T, short
-    trials of ``--search-epochs``; the uniform ratio at the budget is enqueued as a baseline
-    trial); the best feasible trial on val, reported on test; then *finalized* with
-    ``search.finalize`` (top 1 within the budget, ``--finetune-epochs``; see :func:`arm_finalize`);
-(f) the widths of (e) and of (a) trained from scratch for base + finetune epochs.
+(e) the search: ``search.tuner.run_search`` (Ray, 2 trials at a time, TPE on val accuracy,
+    budget-exact trials: ``objectives.macs_targets: [budget]`` scales each trial's per-group keep
+    ratios onto the budget, so no trial lands over it (checked in the ledger); criterion l1 or
+    taylor_fo, distillation on/off with its alpha and T, short trials of ``--search-epochs``; the
+    uniform profile is enqueued as a baseline trial; ``search.screen`` scores
+    ``--screen-candidates`` random profiles with ``--screen-proxy`` and enqueues the
+    ``--screen-keep`` best as trials). Reported: the best trial on val, on test; then
+    ``search.finalize`` (the ``--finalize-top`` best trials and the uniform L1 baseline at the
+    budget, ``--finetune-epochs`` each, picked on the selection split: the arm "(e) search +
+    finalize" is that pick, finalize's uniform row is reported beside it); with
+    ``--finalize-distill`` also finalize with distillation, its own arm;
+(f) the widths of (e)'s pick after finalize and of (a) trained from scratch for base + finetune epochs.
 
 Training compute = per-sample MACs x samples x 3 (forward + backward) summed over every
 training epoch (+ the teacher's forward MACs x samples when distilling), including the base
 model's training for the arms that start from it and every search trial for (e). Scoring passes are not counted: a few batches, except ``attribution_iba``,
 which optimises a bottleneck for 10 steps per batch and layer (about 4 x 10 x 5 forward/backward
 passes of a batch per pruning step). Markdown on
-stdout, progress on stderr. ``--quick`` is a smoke test (tiny sizes, one seed, ~2 minutes).
+stdout, progress on stderr, the plot of proxy score against finetuned accuracy to
+``benchmarks/results/svb_proxy_<model>.png``. ``--quick`` is a smoke test (tiny sizes, one seed, ~2 minutes).
 """
 
 from __future__ import annotations
@@ -43,7 +53,6 @@ import copy
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -57,8 +66,8 @@ from typing import Any
 import torch
 
 from svb_arms import _data, _init_worker, _load_base, arm_adaptive, arm_ours, arm_scratch, arm_tp_taylor, base_name, job_base
-from svb_report import report
-from svb_settings import DATASET, DISTILL_RANGES, MODEL, QUICK, ZHANG, Settings
+from svb_report import plot_proxy, report
+from svb_settings import DATASET, DISTILL_RANGES, QUICK, TESTBEDS, ZHANG, Settings, for_testbed
 
 
 def say(msg: str) -> None:
@@ -91,56 +100,85 @@ def uniform_plan(ckpt: str, s: Settings, seed: int, budget: int) -> tuple[float,
     return lo, {g: len(k) for g, k in keep_by_ratios({g: torch.ones(n) for g, n in sizes.items()}, lo).items()}
 
 
-def search_config(s: Settings, seed: int, frac: float, budget: int, ckpt: str, root: Path, r_uni: float) -> Any:
+def search_config(s: Settings, seed: int, frac: float, ckpt: str, root: Path, r_uni: float) -> Any:
+    """The search of arm (e) at one budget: budget-exact trials (``objectives.macs_targets: [frac]``,
+    no trial over its target), ``search.screen`` (``screen_candidates`` profiles scored by the
+    proxy, the ``screen_keep`` best enqueued as trials) and the selection split
+    (``data.select_fraction``) that finalize picks on."""
     from search.config import config_from_dict
 
     return config_from_dict({
-        "experiment": {"name": f"seed{seed}_b{round(100 * frac)}", "seed": seed, "results_dir": str(root)},
-        "model": {"name": MODEL, "checkpoint": ckpt},
-        "data": {"name": DATASET, "image_size": s.image_size, "limit": s.limit, "val_limit": s.val_limit},
+        "experiment": {"name": f"{s.model}_seed{seed}_b{round(100 * frac)}", "seed": seed, "results_dir": str(root)},
+        "model": {"name": s.model, "checkpoint": ckpt, "width_mult": s.width_mult},
+        "data": {"name": DATASET, "image_size": s.image_size, "limit": s.limit, "val_limit": s.val_limit,
+                 "select_fraction": s.select_fraction},
         "train": {"epochs": s.base_epochs, "lr": s.lr, "batch_size": s.batch_size, "device": "cpu"},
+        # With a target the ratio keys are a profile scaled onto it: the range only bounds how
+        # unequal the groups may be (the same spread as before targets, around the uniform ratio).
         "search": {"modes": ["prune"], "criteria": ["l1", "taylor_fo"], "tie": "none", "steps": [1],
                    "ratio_min": round(r_uni / 3.5, 3), "ratio_max": round(min(1.0, 1.9 * r_uni), 3),
                    "finetune_epochs": [s.search_epochs, s.search_epochs],
                    "finetune_lr": [s.finetune_lr, s.finetune_lr],
-                   "distill": [False, True], **DISTILL_RANGES,
-                   "baselines": [{"ranking": "uniform", "ratio": math.floor(1000 * r_uni) / 1000, "criterion": "l1"}]},
-        "objectives": {"objectives": [{"metric": "val_acc", "mode": "max"}], "macs_budget": budget},
+                   "distill": [False, True], **DISTILL_RANGES, "recalib_batches": s.recalib_batches,
+                   "baselines": [{"ranking": "uniform", "criterion": "l1"}],
+                   "screen": {"candidates": s.screen_candidates, "keep": s.screen_keep, "proxy": s.screen_proxy,
+                              "batches": s.screen_batches}},
+        "objectives": {"objectives": [{"metric": "val_acc", "mode": "max"}], "macs_targets": [frac]},
         "sampler": {"name": "tpe", "n_startup_trials": max(2, s.search_trials // 4)},
         "resources": {"cpu": 1, "num_cpus": 2},
         "num_samples": s.search_trials, "max_concurrent": 2,
     })
 
 
-def arm_finalize(cfg: Any, s: Settings, seed: int, chosen: dict) -> dict:
-    """(e) after finalize: ``search.finalize`` (``prunetune finalize NAME --top 1 --epochs E``) on the
-    search's experiment. With the MACs budget in the search's config, its top-1 source is the best
-    trial within the budget on val, i.e. the trial (e) chose: checked, not assumed. Finalize also
-    retrains the uniform baseline at that trial's MACs and hands back whichever of the two is
-    better on the selection split (issue 17): that pick is the arm's model."""
+def _final_row(row: Any, arm: str, compute: int, t0: float, **extra: Any) -> dict:
+    return {"arm": arm, "test_acc": float(row.test_acc), "val_acc": float(row.val_acc),
+            "select_acc": float(row.select_acc) if row.select_acc == row.select_acc else None,
+            "macs": int(row.macs), "macs_target": float(row.macs_target), "compute": compute,
+            "epochs": int(row.epochs), "widths": dict(zip(row.group_names, (int(w) for w in row.widths))),
+            "candidate": str(row.candidate), "is_uniform": bool(row.is_uniform), "wall_s": time.perf_counter() - t0,
+            **extra}
+
+
+def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
+    """(e) after finalize: ``search.finalize`` (``prunetune finalize NAME --top K --epochs E
+    [--distill]``) on the search's experiment: the ``finalize_top`` best trials of the target on
+    val and the uniform L1 baseline at the target, retrained alike, picked on the selection
+    split. Returns the pick's row (the arm) and the uniform candidate's row (reported beside it).
+    The distilled finalize runs after the plain one (its rows are another variant; finalize
+    re-marks ``picked`` for the variant it runs, so each result is read right after its call)."""
     from search.finalize import finalize
     from search.results.final import read_final
     from search.tuner import SearchOptions
 
     t0 = time.perf_counter()
-    summary = finalize(cfg.exp_dir, top=1, epochs=s.finetune_epochs, fresh=True, export=False,
-                       options=SearchOptions())
-    if summary.sources[:1] != [chosen["trial_id"]]:  # then the uniform baseline at the same MACs
-        raise RuntimeError(f"finalize chose {summary.sources}, the benchmark's pick is {chosen['trial_id']}")
-    final = read_final(summary.exp_dir)
-    if (final["status"] != "TERMINATED").any():
-        raise RuntimeError(f"finalize of {chosen['trial_id']} ended with errors: {list(final['error'].dropna())}")
-    # What finalize hands back: the trial or the uniform baseline, whichever is better on the selection split.
-    row = final[final["picked"] == True].iloc[0]  # noqa: E712 (nullable column)
-    compute = int(final["train_macs"].sum())  # every candidate finalize trained, the uniform baseline too
-    return {"arm": "search, after finalize", "test_acc": float(row.test_acc), "val_acc": float(row.val_acc),
-            "macs": int(row.macs), "compute": compute, "epochs": int(row.epochs),
-            "widths": dict(zip(row.group_names, (int(w) for w in row.widths))), "wall_s": time.perf_counter() - t0}
+    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, fresh=not distill,
+             export=False, options=SearchOptions())
+    final = read_final(cfg.exp_dir)
+    variant = "finetune+distill" if distill else "finetune"
+    mine = final[final["variant"] == variant]
+    bad = mine[mine["status"] != "TERMINATED"]
+    if not bad.empty:
+        raise RuntimeError(f"finalize ended with errors: {list(bad['error'].dropna())}")
+    picked = mine[mine["picked"] == True]  # noqa: E712 (nullable column)
+    if picked.empty:
+        raise RuntimeError(f"finalize ({variant}) picked nothing among {list(mine['candidate'])}")
+    compute = int(mine["train_macs"].sum())  # every candidate finalize trained, the uniform baseline too
+    suffix = " --distill" if distill else ""
+    rows = [_final_row(picked.iloc[0], f"search + finalize{suffix}", compute, t0,
+                       candidates=len(mine), pick_uniform=bool(picked.iloc[0].is_uniform))]
+    uni = mine[mine["is_uniform"] == True]  # noqa: E712
+    if not uni.empty:
+        rows.append(_final_row(uni.iloc[0], f"finalize{suffix}: uniform at target", int(uni.iloc[0].train_macs), t0))
+    return rows
 
 
-def arm_search(cfg: Any, s: Settings, seed: int, budget: int) -> tuple[dict, dict]:
-    """(e) before finalize: run the search, pick the best feasible trial on val. Returns (result, params)."""
+def arm_search(cfg: Any, s: Settings, seed: int, dense_macs: int) -> tuple[dict, dict]:
+    """(e) before finalize: run the search, pick the best trial on val (all are budget-exact).
+    Returns (result, params); the result carries the ledger check (trials over their target),
+    the proxy's Spearman rank correlation and its (proxy score, finetuned val/test) pairs."""
     from search.results.ledger import read_trials
+    from search.results.screen import proxy_correlation, read_screen
+    from search.trial.params import SCREEN_KEY, TARGET_KEY
     from search.tuner import SearchOptions, run_search
 
     t0 = time.perf_counter()
@@ -148,16 +186,34 @@ def arm_search(cfg: Any, s: Settings, seed: int, budget: int) -> tuple[dict, dic
     df = read_trials(summary.exp_dir)
     done = df[df.status == "TERMINATED"]
     compute = int(done.train_macs.sum())  # every finished trial's training, distillation teacher included
-    ok = done[done.macs <= budget]
-    if ok.empty:
-        raise RuntimeError(f"search {cfg.experiment.name}: no trial within the budget of {budget} MACs")
-    best = ok.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort").iloc[0]
+    # The ledger check: no trial may land over its own target (macs_target x the base model's MACs).
+    over = int((done.macs > done.macs_target * dense_macs).sum())
+    if done.empty:
+        raise RuntimeError(f"search {cfg.experiment.name}: no finished trial")
+    best = done.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort").iloc[0]
     params = json.loads(best.params_json)
+    screen = read_screen(summary.exp_dir)
+    rho, n_pairs = proxy_correlation(screen, df)
+    scores = {(round(float(r.target), 9), int(r.candidate)): float(r.score) for r in screen.itertuples()
+              if r.score == r.score and r.score is not None}
+    pairs = []
+    for r in done.itertuples():
+        p = json.loads(r.params_json)
+        if p.get(SCREEN_KEY) is not None and p.get(TARGET_KEY) is not None:
+            key = (round(float(p[TARGET_KEY]), 9), int(p[SCREEN_KEY]))
+            if key in scores:
+                pairs.append((scores[key], float(r.val_acc), float(r.test_acc)))
     res = {"arm": "search, best trial", "test_acc": float(best.test_acc), "val_acc": float(best.val_acc),
-           "macs": int(best.macs), "compute": compute, "epochs": int(best.epochs),
+           "macs": int(best.macs), "macs_target": float(best.macs_target), "compute": compute,
+           "epochs": int(best.epochs),
            "widths": dict(zip(best.group_names, (int(w) for w in best.widths))), "wall_s": time.perf_counter() - t0,
-           "trials": len(df), "feasible": len(ok), "criterion": str(best.criterion), "trial_id": str(best.trial_id),
-           "baseline_chosen": "baseline" in params, "distill": bool(params.get("distill"))}
+           "trials": len(df), "finished": len(done), "over_target": over, "screened": len(screen),
+           "screen_failed": int(screen.score.isna().sum()) if len(screen) else 0,
+           "proxy_rho": rho, "proxy_pairs": n_pairs, "proxy_points": pairs,
+           "all_scores": [float(x) for x in screen.score.dropna()],
+           "criterion": str(best.criterion), "trial_id": str(best.trial_id),
+           "baseline_chosen": "baseline" in params, "screened_chosen": params.get(SCREEN_KEY) is not None,
+           "distill": bool(params.get("distill"))}
     return res, params
 
 
@@ -204,32 +260,37 @@ def fixed_arms(s: Settings, seed: int, frac: float, budget: int, ckpt: str, uni_
             (key + ("adaptive grow/prune",), part(arm_adaptive, s, seed, budget, ckpt))]
 
 
-def search_arms(s: Settings, seed: int, frac: float, budget: int, ckpt: str, root: Path,
+def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str, root: Path,
                 plan: tuple[float, dict[str, int]]) -> tuple[list[dict], Jobs]:
-    """(e) before and after finalize, in this process (Ray); returns their rows and the job of (f)
-    at the widths of (e). ``plan``: :func:`uniform_plan` of this seed and budget."""
+    """(e) before and after finalize (and after finalize --distill with ``finalize_distill``), in
+    this process (Ray); returns their rows and the job of (f) at the widths of (e)'s pick.
+    ``plan``: :func:`uniform_plan` of this seed and budget."""
     r_uni, uni_widths = plan
-    cfg = search_config(s, seed, frac, budget, ckpt, root, r_uni)
-    say(f"search seed {seed}, budget {frac:.0%}: {s.search_trials} trials (uniform ratio {r_uni:.3f})")
+    cfg = search_config(s, seed, frac, ckpt, root, r_uni)
+    say(f"search seed {seed}, budget {frac:.0%}: {s.search_trials} trials, screening {s.screen_candidates} "
+        f"({s.screen_proxy}, keep {s.screen_keep}), uniform ratio {r_uni:.3f}")
     try:
-        res, params = arm_search(cfg, s, seed, budget)
+        res, params = arm_search(cfg, s, seed, dense_macs)
     except Exception as e:  # noqa: BLE001
         res, params = {"arm": "search, best trial", "error": f"{type(e).__name__}: {e}"[:120]}, None
     res.update(seed=seed, uniform_widths=uni_widths)
     rows = [res]
     if params is not None:
-        try:
-            fin = arm_finalize(cfg, s, seed, res)
-        except Exception as e:  # noqa: BLE001
-            fin = {"arm": "search, after finalize", "error": f"{type(e).__name__}: {e}"[:120]}
-        rows.append(dict(fin, seed=seed))
+        for distill in (False, True) if s.finalize_distill else (False,):
+            try:
+                rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
+            except Exception as e:  # noqa: BLE001
+                rows.append({"arm": "search + finalize" + (" --distill" if distill else ""), "seed": seed,
+                             "error": f"{type(e).__name__}: {e}"[:120]})
     for row in rows:
         _record(root, (seed, frac, row["arm"]), row)
-        say(f"{row['arm']} seed {seed} {frac:.0%}: {row.get('error') or row}")
-    if params is None:
+        say(f"{row['arm']} seed {seed} {frac:.0%}: " + (row.get("error") or
+            f"test {100 * row['test_acc']:.2f}% MACs {row['macs'] / dense_macs:.2%}"))
+    pick = next((r for r in rows if r["arm"] == "search + finalize" and "error" not in r), None)
+    if pick is None:
         return rows, []
     name = "scratch, widths of (e)"
-    return rows, [((seed, frac, name), functools.partial(arm_scratch, s, seed, res["widths"], name))]
+    return rows, [((seed, frac, name), functools.partial(arm_scratch, s, seed, pick["widths"], name))]
 
 
 def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[int, dict], dict[float, list[dict]]]:
@@ -248,12 +309,33 @@ def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[in
     for (seed, frac), (_, uni_widths) in plans.items():
         pending += _submit(pool, fixed_arms(s, seed, frac, int(frac * dense_macs), ckpt[seed], uni_widths))
     for (seed, frac), plan in plans.items():
-        found, jobs = search_arms(s, seed, frac, int(frac * dense_macs), ckpt[seed], root, plan)
+        found, jobs = search_arms(s, seed, frac, dense_macs, ckpt[seed], root, plan)
         rows[frac] += found
         pending += _submit(pool, jobs)
     for key, res in _collect(pending, root):
         rows[key[1]].append(dict(res, seed=key[0]))
     return bases, rows
+
+
+def report_from(root: Path, plot_dir: Path) -> int:
+    """The report of a run kept with ``--keep``, from ``settings.json`` and ``arms.jsonl`` (the
+    last row of each arm; a run that was interrupted reports what it finished)."""
+    raw = json.loads((root / "settings.json").read_text())
+    quick = raw.pop("quick")
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    last: dict[tuple, dict] = {}
+    with open(root / "arms.jsonl") as f:
+        for line in f:
+            row = json.loads(line)
+            last[tuple(row.pop("key"))] = row
+    bases = {k[0]: v for k, v in last.items() if k[1] == "dense" and "error" not in v}
+    rows: dict[float, list[dict]] = {frac: [] for frac in s.budgets}
+    for k, v in last.items():
+        if k[1] != "dense" and k[1] in rows:
+            rows[k[1]].append(dict(v, seed=k[0]))
+    png = plot_proxy(s, rows, plot_dir, quick)
+    report(s, bases, rows, float("nan"), quick, png)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,10 +347,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, help="worker processes for the non-search arms (1 thread each)")
     p.add_argument("--keep", help="keep the experiment directories and base models here, and reuse base models "
                                   "found there (default: a temp dir, removed)")
+    p.add_argument("--model", choices=sorted(TESTBEDS), default="small_vgg",
+                   help="the testbed (its image size and base epochs: svb_settings.TESTBEDS)")
+    p.add_argument("--width-mult", type=float, help="override the testbed's width multiplier")
+    p.add_argument("--screen-candidates", type=int, help="screened candidates per budget and seed")
+    p.add_argument("--screen-keep", type=int, help="best screened candidates enqueued as trials")
+    p.add_argument("--screen-proxy", choices=["abn", "epochs1"], help="the screening proxy")
+    p.add_argument("--finalize-top", type=int, help="search trials finalize retrains per target (+ the uniform one)")
+    p.add_argument("--finalize-distill", action="store_true",
+                   help="also finalize with distillation, reported as its own arm")
+    p.add_argument("--plot-dir", default=str(Path(__file__).parent / "results"),
+                   help="where svb_proxy_<model>.png goes (proxy score vs finetuned accuracy)")
+    p.add_argument("--report-from", metavar="DIR",
+                   help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing")
     args = p.parse_args(argv)
-    s = QUICK if args.quick else Settings()
+    s = for_testbed(QUICK if args.quick else Settings(), args.model, args.width_mult)
     s = replace(s, seeds=tuple(args.seeds or s.seeds), search_trials=args.trials or s.search_trials,
-                search_epochs=args.search_epochs or s.search_epochs, workers=args.workers or s.workers)
+                search_epochs=args.search_epochs or s.search_epochs, workers=args.workers or s.workers,
+                screen_candidates=args.screen_candidates or s.screen_candidates,
+                screen_keep=args.screen_keep or s.screen_keep, screen_proxy=args.screen_proxy or s.screen_proxy,
+                finalize_top=args.finalize_top or s.finalize_top,
+                finalize_distill=args.finalize_distill or s.finalize_distill)
+    if s.screen_keep > s.screen_candidates:
+        p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
+    if args.report_from:
+        return report_from(Path(args.report_from), Path(args.plot_dir))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("search.progress").setLevel(logging.WARNING)
@@ -282,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     say(f"settings {asdict(s)}; work dir {root}")
+    (root / "settings.json").write_text(json.dumps({**asdict(s), "quick": args.quick}))
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
     try:
         bases, rows = run_all(s, root, pool)
@@ -289,7 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         pool.shutdown(cancel_futures=True)
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    report(s, bases, rows, time.perf_counter() - t_start, args.quick)
+    png = plot_proxy(s, rows, Path(args.plot_dir), args.quick)
+    report(s, bases, rows, time.perf_counter() - t_start, args.quick, png)
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from svb_settings import DATASET, DISTILL_ALPHA, DISTILL_T, FORWARDS, MODEL, Settings
+from svb_settings import DATASET, DISTILL_ALPHA, DISTILL_T, FORWARDS, Settings
 
 
 
@@ -23,7 +23,11 @@ from svb_settings import DATASET, DISTILL_ALPHA, DISTILL_T, FORWARDS, MODEL, Set
 def _data(s: Settings, seed: int) -> Any:
     from pruning.data import load_data
 
-    return load_data(DATASET, seed=seed, image_size=s.image_size, limit=s.limit, val_limit=s.val_limit)
+    # The selection split is carved from train exactly as the search's experiment data does it
+    # (search.trial.materialize: load_data with the same seed and select_fraction), so that every
+    # arm, the base model and the search train on the same images and none trains on select.
+    return load_data(DATASET, seed=seed, image_size=s.image_size, limit=s.limit, val_limit=s.val_limit,
+                     select_fraction=s.select_fraction)
 
 
 def _train_cfg(s: Settings, seed: int, epochs: int, lr: float, distill: bool = False) -> Any:
@@ -66,8 +70,9 @@ def base_name(s: Settings, seed: int) -> str:
     """File name of the base model of ``seed``: a hash of what determines it, so ``--keep DIR`` reuses it."""
     import hashlib
 
-    recipe = [MODEL, DATASET, s.image_size, s.limit, s.val_limit, s.base_epochs, s.lr, s.batch_size, seed]
-    return f"base-seed{seed}-{hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]}.pt"
+    recipe = [s.model, s.width_mult, DATASET, s.image_size, s.limit, s.val_limit, s.select_fraction, s.base_epochs, s.lr,
+              s.batch_size, seed]
+    return f"base-{s.model}-seed{seed}-{hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]}.pt"
 
 
 def job_base(s: Settings, seed: int, ckpt: str) -> dict:
@@ -83,10 +88,10 @@ def job_base(s: Settings, seed: int, ckpt: str) -> dict:
         compute = FORWARDS * count_macs(model, data.input_shape) * len(data.train) * s.base_epochs
         return _result("dense", model, data, compute, s.base_epochs, t0, reused=True)
     torch.manual_seed(seed)
-    model = create_model(MODEL, data.num_classes, in_channels=data.input_shape[0])
+    model = create_model(s.model, data.num_classes, in_channels=data.input_shape[0], width_mult=s.width_mult)
     meter = _Compute(len(data.train), tuple(data.input_shape))
     train(model, data, _train_cfg(s, seed, s.base_epochs, s.lr), on_epoch=meter)
-    save_checkpoint(ckpt, model.cpu(), recipe=MODEL)
+    save_checkpoint(ckpt, model.cpu(), recipe=s.model)
     return _result("dense", model, data, meter.macs, meter.epochs, t0)
 
 
@@ -107,7 +112,7 @@ def arm_ours(s: Settings, seed: int, budget: int, ckpt: str, criterion: str, ran
     teacher = _load_base(ckpt).eval() if distill else None
     meter = _Compute(len(data.train), tuple(data.input_shape))
     spec = PruneSpec(criterion=criterion, target_macs=budget, ranking=ranking, steps=steps, step_epochs=1,
-                     calib_batches=s.calib_batches, calib_batch_size=s.batch_size)
+                     calib_batches=s.calib_batches, calib_batch_size=s.batch_size, recalib_batches=s.recalib_batches)
     prune_iteratively(model, data, spec, _train_cfg(s, seed, s.finetune_epochs, s.finetune_lr, distill),
                       finetune_epochs=s.finetune_epochs - (steps - 1), on_epoch=meter, teacher=teacher)
     return _result(f"{ranking} {criterion}" + (" + distill" if distill else ""), model, data, meter.macs,
@@ -147,6 +152,10 @@ def arm_tp_taylor(s: Settings, seed: int, budget: int, ckpt: str) -> dict:
         else:
             lo = mid
     model = best if best is not None else pruned(hi)
+    if s.recalib_batches:  # as every other pruning arm and the search's trials do after the cut
+        from pruning.recalibrate import recalibrate_bn
+
+        recalibrate_bn(model, data.train.batches(s.batch_size, shuffle=True, seed=seed), s.recalib_batches)
     meter = _Compute(len(data.train), tuple(data.input_shape))
     train(model, data, _train_cfg(s, seed, s.finetune_epochs, s.finetune_lr), on_epoch=meter)
     return _result("global Taylor (torch-pruning)", model, data, meter.macs, meter.epochs, t0)
@@ -174,7 +183,7 @@ def arm_scratch(s: Settings, seed: int, widths: dict[str, int], name: str) -> di
     t0 = time.perf_counter()
     data = _data(s, seed)
     torch.manual_seed(seed)
-    model = create_model(MODEL, data.num_classes, in_channels=data.input_shape[0])
+    model = create_model(s.model, data.num_classes, in_channels=data.input_shape[0], width_mult=s.width_mult)
     prune(model, {g: list(range(w)) for g, w in widths.items()}, data.example_input())
     for m in model.modules():  # re-initialise at the new shapes (fan-in changed)
         if hasattr(m, "reset_parameters"):

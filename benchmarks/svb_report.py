@@ -1,21 +1,27 @@
-"""The Markdown report of ``search_vs_baselines.py``: one table per budget, the search's picks,
-and the goals of issue 10 checked on mean test accuracy."""
+"""The Markdown report of ``search_vs_baselines.py``: one table per budget, the search's picks, its
+ledger check and proxy correlation, the goals of issue 17 checked on mean test accuracy, and the
+plot of proxy score against finetuned accuracy."""
 
 from __future__ import annotations
 
 import statistics
 
-from svb_settings import DISTILL_ALPHA, DISTILL_RANGES, DISTILL_T, MODEL, ZHANG, Settings
+from pathlib import Path
+
+from svb_settings import DISTILL_ALPHA, DISTILL_RANGES, DISTILL_T, TESTBEDS, ZHANG, Settings
 
 
 
 ORDER = ["dense", "uniform l1", "uniform l1 + distill", "global Taylor (torch-pruning)", *(f"global {c}" for c in ZHANG),
-         "adaptive grow/prune", "search, best trial", "search, after finalize", "scratch, widths of (e)",
+         "adaptive grow/prune", "search, best trial", "search + finalize", "finalize: uniform at target",
+         "search + finalize --distill", "finalize --distill: uniform at target", "scratch, widths of (e)",
          "scratch, widths of (a)"]
 LABEL = {"uniform l1": "(a) uniform L1", "uniform l1 + distill": "(a) uniform L1 + distillation", "global Taylor (torch-pruning)": "(b) global Taylor (torch-pruning)",
          **{f"global {c}": f"(c) iterative global {c}" for c in ZHANG}, "adaptive grow/prune": "(d) adaptive grow/prune",
-         "search, best trial": "(e) search, best trial (short finetune)", "search, after finalize":
-         "(e) search, after finalize", "scratch, widths of (e)": "(f) scratch, widths of (e)",
+         "search, best trial": "(e) search, best trial (short finetune)", "search + finalize":
+         "(e) search + finalize (its pick)", "finalize: uniform at target": "(e) finalize's uniform L1 at the target",
+         "search + finalize --distill": "(e) search + finalize --distill",
+         "finalize --distill: uniform at target": "(e) finalize --distill's uniform L1 at the target", "scratch, widths of (e)": "(f) scratch, widths of (e)",
          "scratch, widths of (a)": "(f) scratch, widths of (a)", "dense": "dense"}
 
 
@@ -29,28 +35,36 @@ def _mean(rows: list[dict], arm: str, key: str = "test_acc") -> float | None:
     return statistics.mean(xs) if xs else None
 
 
-def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], wall: float, quick: bool) -> None:
+def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], wall: float, quick: bool,
+           png: Path | None = None) -> None:
     dense_macs = statistics.mean(b["macs"] for b in bases.values())
     base_compute = statistics.mean(b["compute"] for b in bases.values())
     n_test = "10,000"
-    print(f"### Search vs fixed pruning recipes (Fashion-MNIST, {MODEL}){' — QUICK smoke run' if quick else ''}\n")
-    print(f"Fashion-MNIST at {s.image_size}×{s.image_size}: {s.limit} training and {s.val_limit} validation images "
-          f"(seeded stratified subsets of the official train set), the official {n_test} test images; `{MODEL}` "
-          f"(5 convs with BN, {dense_macs / 1e6:.2f}M MACs). Dense: {s.base_epochs} epochs, LR {s.lr} (cosine). Every "
-          f"pruning arm then gets {s.finetune_epochs} finetune epochs at LR {s.finetune_lr}; scratch arms train "
+    train_n = s.limit - round(s.select_fraction * s.limit)
+    print(f"### Search vs fixed pruning recipes (Fashion-MNIST, {s.label}){' — QUICK smoke run' if quick else ''}\n")
+    print(f"Fashion-MNIST at {s.image_size}×{s.image_size}: {s.limit} training images of which a seeded stratified "
+          f"{s.select_fraction:.0%} (~{s.limit - train_n}) is the selection split that no arm trains on (every arm, the "
+          f"base model and the search train on the same ~{train_n}), {s.val_limit} validation images (seeded stratified "
+          f"subsets of the official train set), the official {n_test} test images; `{s.label}` "
+          f"({TESTBEDS[s.model].note}, {dense_macs / 1e6:.2f}M MACs). Dense: {s.base_epochs} epochs, LR {s.lr} (cosine). "
+          f"Every pruning arm then gets {s.finetune_epochs} finetune epochs at LR {s.finetune_lr}; scratch arms train "
           f"{s.base_epochs + s.finetune_epochs} epochs at LR {s.lr}. Seeds {', '.join(map(str, s.seeds))} (each seed "
           f"its own split, base model and search); test accuracy mean ± std over seeds. The search: "
-          f"{s.search_trials} trials per budget and seed on Ray (2 at a time), TPE on val accuracy with the MACs "
-          f"budget as a constraint, per-group keep ratios + criterion (l1 / taylor_fo) + distillation (off, or on "
+          f"{s.search_trials} trials per budget and seed on Ray (2 at a time), budget-exact "
+          f"(`objectives.macs_targets: [budget]`: each trial's per-group keep ratios are a profile scaled onto the "
+          f"budget), TPE on val accuracy, criterion (l1 / taylor_fo) + distillation (off, or on "
           f"with α in {list(DISTILL_RANGES['distill_alpha'])} and T in {list(DISTILL_RANGES['distill_temperature'])}; "
           f"the fixed recipe (a) + distillation uses α={DISTILL_ALPHA:g}, T={DISTILL_T:g}), {s.search_epochs} finetune "
-          f"epoch(s) per trial; chosen on val, reported on test. *Finalize* is `search.finalize` (`prunetune "
-          f"finalize NAME --top 1 --epochs {s.finetune_epochs}`: the best trial within the budget on val, "
-          f"finetuned {s.finetune_epochs} epochs from the base model, on Ray). "
+          f"epoch(s) per trial; `search.screen` scores {s.screen_candidates} random budget-exact profiles with the "
+          f"`{s.screen_proxy}` proxy and enqueues the best {s.screen_keep} as trials; the uniform profile is enqueued "
+          f"as a baseline trial. *Finalize* is `search.finalize` (`prunetune finalize NAME --top {s.finalize_top} "
+          f"--epochs {s.finetune_epochs}`: the {s.finalize_top} best trials on val and the uniform L1 baseline at the "
+          f"target, each finetuned {s.finetune_epochs} epochs from the base model, the pick made on the selection "
+          f"split; `--distill`: every candidate distils the base model). "
           f"Compute = training MACs (per-sample MACs × samples × 3, all epochs, + the teacher's forward passes when "
           f"distilling; base training included for arms "
-          f"that start from the base model, every search trial included for (e)) as a multiple of the dense "
-          f"base training ({base_compute / 1e12:.2f} TMACs).\n")
+          f"that start from the base model, every search trial included for (e); screening not counted) as a multiple "
+          f"of the dense base training ({base_compute / 1e12:.2f} TMACs).\n")
     for frac in s.budgets:
         print(f"#### Budget {frac:.0%} of the dense MACs\n")
         print("| arm | MACs kept | test acc % | Δ vs dense (pt) | val acc % | training compute (× base) | epochs |")
@@ -59,11 +73,13 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
         for arm in ORDER:
             got = list(bases.values()) if arm == "dense" else [r for r in rows[frac] if r["arm"] == arm]
             ok = [r for r in got if "error" not in r]
+            if not got and "distill" in arm and "finalize" in arm:
+                continue  # --finalize-distill not given
             if not ok:
                 print(f"| {LABEL[arm]} | - | failed: {got[0]['error'] if got else 'not run'} | | | | |")
                 continue
             extra = 0 if arm.startswith(("scratch", "dense")) else base_compute
-            if arm == "search, after finalize":  # finalizing comes after the whole search
+            if arm.startswith("search + finalize"):  # finalizing comes after the whole search
                 extra += _mean(rows[frac], "search, best trial", "compute") or 0
             compute = statistics.mean(r["compute"] for r in ok) + extra
             over = " (over budget)" if arm != "dense" and max(r["macs"] for r in ok) > frac * dense_macs else ""
@@ -74,38 +90,145 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
         print()
         for r in rows[frac]:
             if r["arm"] == "search, best trial" and "error" not in r:
-                print(f"- seed {r['seed']}: search ran {r['trials']} trials ({r['feasible']} within the budget); chose "
+                rho = "n/a (fewer than 3 pairs or constant)" if r["proxy_rho"] is None else f"{r['proxy_rho']:+.2f}"
+                print(f"- seed {r['seed']}: search ran {r['trials']} trials ({r['finished']} finished, "
+                      f"**{r['over_target']} over their target**); screened {r['screened']} candidates "
+                      f"({r['screen_failed']} failed), proxy `{s.screen_proxy}` vs finetuned val accuracy: Spearman "
+                      f"{rho} over {r['proxy_pairs']} finetuned candidates; best trial on val: "
                       f"{'the uniform baseline trial' if r['baseline_chosen'] else r['criterion']}"
+                      f"{' (a screened candidate)' if r['screened_chosen'] else ''}"
                       f"{' + distillation' if r.get('distill') else ''} with widths "
-                      f"{' '.join(map(str, r['widths'].values()))} (uniform: "
+                      f"{' '.join(map(str, r['widths'].values()))} (uniform by ratio: "
                       f"{' '.join(map(str, r['uniform_widths'].values()))}).")
+        for r in rows[frac]:
+            if r["arm"].startswith("search + finalize") and "error" not in r:
+                print(f"- seed {r['seed']}: `{r['arm']}` picked {'the uniform baseline' if r['pick_uniform'] else 'a search trial'} "
+                      f"(`{r['candidate']}`, of {r['candidates']} candidates; select {100 * (r['select_acc'] or 0):.2f}%), "
+                      f"MACs {r['macs'] / (r['macs_target'] * dense_macs):.2%} of its target, widths "
+                      f"{' '.join(map(str, r['widths'].values()))}.")
         print()
+    _summary(s, rows, dense_macs)
     _goals(s, bases, rows)
+    if png is not None:
+        print(f"\nProxy score against finetuned accuracy of the screened candidates that ran as trials: `{png}`.")
+    if wall != wall:  # NaN: printed again by --report-from
+        print("\n(Report regenerated from a kept run's arms.jsonl by --report-from.)")
+        return
     print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread for the arms; "
           f"Ray with 2 one-CPU trials for the search; a shared machine).")
 
 
+def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> None:
+    """The search's checks over every seed and budget: trials over target, the pick's distance to
+    its target, how often finalize picked the uniform baseline, the proxy's correlation."""
+    searches = [r for frac in s.budgets for r in rows[frac] if r["arm"] == "search, best trial" and "error" not in r]
+    print("The search over every seed and budget:\n")
+    print(f"- trials over their target (ledger: macs > macs_target × base MACs): "
+          f"{sum(r['over_target'] for r in searches)} of {sum(r['finished'] for r in searches)} finished trials "
+          f"in {len(searches)} searches")
+    for arm in ("search + finalize", "search + finalize --distill"):
+        picks = [r for frac in s.budgets for r in rows[frac] if r["arm"] == arm and "error" not in r]
+        if not picks:
+            continue
+        rel = [r["macs"] / (r["macs_target"] * dense_macs) for r in picks]
+        print(f"- `{arm}` pick: MACs {min(rel):.2%} to {max(rel):.2%} of its target; the uniform baseline picked "
+              f"{sum(r['pick_uniform'] for r in picks)} time(s), a search trial {sum(not r['pick_uniform'] for r in picks)} "
+              f"time(s) of {len(picks)}")
+    rhos = [r["proxy_rho"] for r in searches if r["proxy_rho"] is not None]
+    if rhos:
+        print(f"- proxy `{s.screen_proxy}` Spearman rank correlation with finetuned val accuracy: "
+              f"{', '.join(f'{x:+.2f}' for x in rhos)} (mean {statistics.mean(rhos):+.2f})")
+    else:
+        print(f"- proxy `{s.screen_proxy}`: no rank correlation (fewer than 3 finetuned screened candidates per search)")
+    print()
+
+
 def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -> None:
+    """The goals of issue 17 ("Done when"), met or not, from the mean test accuracies. The deeper
+    testbed's goals (+1.0 pt at 10%, >= uniform + distillation at 30%) are checked on any testbed
+    but only count on the deeper one (the line says which testbed it ran on)."""
     dense = statistics.mean(b["test_acc"] for b in bases.values())
-    low = min(s.budgets)
-    r = rows[low]
-    a, b = _mean(r, "uniform l1"), _mean(r, "global Taylor (torch-pruning)")
-    e, ef = _mean(r, "search, best trial"), _mean(r, "search, after finalize")
+    dense_macs = statistics.mean(b["macs"] for b in bases.values())
     checks = []
+    low = min(s.budgets)
+    a = _mean(rows[low], "uniform l1")
     if a is not None:
         checks.append((f"design check: uniform L1 at {low:.0%} loses ≥ 2 pt vs dense ({100 * (a - dense):+.2f} pt)",
                        100 * (dense - a) >= 2.0))
-    if ef is not None and a is not None:
-        checks.append((f"(e) after finalize ≥ (a) + 1.0 pt at {low:.0%} ({100 * (ef - a):+.2f} pt)", 100 * (ef - a) >= 1.0))
-    if ef is not None and b is not None:
-        checks.append((f"(e) after finalize ≥ (b) + 0.5 pt at {low:.0%} ({100 * (ef - b):+.2f} pt)", 100 * (ef - b) >= 0.5))
-    if e is not None and a is not None:
-        checks.append((f"(e) before finalize ≥ (a) + 1.0 pt at {low:.0%} ({100 * (e - a):+.2f} pt)", 100 * (e - a) >= 1.0))
+    # Each finalize arm (plain, and --distill when run) is checked on its own: taking the better
+    # of the two on test would be choosing on the test set.
     for frac in s.budgets:
-        ef, f = _mean(rows[frac], "search, after finalize"), _mean(rows[frac], "scratch, widths of (e)")
-        if ef is not None and f is not None:
-            checks.append((f"(e) after finalize ≥ (f) same widths from scratch at {frac:.0%} ({100 * (ef - f):+.2f} pt)",
-                           ef >= f))
-    print("Goals (mean test accuracy over seeds):\n")
+        r = rows[frac]
+        ad, b, f = (_mean(r, arm) for arm in ("uniform l1 + distill", "global Taylor (torch-pruning)",
+                                               "scratch, widths of (e)"))
+        for arm in ("search + finalize", "search + finalize --distill"):
+            ef = _mean(r, arm)
+            if ef is None:
+                continue
+            if ad is not None:
+                checks.append((f"{frac:.0%}: {arm} ≥ uniform L1 + distillation − 0.2 pt ({100 * (ef - ad):+.2f} pt)",
+                               100 * (ef - ad) >= -0.2))
+            uni = _mean(r, "finalize: uniform at target" if arm == "search + finalize"
+                        else "finalize --distill: uniform at target")
+            if uni is not None:  # the same trainer and epochs as the pick: the like-for-like baseline
+                checks.append((f"{frac:.0%}: {arm} ≥ finalize's own uniform L1 at the target − 0.2 pt "
+                               f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))
+            if abs(frac - 0.1) < 1e-9 and ad is not None:
+                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation + 1.0 pt "
+                               f"({100 * (ef - ad):+.2f} pt)", 100 * (ef - ad) >= 1.0))
+            if abs(frac - 0.1) < 1e-9 and b is not None:
+                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ global Taylor (torch-pruning) + 1.0 pt "
+                               f"({100 * (ef - b):+.2f} pt)", 100 * (ef - b) >= 1.0))
+            if abs(frac - 0.3) < 1e-9 and ad is not None:
+                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation ({100 * (ef - ad):+.2f} pt)",
+                               ef >= ad))
+            if arm == "search + finalize" and f is not None:  # (f) trains the plain pick's widths
+                checks.append((f"{frac:.0%}: {arm} ≥ the same widths from scratch ({100 * (ef - f):+.2f} pt)",
+                               ef >= f))
+    searches = [r for frac in s.budgets for r in rows[frac] if r["arm"] == "search, best trial" and "error" not in r]
+    if searches:
+        over = sum(r["over_target"] for r in searches)
+        checks.append((f"0 trials over their target in every search ({over})", over == 0))
+    picks = [r for frac in s.budgets for r in rows[frac] if r["arm"].startswith("search + finalize") and "error" not in r]
+    if picks:
+        worst = max(abs(1 - r["macs"] / (r["macs_target"] * dense_macs)) for r in picks)
+        checks.append((f"the chosen model within 1% of its target (worst {worst:.2%})", worst <= 0.01))
+    print(f"Goals of issue 17 on {s.label} (mean test accuracy over seeds; the +1.0 pt goals are set for the deeper "
+          f"testbed):\n")
     for text, ok in checks:
         print(f"- {'met' if ok else 'NOT met'}: {text}")
+
+
+def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick: bool) -> Path | None:
+    """Proxy score against finetuned val accuracy of the screened candidates that ran as trials,
+    one colour per budget, Spearman per search in the legend; written to
+    ``out_dir/svb_proxy_<model>[_quick].png``. None when no search finetuned a screened candidate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    searches = [(frac, r) for frac in s.budgets for r in rows[frac]
+                if r["arm"] == "search, best trial" and "error" not in r and r["proxy_points"]]
+    if not searches:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    markers = "osd^v<>"
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (frac, r) in enumerate(searches):
+        pts = r["proxy_points"]
+        rho = "n/a" if r["proxy_rho"] is None else f"{r['proxy_rho']:+.2f}"
+        ax.scatter([100 * p[0] for p in pts], [100 * p[1] for p in pts], s=28,
+                   color=colours[s.budgets.index(frac) % len(colours)], marker=markers[s.seeds.index(r["seed"]) % 7],
+                   label=f"{frac:.0%}, seed {r['seed']}: Spearman {rho} (n={len(pts)})")
+    ax.set_xlabel(f"proxy score `{s.screen_proxy}` (val acc %, before finetuning)")
+    ax.set_ylabel(f"val acc % after the trial's {s.search_epochs} finetune epoch(s)")
+    ax.set_title(f"Screening proxy vs finetuned accuracy, {s.label}{' (quick)' if quick else ''}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"svb_proxy_{s.model}{'_quick' if quick else ''}.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

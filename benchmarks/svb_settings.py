@@ -1,11 +1,10 @@
-"""What ``search_vs_baselines.py`` runs: the design constants and :class:`Settings` (shared with
-its report, :mod:`svb_report`)."""
+"""What ``search_vs_baselines.py`` runs: the design constants, the testbeds and :class:`Settings`
+(shared with its arms, :mod:`svb_arms`, and its report, :mod:`svb_report`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-MODEL = "small_vgg"
 DATASET = "fashion_mnist"
 ZHANG = ("taylor_guided", "attribution", "attribution_iba")
 FORWARDS = 3  # a training step costs ~3 forward passes (pruning.adaptive.TRAIN_STEP_FORWARDS)
@@ -16,14 +15,42 @@ DISTILL_ALPHA, DISTILL_T = (sum(DISTILL_RANGES["distill_alpha"]) / 2, sum(DISTIL
 
 
 @dataclass(frozen=True)
+class Testbed:
+    """A model and the image size it runs at (the same testbeds as ``allocation_headroom.py``)."""
+
+    width_mult: float
+    image_size: int
+    base_epochs: int
+    note: str
+
+
+# cifar_vgg16 has 5 max-pools: it needs >= 32 px (28 px pools to 0x0); narrowed to x0.25 by default so
+# that its dense MACs (19.6M at 32 px, 1 channel) are within ~3x of small_vgg at 16 px.
+TESTBEDS = {
+    "small_vgg": Testbed(1.0, 16, 15, "5 convs with BN"),
+    "cifar_resnet20": Testbed(1.0, 16, 12, "19 convs in 3 stages of residual blocks, BN"),
+    "cifar_vgg16": Testbed(0.25, 32, 10, "13 convs with BN"),
+}
+
+
+@dataclass(frozen=True)
 class Settings:
+    model: str = "small_vgg"
+    width_mult: float = 1.0
     image_size: int = 16
     limit: int = 4000
     val_limit: int = 1000
+    select_fraction: float = 0.1  # carved from the (limited) train split; no arm trains on it
     base_epochs: int = 15
     finetune_epochs: int = 5
     search_trials: int = 24
     search_epochs: int = 2
+    screen_candidates: int = 100
+    screen_keep: int = 4
+    screen_proxy: str = "abn"
+    screen_batches: int = 20
+    finalize_top: int = 3  # finalize retrains this many best trials per target + the uniform baseline
+    finalize_distill: bool = False  # also finalize with distillation: its own arm
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.3, 0.1)
     lr: float = 0.05
@@ -31,8 +58,25 @@ class Settings:
     batch_size: int = 64
     iter_steps: int = 3
     calib_batches: int = 4  # (c): batches of 64 scored per step (attribution_iba optimises per batch: costly)
+    # BN statistics re-estimated on this many train batches right after every cut, in every pruning
+    # arm: the search's trials do it (search.recalib_batches, default 20), so the fixed arms must too.
+    recalib_batches: int = 20
     workers: int = 2
+
+    @property
+    def label(self) -> str:
+        w = "" if self.width_mult == 1.0 else f" ×{self.width_mult:g}"
+        return f"{self.model}{w}"
+
+
+def for_testbed(s: Settings, model: str, width_mult: float | None = None) -> Settings:
+    """``s`` on testbed ``model``: its image size, width multiplier (unless given) and base epochs."""
+    from dataclasses import replace
+
+    t = TESTBEDS[model]
+    return replace(s, model=model, width_mult=t.width_mult if width_mult is None else width_mult,
+                   image_size=t.image_size, base_epochs=min(s.base_epochs, t.base_epochs) if s is QUICK else t.base_epochs)
 
 
 QUICK = Settings(limit=600, val_limit=300, base_epochs=3, finetune_epochs=3, search_trials=4, search_epochs=1, calib_batches=1,
-                 seeds=(0,))
+                 screen_candidates=6, screen_keep=3, screen_batches=2, finalize_top=1, seeds=(0,))
