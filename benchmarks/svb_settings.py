@@ -47,7 +47,7 @@ class Settings:
     search_epochs: int = 2
     screen_candidates: int = 100
     screen_keep: int = 4
-    screen_proxy: str = "abn"
+    screen_proxy: str = "epochs1"  # allocation_headroom: ABN does not rank-correlate at 10%, one epoch ~0.6
     screen_batches: int = 20
     finalize_top: int = 3  # finalize retrains this many best trials per target + the uniform baseline
     finalize_distill: bool = False  # also finalize with distillation: its own arm
