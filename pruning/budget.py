@@ -224,7 +224,7 @@ class Projector:
     def _at(self, profile: Mapping[str, float], s: float) -> dict[str, int]:
         return {g: self._count(g, s * profile[g]) for g in self.sizes}
 
-    def _step(self, g: str, n: int, up: bool) -> int | None:
+    def step(self, g: str, n: int, up: bool) -> int | None:
         """The next width of group g one ``round_to`` unit up or down, or None at the end."""
         c, r = self.sizes[g], self.round_to
         if up:
@@ -247,7 +247,7 @@ class Projector:
             up = macs < lo
             moves = []
             for g, n in w.items():
-                m = self._step(g, n, up)
+                m = self.step(g, n, up)
                 if m is not None:
                     moves.append((n / ideal[g], g, m, self.poly({**w, g: m})))
             if not moves:
@@ -264,9 +264,9 @@ class Projector:
                 continue
             swaps = []
             for g, n in w.items():
-                m_up = self._step(g, n, True)
+                m_up = self.step(g, n, True)
                 for h, k in w.items():
-                    m_down = self._step(h, k, False) if h != g else None
+                    m_down = self.step(h, k, False) if h != g else None
                     if m_up is not None and m_down is not None:
                         v = {**w, g: m_up, h: m_down}
                         swaps.append((v, self.poly(v)))

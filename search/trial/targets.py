@@ -101,7 +101,7 @@ def _fill(proj: Projector, profile: Mapping[str, float], kept: dict[str, int], b
         """Group g's width ``d`` round_to units up or down (the Projector's own unit steps)."""
         n: int | None = k[g]
         for _ in range(abs(d)):
-            n = proj._step(g, n, d > 0)
+            n = proj.step(g, n, d > 0)
             if n is None:
                 return None
         return n
