@@ -27,7 +27,9 @@ bench`` style: ``benchmarks/results/allocation_headroom.md``), progress on stder
 a smoke run (tiny sizes, one seed, ~3 minutes). Not part of ``make bench`` (about 80 minutes of
 2 one-thread workers on a shared machine). The README's second block is
 ``--from DIR --testbeds cifar_vgg16 --seeds 0 1 2 3 4 --allocations 8 --title ...`` after
-``--keep DIR --testbeds cifar_vgg16 --seeds 3 4 --allocations 8 --screen 0 --no-graded``.
+``--keep DIR --testbeds cifar_vgg16 --seeds 3 4 --allocations 8 --screen 0 --no-graded`` and
+``--keep DIR --testbeds cifar_vgg16 --seeds 0 1 2 3 4 --allocations 8 --refine-epochs 5`` (uniform and
+the best allocation by val finetuned again for 5 epochs: does the headroom survive a longer finetune?).
 """
 
 from __future__ import annotations
@@ -308,6 +310,67 @@ def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
     return list(bases.values()), list(rows.values())
 
 
+REFINED = ("uniform, refined", "best random by val, refined")
+
+
+def refine(s: Settings, root: Path, epochs: int) -> None:
+    """Finetune uniform and the best-by-val random allocation (of the first ``s.allocations``) of each
+    testbed and seed of ``root/rows.jsonl`` again for ``epochs`` epochs (same data order as before):
+    does the headroom survive a longer finetune? Recorded in ``rows.jsonl`` (kinds ``REFINED``);
+    finetunes already recorded with these epochs are not run again."""
+    bases, rows = read_rows(root)
+    rows = _first_random(s, bases, rows)
+    done = {_row_key(r) for r in rows
+            if r["kind"] in REFINED and r["finetune_epochs"] == epochs and r.get("of_first") == s.allocations}
+    longer = replace(s, finetune_epochs=epochs)
+    jobs = []
+    for b in bases:
+        if b["tb"] not in s.testbeds or b["seed"] not in s.seeds:
+            continue
+        mine = [r for r in rows if r["tb"] == b["tb"] and r["seed"] == b["seed"]]
+        rnd = [r for r in mine if r["kind"] == "random"]
+        if not rnd or not any(r["kind"] == "uniform" for r in mine):
+            continue
+        best = max(rnd, key=lambda r: (r["val_acc"], -r["macs"]))
+        plan = {json.dumps(a["widths"]): a for a in b["allocs"]}
+        for kind, a in zip(REFINED, (b["allocs"][0], plan[json.dumps(best["widths"])])):
+            alloc = {**a, "kind": kind, "of_first": s.allocations}  # best of the first N random
+            if _row_key({**alloc, "tb": b["tb"], "seed": b["seed"], "train_seed": b["seed"]}) not in done:
+                jobs.append((b["tb"], b["seed"], str(root / base_name(s, b["tb"], b["seed"])), alloc))
+    say(f"refine: {len(jobs)} finetunes of {epochs} epochs to run")
+    with ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker) as pool, \
+            open(root / "rows.jsonl", "a") as log:
+        futs = [pool.submit(job_finetune, longer, tb, seed, ckpt, alloc, seed) for tb, seed, ckpt, alloc in jobs]
+        for fut in futs:
+            res = fut.result()
+            log.write(json.dumps({"job": "finetune", **res}, default=str) + "\n")
+            log.flush()
+            say(f"{res['tb']} seed {res['seed']} {res['kind']}: test {100 * res['test_acc']:.2f}")
+
+
+def _refined(s: Settings, rows: list[dict]) -> None:
+    got = [r for r in rows if r["kind"] in REFINED and r.get("of_first") == s.allocations]
+    if not got:
+        return
+    epochs = sorted({r["finetune_epochs"] for r in got})
+    print(f"\n**Longer finetune** ({'/'.join(map(str, epochs))} epochs instead of {s.finetune_epochs}): uniform and "
+          f"the random allocation that was best by val after {s.finetune_epochs} epochs, finetuned again from the base "
+          f"model (same data order). Test accuracy %.\n")
+    print("| testbed | seed | uniform | best random by val | Δ (pt) |")
+    print("|---|---:|---:|---:|---:|")
+    for tb in s.testbeds:
+        ds = []
+        for seed in s.seeds:
+            u = next((r for r in got if r["tb"] == tb and r["seed"] == seed and r["kind"] == REFINED[0]), None)
+            b = next((r for r in got if r["tb"] == tb and r["seed"] == seed and r["kind"] == REFINED[1]), None)
+            if u and b:
+                ds.append(b["test_acc"] - u["test_acc"])
+                print(f"| {TESTBEDS[tb].label} | {seed} | {_pct(u['test_acc'])} | {_pct(b['test_acc'])} | "
+                      f"{100 * ds[-1]:+.2f} |")
+        if ds:
+            print(f"| {TESTBEDS[tb].label} | **mean** | | | **{100 * statistics.mean(ds):+.2f}** |")
+
+
 def spearman(a: list[float], b: list[float]) -> float:
     from scipy.stats import spearmanr
 
@@ -451,6 +514,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             print(f"| {TESTBEDS[tb].label} | pooled ({n_seeds} seeds, centred) | {len(pooled['val_acc'])} | "
                   + " | ".join(f"{x:+.2f}" for x in c) + " |")
     _graded(s, rows)
+    _refined(s, rows)
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
     print("| testbed | base training s (mean) | one projection ms | ABN screen s per candidate | one finetune s "
           "(mean, incl. cut + ABN + test eval) |")
@@ -458,7 +522,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
     for tb in s.testbeds:
         bs = [b for b in bases if b["tb"] == tb]
         trained = [b["base_s"] for b in bs if not b["reused"]]
-        fs = [r["wall_s"] for r in rows if r["tb"] == tb]
+        fs = [r["wall_s"] for r in rows if r["tb"] == tb and r["kind"] not in REFINED]  # the run's epochs
         if not bs or not fs:
             continue
         print(f"| {TESTBEDS[tb].label} | {f'{statistics.mean(trained):.0f}' if trained else 'reused'} | "
@@ -489,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
                    help="leave out the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
+    p.add_argument("--refine-epochs", type=int, help="with --keep DIR of a finished run: finetune uniform and the "
+                   "best random allocation by val again for this many epochs, then report")
     p.add_argument("--title", help="the report's heading (default: what it measures)")
     p.add_argument("--from", dest="source", help="only report what DIR/rows.jsonl of an earlier (--keep) run holds")
     p.add_argument("--keep", help="keep base models and rows.jsonl here and reuse base models found there "
@@ -506,6 +572,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.source:
         bases, rows = read_rows(Path(args.source))
+        report(s, bases, rows, 0.0, args.quick, args.title)
+        return 0
+    if args.refine_epochs:
+        if not args.keep:
+            raise SystemExit("--refine-epochs needs --keep DIR of an earlier run")
+        refine(s, Path(args.keep), args.refine_epochs)
+        bases, rows = read_rows(Path(args.keep))
         report(s, bases, rows, 0.0, args.quick, args.title)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="ptheadroom-")).resolve()

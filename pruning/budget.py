@@ -5,7 +5,9 @@ keeps ``clip(s·profile[g], 0, 1)·C_g`` channels of group g (``min_channels`` a
 honoured as in :mod:`pruning.selection`), with the scale ``s`` found by bisection so that the
 pruned model's MACs are as close to the target as rounding allows. When rounding leaves the
 result outside ``±tol`` of the target, a greedy correction adds or removes one ``round_to``
-unit at a time on the group furthest from its share of the profile, until it is within.
+unit at a time on the group furthest from its share of the profile (or, when no single unit
+lands inside, moves one unit between two groups), until it is within. Groups a profile does not
+name get 1.0; groups without scores are not pruned.
 ``uniform`` is the profile of all ones (the same ratio everywhere, as ``--target-macs`` does).
 
 Speed is the point: a screening projects hundreds of candidates. Pruning a model copy per
