@@ -23,7 +23,7 @@ from search.results.final import FINAL_SCHEMA, FinalLedger, read_final
 from search.finalpick import Candidate, Target, Variant
 from search.results.ledger import read_trials
 from search.trial.materialize import data_key, experiment_data
-from test_cli_search import Cli, assert_usage_error, main_in_process
+from test_cli_search import Cli, assert_usage_error, cli, main_in_process  # noqa: F401 (cli: the fixture)
 from test_finalize import CONFIG, GROUPS, make_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,13 +187,6 @@ def test_final_rows_carry_the_candidate_columns_and_old_files_still_read(tmp_pat
 
 
 # --------------------------------------------------------------------------- real runs (Ray)
-
-
-@pytest.fixture
-def cli(tmp_path: Path):
-    c = Cli(tmp_path)
-    yield c
-    c.close()
 
 
 @pytest.mark.slow

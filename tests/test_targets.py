@@ -9,6 +9,7 @@ import pytest
 
 from pruning.errors import UsageError
 from search.config import load_config
+from test_cli_search import cli  # noqa: F401 (the fixture)
 
 # tiny_vgg x2 (32, 64, 64 channels): groups wide enough for every target to be reachable within 1%
 TINY = ["model.name=tiny_vgg", "model.width_mult=2", "data.limit=120", "train.epochs=0", "train.device=cpu",
@@ -208,12 +209,3 @@ def test_a_search_with_targets_records_them_and_spends_no_trial_over_budget(tmp_
         assert 0.99 * row["macs_target"] <= row["macs_ratio"] <= row["macs_target"], row
     baselines = [json.loads(p).get("baseline") for p in trials["params_json"]]
     assert baselines.count("uniform") == 2  # the config's uniform baseline, once per target
-
-
-@pytest.fixture
-def cli(tmp_path):
-    from test_cli_search import Cli
-
-    c = Cli(tmp_path)
-    yield c
-    c.close()
