@@ -152,7 +152,7 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
     from search.tuner import SearchOptions
 
     t0 = time.perf_counter()
-    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, fresh=not distill,
+    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, fresh=not distill or not s.finalize_plain,
              export=False, options=SearchOptions())
     final = read_final(cfg.exp_dir)
     variant = "finetune+distill" if distill else "finetune"
@@ -257,7 +257,8 @@ def fixed_arms(s: Settings, seed: int, frac: float, budget: int, ckpt: str, uni_
             (key + ("uniform l1",), part(arm_ours, s, seed, budget, ckpt, "l1", "uniform", 1)),
             (key + ("uniform l1 + distill",), part(arm_ours, s, seed, budget, ckpt, "l1", "uniform", 1, True)),
             (key + ("global Taylor (torch-pruning)",), part(arm_tp_taylor, s, seed, budget, ckpt)),
-            *((key + (f"global {c}",), part(arm_ours, s, seed, budget, ckpt, c, "global", s.iter_steps)) for c in ZHANG),
+            *((key + (f"global {c}",), part(arm_ours, s, seed, budget, ckpt, c, "global", s.iter_steps))
+              for c in (ZHANG if s.zhang_arms else ())),
             (key + ("adaptive grow/prune",), part(arm_adaptive, s, seed, budget, ckpt))]
 
 
@@ -277,7 +278,7 @@ def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str,
     res.update(seed=seed, uniform_widths=uni_widths)
     rows = [res]
     if params is not None:
-        for distill in (False, True) if s.finalize_distill else (False,):
+        for distill in (False, True)[0 if s.finalize_plain else 1:] if s.finalize_distill else (False,):
             try:
                 rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
             except Exception as e:  # noqa: BLE001
@@ -287,7 +288,7 @@ def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str,
         _record(root, (seed, frac, row["arm"]), row)
         say(f"{row['arm']} seed {seed} {frac:.0%}: " + (row.get("error") or
             f"test {100 * row['test_acc']:.2f}% MACs {row['macs'] / dense_macs:.2%}"))
-    pick = next((r for r in rows if r["arm"] == "search + finalize" and "error" not in r), None)
+    pick = next((r for r in rows if r["arm"].startswith("search + finalize") and "error" not in r), None)
     if pick is None:
         return rows, []
     name = "scratch, widths of (e)"
@@ -358,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finalize-top", type=int, help="search trials finalize retrains per target (+ the uniform one)")
     p.add_argument("--finalize-distill", action="store_true",
                    help="also finalize with distillation, reported as its own arm")
+    p.add_argument("--finalize-distill-only", action="store_true",
+                   help="finalize with distillation only (the like-for-like rival of uniform L1 + distillation)")
+    p.add_argument("--no-zhang", action="store_true", help="skip the (c) arms (iterative global Zhang et al. criteria)")
+    p.add_argument("--base-epochs", type=int, help="override the testbed's dense training epochs")
     p.add_argument("--plot-dir", default=str(Path(__file__).parent / "results"),
                    help="where svb_proxy_<model>.png goes (proxy score vs finetuned accuracy)")
     p.add_argument("--report-from", metavar="DIR",
@@ -369,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
                 screen_candidates=args.screen_candidates or s.screen_candidates,
                 screen_keep=args.screen_keep or s.screen_keep, screen_proxy=args.screen_proxy or s.screen_proxy,
                 finalize_top=args.finalize_top or s.finalize_top,
-                finalize_distill=args.finalize_distill or s.finalize_distill)
+                finalize_distill=args.finalize_distill or args.finalize_distill_only or s.finalize_distill,
+                finalize_plain=not args.finalize_distill_only, zhang_arms=not args.no_zhang,
+                base_epochs=args.base_epochs or s.base_epochs)
     if s.screen_keep > s.screen_candidates:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
     if args.report_from:

@@ -73,8 +73,8 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
         for arm in ORDER:
             got = list(bases.values()) if arm == "dense" else [r for r in rows[frac] if r["arm"] == arm]
             ok = [r for r in got if "error" not in r]
-            if not got and "distill" in arm and "finalize" in arm:
-                continue  # --finalize-distill not given
+            if not got and ("finalize" in arm or arm.startswith("global ") and not s.zhang_arms):
+                continue  # a finalize variant or the (c) arms not run (--finalize-distill[-only], --no-zhang)
             if not ok:
                 print(f"| {LABEL[arm]} | - | failed: {got[0]['error'] if got else 'not run'} | | | | |")
                 continue
@@ -182,7 +182,8 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
             if abs(frac - 0.3) < 1e-9 and ad is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation ({100 * (ef - ad):+.2f} pt)",
                                ef >= ad))
-            if arm == "search + finalize" and f is not None:  # (f) trains the plain pick's widths
+            if arm == ("search + finalize" if s.finalize_plain else "search + finalize --distill") and f is not None:
+                # (f) trains the widths of the first finalize variant's pick
                 checks.append((f"{frac:.0%}: {arm} ≥ the same widths from scratch ({100 * (ef - f):+.2f} pt)",
                                ef >= f))
     searches = [r for frac in s.budgets for r in rows[frac] if r["arm"] == "search, best trial" and "error" not in r]
