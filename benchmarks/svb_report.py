@@ -134,6 +134,14 @@ def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> N
         print(f"- `{arm}` pick: MACs {min(rel):.2%} to {max(rel):.2%} of its target; the uniform baseline picked "
               f"{sum(r['pick_uniform'] for r in picks)} time(s), a search trial {sum(not r['pick_uniform'] for r in picks)} "
               f"time(s) of {len(picks)}")
+        uni_arm = "finalize: uniform at target" if arm == "search + finalize" else "finalize --distill: uniform at target"
+        for rival in (uni_arm, "uniform l1 + distill"):
+            d = [100 * (r["test_acc"] - u["test_acc"]) for frac in s.budgets for r in rows[frac] if r["arm"] == arm
+                 and "error" not in r for u in rows[frac] if u["arm"] == rival and "error" not in u
+                 and u.get("seed") == r.get("seed")]
+            if d:
+                print(f"  - on test vs {LABEL.get(rival, rival)}: beat it in {sum(x > 0 for x in d)} of {len(d)} "
+                      f"(seed, budget) runs (Δ pt: {', '.join(f'{x:+.2f}' for x in d)})")
     rhos = [r["proxy_rho"] for r in searches if r["proxy_rho"] is not None]
     if rhos:
         print(f"- proxy `{s.screen_proxy}` Spearman rank correlation with finetuned val accuracy: "

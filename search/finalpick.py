@@ -5,9 +5,11 @@ A search ranks its trials on val, so the best of them on val is biased upwards (
 winner's curse): on fresh data it may lose to the uniform baseline it was meant to beat.
 Finalize therefore retrains, per MACs target,
 
-- the ``top`` best front trials of that target (as :func:`search.finalize.choose_sources`), and
-- the *uniform baseline* at the same target: every group the same keep ratio, L1, cut by
-  bisection (:func:`pruning.selection.keep_for_macs`) to the target's MACs,
+- the ``top`` trials of that target best on val, each a different cut and none the search's
+  own uniform L1 baseline trial (:func:`choose_target_sources`), and
+- the *uniform baseline* at the same target: every group the same keep ratio, L1, the
+  all-ones profile projected onto the target's MACs as a search trial's profile is
+  (:func:`search.trial.targets.project_widths`),
 
 all with the same epochs and the same training variant (finetuned or from scratch, with
 or without distillation of the base model), scores every one on ``DataBundle.select``
@@ -36,8 +38,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from pruning.budget import Projector, uniform_profile
-from pruning.selection import keep_for_macs
+from pruning.budget import uniform_profile
 from pruning.train import evaluate, resolve_device
 from search.report.table import human_count
 from search.results.final import (FINAL_EXTRA_FIELDS, P_CANDIDATE, P_TARGET, P_TARGET_LABEL, P_UNIFORM, P_VARIANT,
@@ -46,9 +47,10 @@ from search.results.ledger import pareto_front
 from search.results.schema import is_missing, params_of
 from search.trial.materialize import experiment_data
 from search.trial.params import baseline_defaults, ratio_key
+from search.trial.targets import project_widths
 
 __all__ = ["FINAL_EXTRA_FIELDS", "UNIFORM", "Candidate", "Target", "Variant", "candidate_params", "candidates",
-           "choose_sources", "compare_variants", "final_params", "pick_rows", "plan_targets", "score_select",
+           "choose_sources", "choose_target_sources", "compare_variants", "final_params", "pick_rows", "plan_targets", "score_select",
            "summary_text", "uniform_widths"]
 
 log = logging.getLogger(__name__)
@@ -153,13 +155,34 @@ def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_
     return out
 
 
+def choose_target_sources(trials: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The ``top`` finished trials of one MACs target with the highest val accuracy (ties: fewer MACs,
+    then trial id), best first, each a different cut: not the search's uniform L1 baseline
+    trial (finalize retrains the uniform baseline anyway) and no two with the same widths
+    and criterion (the better on val stays). Budget-exact trials all sit within ~1% of the
+    target, so their Pareto front would rank MACs noise: every trial of the target competes."""
+    done = trials[(trials["status"] == "TERMINATED") & trials["val_acc"].notna() & trials["macs"].notna()]
+    order = done.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
+    keep, seen = [], set()
+    for i, row in zip(order.index, order.to_dict("records")):
+        params = params_of(row)
+        cut = (tuple(int(w) for w in row["widths"]), str(row.get("criterion")))
+        if (params.get("baseline") == UNIFORM and cut[1] == "l1") or cut in seen:
+            continue
+        seen.add(cut)
+        keep.append(i)
+        if len(keep) == top:
+            break
+    return order.loc[keep].reset_index(drop=True)
+
+
 def plan_targets(trials: pd.DataFrame, top: int, macs_budget: int | None = None) -> list[Target]:
     """The targets of a search and the ``top`` trials of each (see the module docstring), in
     increasing MACs; empty when no trial finished."""
     if "macs_target" in trials.columns and trials["macs_target"].notna().any():
         targets = []
         for fraction in sorted(trials["macs_target"].dropna().unique()):
-            chosen = choose_sources(trials[trials["macs_target"] == fraction], top, macs_budget)
+            chosen = choose_target_sources(trials[trials["macs_target"] == fraction], top)
             if not chosen.empty:
                 targets.append(Target(f"{100 * fraction:g}% MACs", float(fraction), None, chosen))
         return targets
@@ -188,29 +211,16 @@ def compare_variants(main: Variant) -> list[Variant]:
     return [v for v in wanted if v != main]
 
 
-#: The uniform baseline aims at target / (1 + _AIM_TOL) with tolerance _AIM_TOL: it lands in
-#: about [0.99, 1] x the target, the band budget-exact search trials land in, never above it.
-_AIM_TOL = 0.005
-
-
 def uniform_widths(base: Any, target_macs: int, input_shape: Sequence[int], min_channels: int,
                    round_to: int) -> list[int]:
     """Per base group, the widths of the uniform cut (the same keep ratio in every group) at
-    ``target_macs``: the all-ones profile projected onto it (``pruning.budget``: bisection on
-    the ratio, then at most a few ``round_to`` units of correction to land in the band under
-    the target); where rounding cannot land there, the widest exactly uniform cut at or under
-    the target (``pruning.selection.keep_for_macs``, bisection on the pruned model's MACs)."""
-    # Only the counts matter here: the trial itself ranks the channels by L1.
-    scores = {g: torch.zeros(int(w)) for g, w in zip(base.group_names, base.widths)}
-    proj = Projector(base.model, scores, input_shape, min_channels=min_channels, round_to=round_to, tol=_AIM_TOL)
-    aim = max(proj.min_macs, int(target_macs / (1 + _AIM_TOL)))
-    if aim <= target_macs:
-        p = proj.project(uniform_profile(scores), aim)
-        if p.macs <= target_macs and p.within_tol:
-            return [int(p.widths[g]) for g in base.group_names]
-    keep = keep_for_macs(base.model, scores, int(target_macs), tuple(input_shape), ranking="uniform",
-                         min_channels=min_channels, round_to=round_to)
-    return [len(keep[g]) for g in base.group_names]
+    ``target_macs``: the all-ones profile projected onto it exactly as a budget-exact search
+    trial's profile is (``trial.targets.project_widths``: in about [0.99, 1] x the target,
+    never above it), so finalize's uniform baseline is the search's uniform baseline trial."""
+    widths = {g: int(w) for g, w in zip(base.group_names, base.widths)}
+    kept = project_widths(base.model, widths, uniform_profile(widths), int(target_macs), input_shape,
+                          min_channels=min_channels, round_to=round_to)
+    return [kept[g] for g in base.group_names]
 
 
 def candidate_params(cand: Candidate, epochs: int, cfg: Any, base: Any, input_shape: Sequence[int]) -> dict[str, Any]:

@@ -117,6 +117,28 @@ def test_candidates_per_target_include_the_uniform_baseline(tmp_path: Path) -> N
     assert finalpick.compare_variants(Variant(False, True)) == [Variant(False, False), Variant(True, True)]
 
 
+def test_sources_of_a_target_are_distinct_cuts_other_than_the_uniform_baseline_trial() -> None:
+    def trial(tid: str, val: float | None, widths: list[int], criterion: str = "l1", status: str = "TERMINATED",
+              **params: object) -> dict:
+        return {"trial_id": tid, "status": status, "val_acc": val, "macs": 1000 - len(tid), "widths": widths,
+                "criterion": criterion, "params_json": json.dumps({"criterion": criterion, **params})}
+
+    trials = pd.DataFrame([
+        trial("uni", 0.90, [4, 8], baseline="uniform"),  # finalize retrains the uniform L1 cut anyway
+        trial("uni_taylor", 0.70, [4, 8], "taylor_fo", baseline="uniform"),  # another criterion: another cut
+        trial("a", 0.85, [3, 9]),
+        trial("a_again", 0.84, [3, 9]),  # the same cut as a, lower on val
+        trial("glob", 0.80, [5, 7], baseline="global"),
+        trial("broken", None, [2, 2], status="ERROR"),
+        trial("b", 0.60, [6, 6]),
+    ])
+    chosen = finalpick.choose_target_sources(trials, 3)
+    assert list(chosen["trial_id"]) == ["a", "glob", "uni_taylor"]
+    assert list(finalpick.choose_target_sources(trials, 10)["trial_id"]) == ["a", "glob", "uni_taylor", "b"]
+    # Budget-exact trials differ in MACs by noise: the best on val compete, not the Pareto front.
+    assert list(finalpick.plan_targets(trials.assign(macs_target=0.1), 2)[0].sources["trial_id"]) == ["a", "glob"]
+
+
 def _final(rows: list[tuple[str, float | None, float, int]]) -> pd.DataFrame:
     led = FinalLedger("/nonexistent-final", "fin")
     for i, (key, select, val, macs) in enumerate(rows):
