@@ -167,14 +167,20 @@ def train_step(
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Any, *, batch_size: int = 512, device: str | torch.device = "cpu") -> float:
     """Top-1 accuracy in [0, 1] of ``model`` on a ``Split`` (eval mode; training mode restored)."""
+    right = hits(model, split, batch_size=batch_size, device=device)
+    return int(right.sum()) / max(1, len(right))
+
+
+def hits(model: nn.Module, split: Any, *, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
+    """Per example of ``split``, in order: whether ``model``'s top-1 class is right (bool, on CPU)."""
     was_training = model.training
     model.eval()
-    correct = total = 0
-    for x, y in split.batches(batch_size, device=device):
-        correct += int((model(x).argmax(1) == y).sum())
-        total += len(y)
+    out = []
+    with torch.no_grad():
+        for x, y in split.batches(batch_size, device=device):
+            out.append((model(x).argmax(1) == y).cpu())
     model.train(was_training)
-    return correct / max(1, total)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
 
 
 def make_scaler(device: torch.device, cfg: TrainConfig) -> torch.amp.GradScaler | None:

@@ -333,6 +333,9 @@ class FinalizeSection(_Section):
     distill: bool = False  # every candidate distils the base model
     from_scratch: bool = False  # every candidate's widths trained from random weights
     compare: bool = False  # also run the pick's widths with distillation and from scratch
+    # The uniform baseline stays the pick unless the best candidate on select beats it there with
+    # a one-sided exact McNemar p-value <= pick_alpha; None: the best on select, whatever the margin.
+    pick_alpha: float | None = Field(None, gt=0, le=1)
 
 
 class ExperimentConfig(_Section):

@@ -68,9 +68,13 @@ class FinalizeSummary:
 # --------------------------------------------------------------------------- what to run
 
 
-def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int) -> tuple[Path, pd.DataFrame]:
+def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int,
+                   pick_alpha: float | None = None) -> tuple[Path, pd.DataFrame]:
     """The experiment directory and the chosen source rows; UsageError for ``top`` or
-    ``epochs`` < 1, an unknown experiment, or a search with no finished trial."""
+    ``epochs`` < 1, ``pick_alpha`` outside (0, 1], an unknown experiment, or a search with
+    no finished trial."""
+    if pick_alpha is not None and not 0 < pick_alpha <= 1:
+        raise UsageError(f"--pick-alpha must be in (0, 1], got {pick_alpha:g}")
     if top < 1:
         raise UsageError(f"--top must be an integer >= 1, got {top}")
     if epochs < 1:
@@ -99,7 +103,7 @@ def _config(exp_dir: Path) -> ExperimentConfig:
 
 def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_scratch: bool = False,
              distill: bool = False, compare: bool = False, fresh: bool = False, export: bool = True,
-             options: SearchOptions | None = None) -> FinalizeSummary:
+             options: SearchOptions | None = None, pick_alpha: float | None = None) -> FinalizeSummary:
     """Retrain, per target, the ``top`` best front trials of ``experiment`` and the uniform
     baseline for ``epochs``, pick on the selection split, into ``final.parquet``.
 
@@ -109,14 +113,17 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     pick (best select accuracy, :func:`search.finalpick.pick_rows`) is marked ``picked`` and,
     with ``export``, exported to ``export/final-<candidate>``. ``compare`` then also runs each
     pick's widths in the other variants (:func:`search.finalpick.compare_variants`) for the
-    report; they are never picked. ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
+    report; they are never picked. ``pick_alpha`` (in (0, 1]): the uniform baseline stays a
+    target's pick unless the best search candidate on select beats it there with a one-sided
+    exact McNemar p-value at most ``pick_alpha`` (None: the best on select, whatever the
+    margin). ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
     first. ``options`` is a :class:`search.tuner.SearchOptions` (cluster address, verbosity,
     injected ``trial_fn``/``prepare_fn``). Candidates already in ``final.parquet`` are skipped.
     Raises UsageError (before Ray starts) for ``top`` or ``epochs`` < 1, an unknown
     experiment, or a search with no finished trial.
     """
     t0 = time.perf_counter()
-    exp_dir, _ = check_finalize(experiment, top, epochs)
+    exp_dir, _ = check_finalize(experiment, top, epochs, pick_alpha)
     cfg = _config(exp_dir)
     check_writable(exp_dir, "results directory")
     if fresh:
@@ -127,7 +134,7 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     main = finalpick.Variant(from_scratch, distill)
     cands = finalpick.candidates(targets, main)
     ran, skipped = _run_candidates(cfg, exp_dir, options, cands, epochs)
-    picks = _score_and_pick(cfg, exp_dir, targets, main, options)
+    picks = _score_and_pick(cfg, exp_dir, targets, main, options, pick_alpha)
     shown = [main]
     if compare:
         shown += finalpick.compare_variants(main)
@@ -136,7 +143,7 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
                  for label, pick in picks.items() for v in shown[1:]]
         more_ran, more_skipped = _run_candidates(cfg, exp_dir, options, extra, epochs)
         ran, skipped, cands = ran + more_ran, skipped + more_skipped, cands + extra
-        _score_and_pick(cfg, exp_dir, targets, main, options)  # scores the new rows; the picks stay
+        _score_and_pick(cfg, exp_dir, targets, main, options, pick_alpha)  # scores the new rows; the picks stay
     final = read_final(exp_dir)
     exported = _export_picks(cfg, exp_dir, final, picks, options) if export else {}
     data = _select_size(cfg)
@@ -166,20 +173,25 @@ def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: S
 
 
 def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[finalpick.Target],
-                    main: finalpick.Variant, options: Any) -> dict[str, finalpick.Candidate]:
-    """Score the finished rows lacking ``select_acc`` on the selection split, mark each
-    target's pick among its ``main`` candidates (``picked``; every other row False), write
-    ``final.parquet``; returns target label -> picked candidate."""
+                    main: finalpick.Variant, options: Any, pick_alpha: float | None) -> dict[str, finalpick.Candidate]:
+    """Score the finished rows lacking ``select_acc`` on the selection split (with their
+    per-example hits), give each of a target's ``main`` candidates its p-value against the
+    target's uniform baseline, mark each target's pick (``picked``; every other row False;
+    :func:`search.finalpick.pick_rows` with ``pick_alpha``), write ``final.parquet``;
+    returns target label -> picked candidate."""
     led = FinalLedger(exp_dir, cfg.experiment.name)
     final = led.trials()
     trial_fn = getattr(options, "trial_fn", None)
-    for key, acc in finalpick.score_select(cfg, final, lambda row: load_trial_model(cfg, row, trial_fn)).items():
-        led.update(key, select_acc=acc)
+    for key, scores in finalpick.score_select(cfg, final, lambda row: load_trial_model(cfg, row, trial_fn)).items():
+        led.update(key, **scores)
     final = led.trials()
     picks: dict[str, finalpick.Candidate] = {}
     for t in targets:
         mains = {c.key: c for c in finalpick.candidates([t], main)}
-        best = finalpick.pick_rows(final, list(mains))
+        for key, p in finalpick.p_values(final, list(mains)).items():  # each against its target's uniform
+            led.update(key, select_p=p)
+        final = led.trials()
+        best = finalpick.pick_rows(final, list(mains), pick_alpha)
         if not best.empty:
             picks[t.label] = mains[str(best.iloc[0]["candidate"])]
     picked = {c.key for c in picks.values()}

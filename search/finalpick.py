@@ -35,11 +35,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
-import torch
 
 from pruning.budget import uniform_profile
-from pruning.train import evaluate, resolve_device
+from pruning.train import hits, resolve_device
 from search.report.table import human_count
 from search.results.final import (FINAL_EXTRA_FIELDS, P_CANDIDATE, P_TARGET, P_TARGET_LABEL, P_UNIFORM, P_VARIANT,
                                   SOURCE_KEY)
@@ -50,7 +50,7 @@ from search.trial.params import baseline_defaults, ratio_key
 from search.trial.targets import project_widths
 
 __all__ = ["FINAL_EXTRA_FIELDS", "UNIFORM", "Candidate", "Target", "Variant", "candidate_params", "candidates",
-           "choose_sources", "choose_target_sources", "compare_variants", "final_params", "pick_rows", "plan_targets", "score_select",
+           "choose_sources", "choose_target_sources", "compare_variants", "final_params", "mcnemar_p", "p_values", "pick_rows", "plan_targets", "score_select",
            "summary_text", "uniform_widths"]
 
 log = logging.getLogger(__name__)
@@ -253,9 +253,10 @@ def candidate_params(cand: Candidate, epochs: int, cfg: Any, base: Any, input_sh
 # --------------------------------------------------------------------------- scoring and the pick
 
 
-def score_select(cfg: Any, final: pd.DataFrame, load_model: Any) -> dict[str, float]:
-    """``select_acc`` of the finished rows of ``final`` that lack it, by candidate key
-    (``load_model(row)`` gives a row's model); empty without a selection split."""
+def score_select(cfg: Any, final: pd.DataFrame, load_model: Any) -> dict[str, dict[str, Any]]:
+    """``{candidate key: {select_acc, select_hits}}`` of the finished rows of ``final`` that
+    lack ``select_acc`` (``load_model(row)`` gives a row's model; ``select_hits``: which
+    examples of the selection split it got right, packed bits); empty without a selection split."""
     data = experiment_data(cfg)
     if data.select is None:
         return {}
@@ -264,22 +265,57 @@ def score_select(cfg: Any, final: pd.DataFrame, load_model: Any) -> dict[str, fl
     for row in final.to_dict("records"):
         if row["status"] != "TERMINATED" or not is_missing(row.get("select_acc")) or is_missing(row.get("candidate")):
             continue
-        model = load_model(row).to(device)
-        out[str(row["candidate"])] = float(evaluate(model, data.select, batch_size=cfg.train.latency_batch * 8,
-                                                    device=device))
+        right = hits(load_model(row).to(device), data.select, batch_size=cfg.train.latency_batch * 8, device=device)
+        out[str(row["candidate"])] = {"select_acc": int(right.sum()) / max(1, len(right)),
+                                      "select_hits": np.packbits(right.numpy()).tobytes()}
     return out
 
 
-def pick_rows(final: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+def mcnemar_p(better: bytes, than: bytes) -> float:
+    """One-sided exact McNemar p-value that the model of ``better`` is more accurate than that
+    of ``than`` on the same examples (packed hits as :func:`score_select` stores them): of the
+    examples exactly one of them got right, the chance of ``better`` winning at least as many
+    under a fair coin. 1.0 when they never disagree."""
+    a = np.unpackbits(np.frombuffer(better, dtype=np.uint8)).astype(bool)
+    b = np.unpackbits(np.frombuffer(than, dtype=np.uint8)).astype(bool)
+    if len(a) != len(b):
+        raise ValueError(f"hits of {len(a)} and {len(b)} examples: not the same split")
+    wins, losses = int((a & ~b).sum()), int((~a & b).sum())
+    n = wins + losses
+    return 1.0 if n == 0 else sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
+
+
+def p_values(final: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
+    """``{candidate: select_p}`` for the finished non-uniform rows among ``keys`` (one target's
+    candidates in one variant): :func:`mcnemar_p` against the uniform baseline among them.
+    Empty without that baseline or without hits (no selection split, an older finalize)."""
+    rows = final[final["candidate"].isin(list(keys)) & (final["status"] == "TERMINATED")]
+    uniform = rows[rows["is_uniform"] == True]  # noqa: E712 (nullable column)
+    if uniform.empty or is_missing(uniform.iloc[0].get("select_hits")):
+        return {}
+    base = uniform.iloc[0]["select_hits"]
+    return {str(r["candidate"]): mcnemar_p(r["select_hits"], base) for r in rows.to_dict("records")
+            if not _true(r["is_uniform"]) and not is_missing(r.get("select_hits"))}
+
+
+def pick_rows(final: pd.DataFrame, keys: Sequence[str], alpha: float | None = None) -> pd.DataFrame:
     """The pick among the finished rows whose candidate is in ``keys`` (one target's
     candidates in one variant): the best select accuracy; ties (or no selection split):
-    the best val accuracy, then fewer MACs, then the candidate key. Empty if none finished."""
+    the best val accuracy, then fewer MACs, then the candidate key. With ``alpha``, the
+    uniform baseline stays the pick unless that best candidate beats it on select with
+    ``select_p`` (:func:`p_values`) at most ``alpha``. Empty if none finished."""
     rows = final[final["candidate"].isin(list(keys)) & (final["status"] == "TERMINATED")]
     if rows.empty:
         return rows
     order = rows.assign(_sel=rows["select_acc"].fillna(-1.0)).sort_values(
         ["_sel", "val_acc", "macs", "candidate"], ascending=[False, False, True, True], kind="mergesort")
-    return order.head(1).drop(columns="_sel")
+    best = order.head(1).drop(columns="_sel")
+    uniform = rows[rows["is_uniform"] == True]  # noqa: E712 (nullable column)
+    p = best.iloc[0].get("select_p")
+    if alpha is not None and not uniform.empty and not _true(best.iloc[0]["is_uniform"]) and not is_missing(p) \
+            and float(p) > alpha:
+        return uniform.head(1)
+    return best
 
 
 # --------------------------------------------------------------------------- the report
@@ -305,7 +341,7 @@ def _diff(a: Any, b: Any) -> str:
 def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, shown_variants: Sequence[Variant],
                  select_size: int | None) -> str:
     """One table per target (candidate, variant, widths, MACs, val, select, test, ``*`` = the
-    pick) and the line ``search pick vs uniform at target T: +x.xx pt on select, +y.yy pt on
+    pick) and the line ``search pick vs uniform at target T: +x.xx pt on select (McNemar p = P), +y.yy pt on
     test`` (the best search candidate on select against the uniform baseline, both ``main``)."""
     lines = []
     how = f"select ({select_size} samples)" if select_size else "val (no selection split: data.select_fraction is null)"
@@ -331,6 +367,7 @@ def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, 
         if not search.empty and not uniform.empty:
             s, u = search.iloc[0], uniform.iloc[0]
             handed = "search trial " + str(s["candidate"]) if _true(s.get("picked")) else "uniform"
+            p = "" if is_missing(s.get("select_p")) else f" (McNemar p = {float(s['select_p']):.2f})"
             lines.append(f"  search pick vs uniform at target {t.label}: {_diff(s['select_acc'], u['select_acc'])} on "
-                         f"select, {_diff(s['test_acc'], u['test_acc'])} on test (handed back: {handed})")
+                         f"select{p}, {_diff(s['test_acc'], u['test_acc'])} on test (handed back: {handed})")
     return "\n".join(lines)

@@ -85,6 +85,8 @@ def test_final_ledger_is_unique_by_source(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, fragment", [
     (["--top", "0", "--epochs", "1"], "--top must be an integer >= 1, got 0"),
     (["--top", "2", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--top", "1", "--epochs", "1", "--pick-alpha", "0"], "--pick-alpha must be in (0, 1], got 0"),
+    (["--top", "1", "--epochs", "1", "--pick-alpha", "1.5"], "--pick-alpha must be in (0, 1], got 1.5"),
 ])
 def test_bad_numbers_are_one_line_exit_2(tmp_path: Path, args: list[str], fragment: str) -> None:
     exp = make_experiment(tmp_path)

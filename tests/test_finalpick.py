@@ -13,6 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -155,6 +156,45 @@ def test_the_pick_is_the_argmax_of_select_accuracy_not_val() -> None:
     assert list(finalpick.pick_rows(tie, ["a", "b", "c"])["candidate"]) == ["c"]  # tie on select: val, then MACs
     no_select = _final([("a", None, 0.90, 300), ("b", None, 0.92, 200)])
     assert list(finalpick.pick_rows(no_select, ["a", "b"])["candidate"]) == ["b"]  # no split: val decides
+
+
+def _packed(bits: list[int]) -> bytes:
+    return np.packbits(np.array(bits, dtype=bool)).tobytes()
+
+
+def test_mcnemar_p_counts_only_the_examples_the_two_disagree_on() -> None:
+    uniform = [1, 1, 0, 0, 0, 0, 0, 1, 1, 0]
+    better = [1, 1, 1, 1, 1, 1, 1, 1, 1, 0]  # right on 5 that uniform missed, wrong on none it got
+    assert finalpick.mcnemar_p(_packed(better), _packed(uniform)) == pytest.approx(1 / 32)
+    assert finalpick.mcnemar_p(_packed(uniform), _packed(better)) == 1.0  # 0 wins of 5: certain under the null
+    split = [1, 1, 1, 1, 1, 0, 0, 1, 1, 0]  # 3 wins (examples 2-4), and 3 losses in the 3 appended
+    assert finalpick.mcnemar_p(_packed(split + [0, 0, 0]), _packed(uniform + [1, 1, 1])) == pytest.approx(42 / 64)
+    assert finalpick.mcnemar_p(_packed(uniform), _packed(uniform)) == 1.0  # never disagree
+    with pytest.raises(ValueError, match="not the same split"):
+        finalpick.mcnemar_p(_packed(uniform), _packed(uniform * 2))
+
+
+def test_pick_alpha_keeps_the_uniform_baseline_without_evidence_on_select() -> None:
+    led = FinalLedger("/nonexistent-final", "fin")
+    uniform = [1] * 80 + [0] * 20
+    lucky = [1] * 78 + [0, 0] + [1] * 4 + [0] * 16  # +2 pt on select: 4 wins, 2 losses
+    strong = [1] * 80 + [1] * 12 + [0] * 8  # +12 pt: 12 wins, no loss
+    for key, hits, val, is_uniform in (("uniform@x", uniform, 0.9, True), ("lucky", lucky, 0.95, False),
+                                       ("strong", strong, 0.5, False)):
+        led.add_trial({"trial_id": key, "status": "TERMINATED", "val_acc": val, "macs": 100, "candidate": key,
+                       "is_uniform": is_uniform, "select_acc": sum(hits) / 100, "select_hits": _packed(hits)})
+    p = finalpick.p_values(led.trials(), ["uniform@x", "lucky"])
+    assert p == {"lucky": pytest.approx(22 / 64)}  # P(X >= 4 | n = 6)
+    for key, value in p.items():
+        led.update(key, select_p=value)
+    final = led.trials()
+    assert list(finalpick.pick_rows(final, ["uniform@x", "lucky"])["candidate"]) == ["lucky"]  # argmax of select
+    assert list(finalpick.pick_rows(final, ["uniform@x", "lucky"], 0.1)["candidate"]) == ["uniform@x"]
+    assert list(finalpick.pick_rows(final, ["uniform@x", "lucky"], 0.4)["candidate"]) == ["lucky"]
+    led.update("strong", select_p=finalpick.p_values(led.trials(), ["uniform@x", "strong"])["strong"])
+    assert list(finalpick.pick_rows(led.trials(), ["uniform@x", "lucky", "strong"], 0.01)["candidate"]) == ["strong"]
+    # No hits (no selection split, or a finalize from before them): no p-value, the argmax stands.
+    assert finalpick.p_values(_final([("uniform@x", 0.8, 0.9, 1), ("a", 0.9, 0.9, 1)]), ["uniform@x", "a"]) == {}
 
 
 def test_uniform_widths_meet_the_target_macs(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""``prunetune finalize NAME [--top K] [--epochs E] [--from-scratch] [--distill] [--compare]``:
+"""``prunetune finalize NAME [--top K] [--epochs E] [--from-scratch] [--distill] [--compare] [--pick-alpha P]``:
 retrain the best trials and the uniform baseline per target, pick on the selection split.
 
 See :mod:`search.finalize` and :mod:`search.finalpick`; ``prunetune pareto NAME --final``
@@ -19,8 +19,9 @@ from search.results.expdir import find_experiment, load_saved_config
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finalize", help="retrain the K best trials and the uniform baseline per target, pick on the "
                                         "selection split (final.parquet)",
-                       description="Per MACs target, take the K trials of the Pareto front with the best val accuracy "
-                                   "(the front of the trials within the search's MACs budget, if it has one) and the "
+                       description="Per MACs target, take the K trials with the best val accuracy (distinct cuts, "
+                                   "not the search's uniform baseline trial; a search without macs_targets: the K "
+                                   "best of its Pareto front, within its MACs budget if it has one) and the "
                                    "uniform L1 baseline cut to the same MACs, train them all alike for E epochs on "
                                    "Ray, score them on the selection split (data.select_fraction: no trial trained "
                                    "or was ranked on it) and pick the best there; report val, select and test of "
@@ -40,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", action="store_true",
                    help="also train each pick's widths finetuned with distillation and from scratch (reported "
                         "beside the pick, never picked)")
+    p.add_argument("--pick-alpha", type=float,
+                   help="keep the uniform baseline as the pick unless the best search candidate on the selection "
+                        "split beats it there with a one-sided exact McNemar p-value <= this (e.g. 0.1); default: "
+                        "the config's finalize.pick_alpha (null: the best on select, whatever the margin)")
     p.add_argument("--no-export", dest="export", action="store_false", help="do not export the picks")
     p.add_argument("--fresh", action="store_true", help="delete final.parquet first (run every candidate again)")
     add_cluster(p)
@@ -48,11 +53,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_saved_config(find_experiment(args.experiment))
-    return finalize_settings(cfg, args.top, args.epochs, args.from_scratch, args.distill, args.compare)
+    return finalize_settings(cfg, args.top, args.epochs, args.from_scratch, args.distill, args.compare,
+                             args.pick_alpha)
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     s = _settings(args)
-    check_finalize(args.experiment, s["top"], s["epochs"])  # before Optuna/Ray load
+    check_finalize(args.experiment, s["top"], s["epochs"], s["pick_alpha"])  # before Optuna/Ray load
     return run_finalize(args.experiment, s, address=args.address, verbose=args.ray_verbose, fresh=args.fresh,
                         export=args.export)

@@ -41,6 +41,10 @@ FINAL_EXTRA_FIELDS = (
     pa.field("is_uniform", pa.bool_()),  # the uniform L1 baseline of its target
     pa.field("select_acc", pa.float64()),  # accuracy on the selection split (fraction)
     pa.field("picked", pa.bool_()),  # the model finalize handed back for its target
+    # per example of the selection split, in order, whether the candidate was right (numpy packbits)
+    pa.field("select_hits", pa.binary()),
+    # one-sided exact McNemar p-value of "better than its target's uniform baseline" on select
+    pa.field("select_p", pa.float64()),
 )
 FINAL_SCHEMA = pa.schema([*TRIALS_SCHEMA, pa.field(SOURCE_KEY, pa.string()),
                           *(f for f in FINAL_EXTRA_FIELDS if f.name not in TRIALS_SCHEMA.names)])

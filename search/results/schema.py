@@ -144,6 +144,10 @@ def _check_value(key: str, value: Any, typ: pa.DataType) -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ValueError(f"field {key!r} must be a list of {typ.value_type}, got {type(value).__name__} {value!r}")
         return [_check_value(f"{key}[{i}]", v, typ.value_type) for i, v in enumerate(value)]
+    if pa.types.is_binary(typ):  # final.parquet's packed per-example hits
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise ValueError(f"field {key!r} must be bytes, got {type(value).__name__}")
+        return bytes(value)
     if pa.types.is_timestamp(typ):
         if not isinstance(value, dt.datetime):
             raise ValueError(f"field {key!r} must be a datetime, got {type(value).__name__} {value!r}")
