@@ -307,7 +307,8 @@ def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[in
     dense_macs = bases[s.seeds[0]]["macs"]
     rows: dict[float, list[dict]] = {frac: [] for frac in s.budgets}
     pending = []
-    plans = {(seed, frac): uniform_plan(ckpt[seed], s, seed, int(frac * dense_macs)) for seed in s.seeds for frac in s.budgets}
+    # Budget-major (every seed at the first budget, then the next): an interrupted run has whole budgets.
+    plans = {(seed, frac): uniform_plan(ckpt[seed], s, seed, int(frac * dense_macs)) for frac in s.budgets for seed in s.seeds}
     for (seed, frac), (_, uni_widths) in plans.items():
         pending += _submit(pool, fixed_arms(s, seed, frac, int(frac * dense_macs), ckpt[seed], uni_widths))
     for (seed, frac), plan in plans.items():
