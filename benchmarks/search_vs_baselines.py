@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+from types import SimpleNamespace
 import json
 import logging
 import os
@@ -140,6 +141,11 @@ def _final_row(row: Any, arm: str, compute: int, t0: float, **extra: Any) -> dic
             **extra}
 
 
+def _p(row: Any) -> float | None:
+    p = row.get("select_p")
+    return None if p is None or p != p else float(p)
+
+
 def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
     """(e) after finalize: ``search.finalize`` (``prunetune finalize NAME --top K --epochs E
     [--distill]``) on the search's experiment: the ``finalize_top`` best trials of the target on
@@ -148,6 +154,7 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
     The distilled finalize runs after the plain one (its rows are another variant; finalize
     re-marks ``picked`` for the variant it runs, so each result is read right after its call)."""
     from search.finalize import finalize
+    from search.finalpick import pick_rows
     from search.results.final import read_final
     from search.tuner import SearchOptions
 
@@ -165,8 +172,12 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
         raise RuntimeError(f"finalize ({variant}) picked nothing among {list(mine['candidate'])}")
     compute = int(mine["train_macs"].sum())  # every candidate finalize trained, the uniform baseline too
     suffix = " --distill" if distill else ""
-    rows = [_final_row(picked.iloc[0], f"search + finalize{suffix}", compute, t0,
-                       candidates=len(mine), pick_uniform=bool(picked.iloc[0].is_uniform))]
+    rows = [_final_row(picked.iloc[0], f"search + finalize{suffix}", compute, t0, candidates=len(mine),
+                       pick_uniform=bool(picked.iloc[0].is_uniform), select_p=_p(picked.iloc[0]))]
+    # The same candidates under finalize --pick-alpha (uniform unless beaten significantly on select).
+    safe = pick_rows(mine, list(mine["candidate"]), s.pick_alpha)
+    rows.append(_final_row(safe.iloc[0], f"search + finalize{suffix} --pick-alpha", compute, t0, candidates=len(mine),
+                           pick_uniform=bool(safe.iloc[0].is_uniform), select_p=_p(safe.iloc[0])))
     uni = mine[mine["is_uniform"] == True]  # noqa: E712
     if not uni.empty:
         rows.append(_final_row(uni.iloc[0], f"finalize{suffix}: uniform at target", int(uni.iloc[0].train_macs), t0))
@@ -341,6 +352,38 @@ def report_from(root: Path, plot_dir: Path) -> int:
     return 0
 
 
+def refinalize(root: Path, plot_dir: Path) -> int:
+    """Finalize again (``--fresh``, this code) every search kept in ``root`` by ``--keep``, and
+    train (f) at the widths of each new pick; the rows are appended to ``arms.jsonl`` (the
+    last row of an arm wins), then the report is printed as ``--report-from`` prints it."""
+    raw = json.loads((root / "settings.json").read_text())
+    raw.pop("quick")
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    torch.set_num_threads(1)
+    pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
+    pending = []
+    try:
+        for frac in s.budgets:
+            for seed in s.seeds:
+                if not (root / f"{s.model}_seed{seed}_b{round(100 * frac)}" / "trials.parquet").is_file():
+                    continue
+                cfg = SimpleNamespace(exp_dir=root / f"{s.model}_seed{seed}_b{round(100 * frac)}")
+                say(f"refinalize seed {seed} budget {frac:.0%}")
+                rows = []
+                for distill in (False, True)[0 if s.finalize_plain else 1:] if s.finalize_distill else (False,):
+                    rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
+                for row in rows:
+                    _record(root, (seed, frac, row["arm"]), row)
+                    say(f"{row['arm']} seed {seed} {frac:.0%}: test {100 * row['test_acc']:.2f}%")
+                name = "scratch, widths of (e)"
+                pending += _submit(pool, [((seed, frac, name), functools.partial(arm_scratch, s, seed, rows[0]["widths"],
+                                                                                  name))])
+        _collect(pending, root)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    return report_from(root, plot_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny subset, 1 seed, few epochs and trials")
@@ -366,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-epochs", type=int, help="override the testbed's dense training epochs")
     p.add_argument("--plot-dir", default=str(Path(__file__).parent / "results"),
                    help="where svb_proxy_<model>.png goes (proxy score vs finetuned accuracy)")
+    p.add_argument("--refinalize", metavar="DIR",
+                   help="finalize again, with this code, every search of the run kept in DIR (--keep DIR), retrain (f) "
+                        "at the new picks' widths, and print the report")
     p.add_argument("--report-from", metavar="DIR",
                    help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing")
     args = p.parse_args(argv)
@@ -382,6 +428,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
     if args.report_from:
         return report_from(Path(args.report_from), Path(args.plot_dir))
+    if args.refinalize:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("search.progress").setLevel(logging.WARNING)
+        return refinalize(Path(args.refinalize), Path(args.plot_dir))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("search.progress").setLevel(logging.WARNING)

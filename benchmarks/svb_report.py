@@ -13,14 +13,17 @@ from svb_settings import DISTILL_ALPHA, DISTILL_RANGES, DISTILL_T, TESTBEDS, ZHA
 
 
 ORDER = ["dense", "uniform l1", "uniform l1 + distill", "global Taylor (torch-pruning)", *(f"global {c}" for c in ZHANG),
-         "adaptive grow/prune", "search, best trial", "search + finalize", "finalize: uniform at target",
-         "search + finalize --distill", "finalize --distill: uniform at target", "scratch, widths of (e)",
+         "adaptive grow/prune", "search, best trial", "search + finalize", "search + finalize --pick-alpha",
+         "finalize: uniform at target", "search + finalize --distill", "search + finalize --distill --pick-alpha",
+         "finalize --distill: uniform at target", "scratch, widths of (e)",
          "scratch, widths of (a)"]
 LABEL = {"uniform l1": "(a) uniform L1", "uniform l1 + distill": "(a) uniform L1 + distillation", "global Taylor (torch-pruning)": "(b) global Taylor (torch-pruning)",
          **{f"global {c}": f"(c) iterative global {c}" for c in ZHANG}, "adaptive grow/prune": "(d) adaptive grow/prune",
          "search, best trial": "(e) search, best trial (short finetune)", "search + finalize":
          "(e) search + finalize (its pick)", "finalize: uniform at target": "(e) finalize's uniform L1 at the target",
          "search + finalize --distill": "(e) search + finalize --distill",
+         "search + finalize --pick-alpha": "(e) search + finalize, read with --pick-alpha",
+         "search + finalize --distill --pick-alpha": "(e) search + finalize --distill, read with --pick-alpha",
          "finalize --distill: uniform at target": "(e) finalize --distill's uniform L1 at the target", "scratch, widths of (e)": "(f) scratch, widths of (e)",
          "scratch, widths of (a)": "(f) scratch, widths of (a)", "dense": "dense"}
 
@@ -60,7 +63,9 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
           f"as a baseline trial. *Finalize* is `search.finalize` (`prunetune finalize NAME --top {s.finalize_top} "
           f"--epochs {s.finetune_epochs}`: the {s.finalize_top} best trials on val and the uniform L1 baseline at the "
           f"target, each finetuned {s.finetune_epochs} epochs from the base model, the pick made on the selection "
-          f"split; `--distill`: every candidate distils the base model). "
+          f"split; `--distill`: every candidate distils the base model; *read with --pick-alpha*: the same "
+          f"candidates, the pick kept at uniform unless the best on select beats it there with a one-sided exact "
+          f"McNemar p ≤ {s.pick_alpha:g}, as `finalize --pick-alpha {s.pick_alpha:g}` picks). "
           f"Compute = training MACs (per-sample MACs × samples × 3, all epochs, + the teacher's forward passes when "
           f"distilling; base training included for arms "
           f"that start from the base model, every search trial included for (e); screening not counted) as a multiple "
@@ -102,8 +107,9 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
                       f"{' '.join(map(str, r['uniform_widths'].values()))}).")
         for r in rows[frac]:
             if r["arm"].startswith("search + finalize") and "error" not in r:
+                p = "" if r.get("select_p") is None else f", McNemar p vs uniform {r['select_p']:.2f}"
                 print(f"- seed {r['seed']}: `{r['arm']}` picked {'the uniform baseline' if r['pick_uniform'] else 'a search trial'} "
-                      f"(`{r['candidate']}`, of {r['candidates']} candidates; select {100 * (r['select_acc'] or 0):.2f}%), "
+                      f"(`{r['candidate']}`, of {r['candidates']} candidates; select {100 * (r['select_acc'] or 0):.2f}%{p}), "
                       f"MACs {r['macs'] / (r['macs_target'] * dense_macs):.2%} of its target, widths "
                       f"{' '.join(map(str, r['widths'].values()))}.")
         print()
@@ -118,6 +124,16 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
           f"Ray with 2 one-CPU trials for the search; a shared machine).")
 
 
+#: finalize's pick, plain and distilled, each also read with --pick-alpha (the same candidates)
+FINALIZE_ARMS = ("search + finalize", "search + finalize --pick-alpha", "search + finalize --distill",
+                 "search + finalize --distill --pick-alpha")
+
+
+def _uniform_of(arm: str) -> str:
+    """The uniform candidate of the finalize that made ``arm``'s pick."""
+    return "finalize --distill: uniform at target" if "--distill" in arm else "finalize: uniform at target"
+
+
 def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> None:
     """The search's checks over every seed and budget: trials over target, the pick's distance to
     its target, how often finalize picked the uniform baseline, the proxy's correlation."""
@@ -126,7 +142,7 @@ def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> N
     print(f"- trials over their target (ledger: macs > macs_target × base MACs): "
           f"{sum(r['over_target'] for r in searches)} of {sum(r['finished'] for r in searches)} finished trials "
           f"in {len(searches)} searches")
-    for arm in ("search + finalize", "search + finalize --distill"):
+    for arm in FINALIZE_ARMS:
         picks = [r for frac in s.budgets for r in rows[frac] if r["arm"] == arm and "error" not in r]
         if not picks:
             continue
@@ -134,8 +150,7 @@ def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> N
         print(f"- `{arm}` pick: MACs {min(rel):.2%} to {max(rel):.2%} of its target; the uniform baseline picked "
               f"{sum(r['pick_uniform'] for r in picks)} time(s), a search trial {sum(not r['pick_uniform'] for r in picks)} "
               f"time(s) of {len(picks)}")
-        uni_arm = "finalize: uniform at target" if arm == "search + finalize" else "finalize --distill: uniform at target"
-        for rival in (uni_arm, "uniform l1 + distill"):
+        for rival in (_uniform_of(arm), "uniform l1 + distill"):
             d = [100 * (r["test_acc"] - u["test_acc"]) for frac in s.budgets for r in rows[frac] if r["arm"] == arm
                  and "error" not in r for u in rows[frac] if u["arm"] == rival and "error" not in u
                  and u.get("seed") == r.get("seed")]
@@ -169,15 +184,14 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
         r = rows[frac]
         ad, b, f = (_mean(r, arm) for arm in ("uniform l1 + distill", "global Taylor (torch-pruning)",
                                                "scratch, widths of (e)"))
-        for arm in ("search + finalize", "search + finalize --distill"):
+        for arm in FINALIZE_ARMS:
             ef = _mean(r, arm)
             if ef is None:
                 continue
             if ad is not None:
                 checks.append((f"{frac:.0%}: {arm} ≥ uniform L1 + distillation − 0.2 pt ({100 * (ef - ad):+.2f} pt)",
                                100 * (ef - ad) >= -0.2))
-            uni = _mean(r, "finalize: uniform at target" if arm == "search + finalize"
-                        else "finalize --distill: uniform at target")
+            uni = _mean(r, _uniform_of(arm))
             if uni is not None:  # the same trainer and epochs as the pick: the like-for-like baseline
                 checks.append((f"{frac:.0%}: {arm} ≥ finalize's own uniform L1 at the target − 0.2 pt "
                                f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))

@@ -54,6 +54,9 @@ class Settings:
     finalize_top: int = 3  # finalize retrains this many best trials per target + the uniform baseline
     finalize_distill: bool = False  # also finalize with distillation: its own arm
     finalize_plain: bool = True  # False (with finalize_distill): finalize with distillation only
+    # finalize's pick also read with --pick-alpha (uniform unless beaten on select with McNemar
+    # p <= this): the same candidates, another rule, reported as its own arm
+    pick_alpha: float = 0.1
     zhang_arms: bool = True  # the (c) arms (iterative global taylor_guided / attribution / attribution_iba)
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.3, 0.1)
