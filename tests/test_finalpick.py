@@ -272,7 +272,11 @@ def test_finalize_distill_compare_picks_on_select_against_uniform(tmp_path: Path
     assert final.loc[base_key + "+scratch+distill", "mode"] == "scratch"
     assert list(final.loc[base_key, "widths"]) == list(picked["widths"].iloc[0])
     assert "search pick vs uniform at target 300,000 MACs (best trial): " in proc.stdout
-    assert " pt on select, " in proc.stdout and " pt on test" in proc.stdout
+    assert " pt on select (McNemar p = " in proc.stdout and " pt on test" in proc.stdout
+    # each candidate's per-example hits on select; the search candidate's p-value against uniform
+    assert main["select_hits"].map(len).eq(-(-20 // 8)).all()  # 20 select images, packed 8 per byte
+    assert main["select_p"].isna().tolist() == list(main["is_uniform"].astype(bool))
+    assert 0 < main.loc["a+distill", "select_p"] <= 1
     assert (exp / "export" / f"final-{picked.index[0]}" / "model.pt").is_file()
 
 
