@@ -82,6 +82,16 @@ def test_final_ledger_is_unique_by_source(tmp_path: Path) -> None:
     assert list(final.columns) == FINAL_SCHEMA.names
 
 
+def test_final_ledger_drops_the_epochs_of_runs_killed_before_their_row(tmp_path: Path) -> None:
+    led = FinalLedger(tmp_path, "fin")
+    led.add_trial({"trial_id": "done", "status": "TERMINATED", "val_acc": 0.5, "macs": 10,
+                   "params_json": json.dumps({SOURCE_KEY: "a"})})
+    led.add_epochs([{"trial_id": tid, "epoch": e} for tid in ("done", "killed") for e in (1, 2)])
+    led.flush()  # as a finalize killed while "killed" trained leaves the files
+    again = FinalLedger(tmp_path, "fin")  # the rerun runs that candidate again under a new id
+    assert sorted(again.epochs()["trial_id"]) == ["done", "done"]
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["--top", "0", "--epochs", "1"], "--top must be an integer >= 1, got 0"),
     (["--top", "2", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),

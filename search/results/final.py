@@ -69,7 +69,9 @@ class FinalLedger(Ledger):
 
     Rows are unique by ``candidate`` (else, in files of older finalizes, ``source_trial_id``;
     both taken from the row, else from its params): a candidate recorded again replaces its
-    row. ``flush`` writes no Pareto file.
+    row. ``flush`` writes no Pareto file. Epoch rows of a run without a final row (a
+    finalize killed while it trained; the rerun trains that candidate again under a new
+    trial id) are dropped when the ledger is opened, before any run starts.
     """
 
     trials_file = FINAL_FILE
@@ -80,6 +82,8 @@ class FinalLedger(Ledger):
 
     def __init__(self, exp_dir: Store | str | os.PathLike[str], experiment: str) -> None:
         super().__init__(exp_dir, experiment)
+        finished = {row["trial_id"] for row in self._trials.values()}
+        self._epochs = {k: row for k, row in self._epochs.items() if k[0] in finished}
         for key, row in self._trials.items():
             row["candidate"] = key  # a row of an older finalize: its source is its candidate key
 
