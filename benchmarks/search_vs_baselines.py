@@ -110,7 +110,7 @@ def search_config(s: Settings, seed: int, frac: float, ckpt: str, root: Path, r_
     from search.config import config_from_dict
 
     return config_from_dict({
-        "experiment": {"name": f"{s.model}_seed{seed}_b{round(100 * frac)}", "seed": seed, "results_dir": str(root)},
+        "experiment": {"name": s.exp_name(seed, frac), "seed": seed, "results_dir": str(root)},
         "model": {"name": s.model, "checkpoint": ckpt, "width_mult": s.width_mult},
         "data": {"name": DATASET, "image_size": s.image_size, "limit": s.limit, "val_limit": s.val_limit,
                  "select_fraction": s.select_fraction},
@@ -159,7 +159,7 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
     from search.tuner import SearchOptions
 
     t0 = time.perf_counter()
-    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, fresh=not distill or not s.finalize_plain,
+    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, fresh=distill == s.finalize_variants[0],
              export=False, options=SearchOptions())
     final = read_final(cfg.exp_dir)
     variant = "finetune+distill" if distill else "finetune"
@@ -289,7 +289,7 @@ def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str,
     res.update(seed=seed, uniform_widths=uni_widths)
     rows = [res]
     if params is not None:
-        for distill in (False, True)[0 if s.finalize_plain else 1:] if s.finalize_distill else (False,):
+        for distill in s.finalize_variants:
             try:
                 rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
             except Exception as e:  # noqa: BLE001
@@ -365,12 +365,12 @@ def refinalize(root: Path, plot_dir: Path) -> int:
     try:
         for frac in s.budgets:
             for seed in s.seeds:
-                if not (root / f"{s.model}_seed{seed}_b{round(100 * frac)}" / "trials.parquet").is_file():
+                cfg = SimpleNamespace(exp_dir=root / s.exp_name(seed, frac))
+                if not (cfg.exp_dir / "trials.parquet").is_file():
                     continue
-                cfg = SimpleNamespace(exp_dir=root / f"{s.model}_seed{seed}_b{round(100 * frac)}")
                 say(f"refinalize seed {seed} budget {frac:.0%}")
                 rows = []
-                for distill in (False, True)[0 if s.finalize_plain else 1:] if s.finalize_distill else (False,):
+                for distill in s.finalize_variants:
                     rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
                 for row in rows:
                     _record(root, (seed, frac, row["arm"]), row)

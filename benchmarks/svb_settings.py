@@ -71,6 +71,15 @@ class Settings:
     workers: int = 2
 
     @property
+    def finalize_variants(self) -> tuple[bool, ...]:
+        """The ``distill`` flag of each finalize the search arm runs, in order."""
+        return (False, True)[0 if self.finalize_plain else 1:] if self.finalize_distill else (False,)
+
+    def exp_name(self, seed: int, frac: float) -> str:
+        """The experiment name of the search at one seed and budget."""
+        return f"{self.model}_seed{seed}_b{round(100 * frac)}"
+
+    @property
     def label(self) -> str:
         w = "" if self.width_mult == 1.0 else f" ×{self.width_mult:g}"
         return f"{self.model}{w}"

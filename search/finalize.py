@@ -185,15 +185,16 @@ def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[fina
     for key, scores in finalpick.score_select(cfg, final, lambda row: load_trial_model(cfg, row, trial_fn)).items():
         led.update(key, **scores)
     final = led.trials()
-    picks: dict[str, finalpick.Candidate] = {}
-    for t in targets:
-        mains = {c.key: c for c in finalpick.candidates([t], main)}
-        for key, p in finalpick.p_values(final, list(mains)).items():  # each against its target's uniform
+    mains = [{c.key: c for c in finalpick.candidates([t], main)} for t in targets]
+    for keys in mains:
+        for key, p in finalpick.p_values(final, list(keys)).items():  # each against its target's uniform
             led.update(key, select_p=p)
-        final = led.trials()
-        best = finalpick.pick_rows(final, list(mains), pick_alpha)
+    final = led.trials()
+    picks: dict[str, finalpick.Candidate] = {}
+    for t, keys in zip(targets, mains):
+        best = finalpick.pick_rows(final, list(keys), pick_alpha)
         if not best.empty:
-            picks[t.label] = mains[str(best.iloc[0]["candidate"])]
+            picks[t.label] = keys[str(best.iloc[0]["candidate"])]
     picked = {c.key for c in picks.values()}
     for key in led.keys():
         led.update(key, picked=key in picked)

@@ -134,9 +134,12 @@ def choose_sources(trials: pd.DataFrame, top: int, macs_budget: int | None = Non
     fill the top K."""
     if macs_budget is not None:
         trials = trials[trials["macs"] <= macs_budget]
-    front = pareto_front(trials)
-    order = front.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
-    return order.head(top).reset_index(drop=True)
+    return _best_val_first(pareto_front(trials)).head(top).reset_index(drop=True)
+
+
+def _best_val_first(trials: pd.DataFrame) -> pd.DataFrame:
+    """``trials`` by val accuracy, best first (ties: fewer MACs, then trial id)."""
+    return trials.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
 
 
 def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_names: Sequence[str],
@@ -162,7 +165,7 @@ def choose_target_sources(trials: pd.DataFrame, top: int) -> pd.DataFrame:
     and criterion (the better on val stays). Budget-exact trials all sit within ~1% of the
     target, so their Pareto front would rank MACs noise: every trial of the target competes."""
     done = trials[(trials["status"] == "TERMINATED") & trials["val_acc"].notna() & trials["macs"].notna()]
-    order = done.sort_values(["val_acc", "macs", "trial_id"], ascending=[False, True, True], kind="mergesort")
+    order = _best_val_first(done)
     keep, seen = [], set()
     for i, row in zip(order.index, order.to_dict("records")):
         params = params_of(row)
