@@ -416,6 +416,10 @@ def _first_random(s: Settings, bases: list[dict], rows: list[dict]) -> list[dict
     return [r for r in rows if r["kind"] != "random" or json.dumps(r["widths"]) in keep.get((r["tb"], r["seed"]), ())]
 
 
+def _base_epochs_text(s: Settings) -> str:
+    return ", ".join(f"{TESTBEDS[tb].label}: {_epochs(s, tb)} epochs" for tb in s.testbeds)
+
+
 def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool,
            title: str | None = None) -> None:
     rows = _first_random(s, bases, rows)
@@ -423,7 +427,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
     print(f"### {title}{' — QUICK smoke run' if quick else ''}\n")
     print(f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
           f"official train set), the official 10,000 test images. Per testbed and seed one dense base model "
-          f"(LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of {s.budget:.0%} of the dense "
+          f"({_base_epochs_text(s)}, LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of {s.budget:.0%} of the dense "
           f"MACs (`pruning.budget`, min {s.min_channels} channels per group) and finetuned {s.finetune_epochs} epochs "
           f"at LR {s.finetune_lr} with the same data order. *random*: {s.allocations} random profiles per seed "
           f"(relative keep values uniform in [0.1, 1] or [0.4, 1], alternating); *best by val*: the random "
@@ -550,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocations", type=int, help="random allocations finetuned per seed")
     p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
+    p.add_argument("--base-epochs", type=int, help="dense training epochs (default: the testbed's own)")
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
                    help="leave out the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
@@ -564,6 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
+                              "base_epochs": args.base_epochs,
                               "workers": args.workers, "graded": args.graded}.items() if v is not None}
     s = replace(s, **over)
     torch.set_num_threads(1)

@@ -184,6 +184,54 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
     return rows
 
 
+def arm_finalize_scratch(cfg: Any, s: Settings, distill: bool) -> list[dict]:
+    """(e) after ``finalize --with-scratch``, run after :func:`arm_finalize` of the same
+    ``distill`` (whose finetuned rows it reuses): every candidate also trained from scratch for
+    base + finetune epochs (as (f)), all competing for the pick on the selection split. Returns
+    the pick's row, the same read with --pick-alpha (the reference: the finetuned uniform) and
+    the uniform baseline's from-scratch row."""
+    from search.finalize import finalize
+    from search.finalpick import pick_rows
+    from search.results.final import read_final
+    from search.tuner import SearchOptions
+
+    t0 = time.perf_counter()
+    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, with_scratch=True,
+             scratch_epochs=s.base_epochs + s.finetune_epochs, export=False, options=SearchOptions())
+    final = read_final(cfg.exp_dir)
+    variants = ("finetune+distill", "scratch+distill") if distill else ("finetune", "scratch")
+    mine = final[final["variant"].isin(variants)]
+    bad = mine[mine["status"] != "TERMINATED"]
+    if not bad.empty:
+        raise RuntimeError(f"finalize --with-scratch ended with errors: {list(bad['error'].dropna())}")
+    picked = mine[mine["picked"] == True]  # noqa: E712 (nullable column)
+    ref = mine[(mine["is_uniform"] == True) & (mine["variant"] == variants[0])]  # noqa: E712
+    if picked.empty or ref.empty:
+        raise RuntimeError(f"finalize --with-scratch picked nothing among {list(mine['candidate'])}")
+    compute = int(mine["train_macs"].sum())  # every candidate, finetuned and from scratch
+    arm = "search + finalize" + (" --distill" if distill else "") + " --with-scratch"
+    rows = [_final_row(picked.iloc[0], arm, compute, t0, candidates=len(mine),
+                       pick_uniform=bool(picked.iloc[0].is_uniform), select_p=_p(picked.iloc[0]),
+                       variant=str(picked.iloc[0].variant))]
+    safe = pick_rows(mine, list(mine["candidate"]), s.pick_alpha, str(ref.iloc[0].candidate))
+    rows.append(_final_row(safe.iloc[0], arm + " --pick-alpha", compute, t0, candidates=len(mine),
+                           pick_uniform=bool(safe.iloc[0].is_uniform), select_p=_p(safe.iloc[0]),
+                           variant=str(safe.iloc[0].variant)))
+    uni = mine[(mine["is_uniform"] == True) & (mine["variant"] == variants[1])]  # noqa: E712
+    if not uni.empty:
+        rows.append(_final_row(uni.iloc[0], arm.removeprefix("search + ") + ": uniform from scratch",
+                               int(uni.iloc[0].train_macs), t0))
+    return rows
+
+
+def _finalize_scratch_rows(cfg: Any, s: Settings, seed: int, distill: bool) -> list[dict]:
+    try:
+        return [dict(r, seed=seed) for r in arm_finalize_scratch(cfg, s, distill)]
+    except Exception as e:  # noqa: BLE001
+        return [{"arm": "search + finalize" + (" --distill" if distill else "") + " --with-scratch", "seed": seed,
+                 "error": f"{type(e).__name__}: {e}"[:120]}]
+
+
 def arm_search(cfg: Any, s: Settings, seed: int, dense_macs: int) -> tuple[dict, dict]:
     """(e) before finalize: run the search, pick the best trial on val (all are budget-exact).
     Returns (result, params); the result carries the ledger check (trials over their target),
@@ -295,6 +343,8 @@ def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str,
             except Exception as e:  # noqa: BLE001
                 rows.append({"arm": "search + finalize" + (" --distill" if distill else ""), "seed": seed,
                              "error": f"{type(e).__name__}: {e}"[:120]})
+            if s.finalize_scratch:
+                rows += _finalize_scratch_rows(cfg, s, seed, distill)
     for row in rows:
         _record(root, (seed, frac, row["arm"]), row)
         say(f"{row['arm']} seed {seed} {frac:.0%}: " + (row.get("error") or
@@ -352,13 +402,19 @@ def report_from(root: Path, plot_dir: Path) -> int:
     return 0
 
 
-def refinalize(root: Path, plot_dir: Path) -> int:
+def refinalize(root: Path, plot_dir: Path, scratch_only: bool = False, budgets: tuple[float, ...] = ()) -> int:
     """Finalize again (``--fresh``, this code) every search kept in ``root`` by ``--keep``, and
     train (f) at the widths of each new pick; the rows are appended to ``arms.jsonl`` (the
-    last row of an arm wins), then the report is printed as ``--report-from`` prints it."""
+    last row of an arm wins), then the report is printed as ``--report-from`` prints it.
+    ``scratch_only``: run only ``finalize --with-scratch`` after the kept finalizes (their
+    finetuned rows are reused; :func:`arm_finalize_scratch`), and record in ``settings.json``
+    that the run has those arms. ``budgets``: only these (default: every budget of the run)."""
     raw = json.loads((root / "settings.json").read_text())
-    raw.pop("quick")
+    quick = raw.pop("quick")
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    if scratch_only and not s.finalize_scratch:
+        s = replace(s, finalize_scratch=True)
+        (root / "settings.json").write_text(json.dumps({**asdict(s), "quick": quick}))
     torch.set_num_threads(1)
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
     pending = []
@@ -366,9 +422,16 @@ def refinalize(root: Path, plot_dir: Path) -> int:
         for frac in s.budgets:
             for seed in s.seeds:
                 cfg = SimpleNamespace(exp_dir=root / s.exp_name(seed, frac))
-                if not (cfg.exp_dir / "trials.parquet").is_file():
+                if not (cfg.exp_dir / "trials.parquet").is_file() or (budgets and frac not in budgets):
                     continue
                 say(f"refinalize seed {seed} budget {frac:.0%}")
+                if scratch_only:
+                    for row in [r for distill in s.finalize_variants for r in _finalize_scratch_rows(cfg, s, seed,
+                                                                                                      distill)]:
+                        _record(root, (seed, frac, row["arm"]), row)
+                        say(f"{row['arm']} seed {seed} {frac:.0%}: " +
+                            (row.get("error") or f"test {100 * row['test_acc']:.2f}%"))
+                    continue
                 rows = []
                 for distill in s.finalize_variants:
                     rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
@@ -412,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refinalize", metavar="DIR",
                    help="finalize again, with this code, every search of the run kept in DIR (--keep DIR), retrain (f) "
                         "at the new picks' widths, and print the report")
+    p.add_argument("--finalize-scratch", action="store_true",
+                   help="also finalize --with-scratch (every candidate also trained from scratch for base + finetune "
+                        "epochs, competing for the pick), its own arm; with --refinalize DIR: only that, reusing the "
+                        "kept finalizes (--budgets: only those budgets)")
     p.add_argument("--report-from", metavar="DIR",
                    help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing")
     args = p.parse_args(argv)
@@ -423,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
                 finalize_top=args.finalize_top or s.finalize_top,
                 finalize_distill=args.finalize_distill or args.finalize_distill_only or s.finalize_distill,
                 finalize_plain=not args.finalize_distill_only, zhang_arms=not args.no_zhang,
-                base_epochs=args.base_epochs or s.base_epochs)
+                base_epochs=args.base_epochs or s.base_epochs, finalize_scratch=args.finalize_scratch)
     if s.screen_keep > s.screen_candidates:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
     if args.report_from:
@@ -432,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.basicConfig(level=logging.WARNING)
         logging.getLogger("search.progress").setLevel(logging.WARNING)
-        return refinalize(Path(args.refinalize), Path(args.plot_dir))
+        return refinalize(Path(args.refinalize), Path(args.plot_dir), args.finalize_scratch,
+                          tuple(args.budgets or ()))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("search.progress").setLevel(logging.WARNING)

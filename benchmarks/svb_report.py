@@ -15,8 +15,10 @@ from svb_settings import DISTILL_ALPHA, DISTILL_RANGES, DISTILL_T, TESTBEDS, ZHA
 ORDER = ["dense", "uniform l1", "uniform l1 + distill", "global Taylor (torch-pruning)", *(f"global {c}" for c in ZHANG),
          "adaptive grow/prune", "search, best trial", "search + finalize", "search + finalize --pick-alpha",
          "finalize: uniform at target", "search + finalize --distill", "search + finalize --distill --pick-alpha",
-         "finalize --distill: uniform at target", "scratch, widths of (e)",
-         "scratch, widths of (a)"]
+         "finalize --distill: uniform at target", *(f"search + finalize{d} --with-scratch{a}" for d in ("", " --distill")
+                                                    for a in ("", " --pick-alpha")),
+         "finalize --with-scratch: uniform from scratch", "finalize --distill --with-scratch: uniform from scratch",
+         "scratch, widths of (e)", "scratch, widths of (a)"]
 LABEL = {"uniform l1": "(a) uniform L1", "uniform l1 + distill": "(a) uniform L1 + distillation", "global Taylor (torch-pruning)": "(b) global Taylor (torch-pruning)",
          **{f"global {c}": f"(c) iterative global {c}" for c in ZHANG}, "adaptive grow/prune": "(d) adaptive grow/prune",
          "search, best trial": "(e) search, best trial (short finetune)", "search + finalize":
@@ -25,7 +27,11 @@ LABEL = {"uniform l1": "(a) uniform L1", "uniform l1 + distill": "(a) uniform L1
          "search + finalize --pick-alpha": "(e) search + finalize, read with --pick-alpha",
          "search + finalize --distill --pick-alpha": "(e) search + finalize --distill, read with --pick-alpha",
          "finalize --distill: uniform at target": "(e) finalize --distill's uniform L1 at the target", "scratch, widths of (e)": "(f) scratch, widths of (e)",
-         "scratch, widths of (a)": "(f) scratch, widths of (a)", "dense": "dense"}
+         "scratch, widths of (a)": "(f) scratch, widths of (a)", "dense": "dense",
+         **{f"search + finalize{d} --with-scratch{a}": f"(e) search + finalize{d} --with-scratch{r}"
+            for d in ("", " --distill") for a, r in (("", ""), (" --pick-alpha", ", read with --pick-alpha"))},
+         **{f"finalize{d} --with-scratch: uniform from scratch": f"(e) finalize{d} --with-scratch's uniform L1 from "
+            "scratch" for d in ("", " --distill")}}
 
 
 def _ms(xs: list[float]) -> str:
@@ -65,7 +71,11 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
           f"target, each finetuned {s.finetune_epochs} epochs from the base model, the pick made on the selection "
           f"split; `--distill`: every candidate distils the base model; *read with --pick-alpha*: the same "
           f"candidates, the pick kept at uniform unless the best on select beats it there with a one-sided exact "
-          f"McNemar p ≤ {s.pick_alpha:g}, as `finalize --pick-alpha {s.pick_alpha:g}` picks). "
+          f"McNemar p ≤ {s.pick_alpha:g}, as `finalize --pick-alpha {s.pick_alpha:g}` picks"
+          + (f"; `--with-scratch`: every candidate is also trained from scratch ({s.base_epochs + s.finetune_epochs} "
+             f"epochs at LR {s.lr}, distilled with `--distill`, as `finalize --with-scratch --scratch-epochs "
+             f"{s.base_epochs + s.finetune_epochs}`) and those runs compete for the pick; --pick-alpha's reference "
+             f"stays the finetuned uniform" if s.finalize_scratch else "") + "). "
           f"Compute = training MACs (per-sample MACs × samples × 3, all epochs, + the teacher's forward passes when "
           f"distilling; base training included for arms "
           f"that start from the base model, every search trial included for (e); screening not counted) as a multiple "
@@ -83,7 +93,8 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
             if not ok:
                 print(f"| {LABEL[arm]} | - | failed: {got[0]['error'] if got else 'not run'} | | | | |")
                 continue
-            extra = 0 if arm.startswith(("scratch", "dense")) else base_compute
+            # arms that never use the base model: no base training (a distilled one needs it as teacher)
+            extra = 0 if arm.startswith(("scratch", "dense", "finalize --with-scratch")) else base_compute
             if arm.startswith("search + finalize"):  # finalizing comes after the whole search
                 extra += _mean(rows[frac], "search, best trial", "compute") or 0
             compute = statistics.mean(r["compute"] for r in ok) + extra
@@ -108,7 +119,8 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
         for r in rows[frac]:
             if r["arm"].startswith("search + finalize") and "error" not in r:
                 p = "" if r.get("select_p") is None else f", McNemar p vs uniform {r['select_p']:.2f}"
-                print(f"- seed {r['seed']}: `{r['arm']}` picked {'the uniform baseline' if r['pick_uniform'] else 'a search trial'} "
+                how = f" ({r['variant']})" if r.get("variant") else ""
+                print(f"- seed {r['seed']}: `{r['arm']}` picked {'the uniform baseline' if r['pick_uniform'] else 'a search trial'}{how} "
                       f"(`{r['candidate']}`, of {r['candidates']} candidates; select {100 * (r['select_acc'] or 0):.2f}%{p}), "
                       f"MACs {r['macs'] / (r['macs_target'] * dense_macs):.2%} of its target, widths "
                       f"{' '.join(map(str, r['widths'].values()))}.")
@@ -126,7 +138,8 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
 
 #: finalize's pick, plain and distilled, each also read with --pick-alpha (the same candidates)
 FINALIZE_ARMS = ("search + finalize", "search + finalize --pick-alpha", "search + finalize --distill",
-                 "search + finalize --distill --pick-alpha")
+                 "search + finalize --distill --pick-alpha",
+                 *(f"search + finalize{d} --with-scratch{a}" for d in ("", " --distill") for a in ("", " --pick-alpha")))
 
 
 def _uniform_of(arm: str) -> str:

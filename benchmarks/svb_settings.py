@@ -57,6 +57,9 @@ class Settings:
     # finalize's pick also read with --pick-alpha (uniform unless beaten on select with McNemar
     # p <= this): the same candidates, another rule, reported as its own arm
     pick_alpha: float = 0.1
+    # also finalize --with-scratch: each finalize variant's candidates also trained from scratch
+    # (base + finetune epochs, as (f)), all competing for the pick: its own arms
+    finalize_scratch: bool = False
     zhang_arms: bool = True  # the (c) arms (iterative global taylor_guided / attribution / attribution_iba)
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.3, 0.1)

@@ -336,6 +336,17 @@ class FinalizeSection(_Section):
     # The uniform baseline stays the pick unless the best candidate on select beats it there with
     # a one-sided exact McNemar p-value <= pick_alpha; None: the best on select, whatever the margin.
     pick_alpha: float | None = Field(None, gt=0, le=1)
+    # Every candidate is also trained from random weights (scratch_epochs, distilled with distill)
+    # and those runs compete for the pick with the finetuned ones.
+    with_scratch: bool = False
+    scratch_epochs: int | None = Field(None, ge=1)  # None: search.scratch_epochs
+
+    @model_validator(mode="after")
+    def _one_scratch(self) -> FinalizeSection:
+        if self.with_scratch and self.from_scratch:
+            raise ValueError("with_scratch adds from-scratch runs beside the finetuned ones, from_scratch makes every "
+                             "run one: set one of them")
+        return self
 
 
 class ExperimentConfig(_Section):

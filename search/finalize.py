@@ -8,7 +8,8 @@ Pareto front of ``trials.parquet`` with the best val accuracy - among the trials
 same target, and runs them all alike on Ray Tune with the search's trainable
 (``search.trial.run.run_trial``): ``epochs`` finetune epochs from the pruned base model, or
 from random weights with ``from_scratch`` (Liu et al. 2019), distilling the base model with
-``distill`` (else no candidate distils). Each finished candidate is scored on the selection
+``distill`` (else no candidate distils); with ``with_scratch`` every candidate is also trained
+from random weights and those runs compete for the pick. Each finished candidate is scored on the selection
 split (``data.select_fraction``: no trial trained on it, the search never ranked on it) and the
 best there is each target's *pick*, exported to ``export/final-<candidate>``. What a candidate
 is, how it is trained and how the pick is made is :mod:`search.finalpick`.
@@ -68,13 +69,19 @@ class FinalizeSummary:
 # --------------------------------------------------------------------------- what to run
 
 
-def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int,
-                   pick_alpha: float | None = None) -> tuple[Path, pd.DataFrame]:
-    """The experiment directory and the chosen source rows; UsageError for ``top`` or
-    ``epochs`` < 1, ``pick_alpha`` outside (0, 1], an unknown experiment, or a search with
-    no finished trial."""
+def check_finalize(experiment: str | os.PathLike[str], top: int, epochs: int, pick_alpha: float | None = None, *,
+                   from_scratch: bool = False, with_scratch: bool = False,
+                   scratch_epochs: int | None = None) -> tuple[Path, pd.DataFrame]:
+    """The experiment directory and the chosen source rows; UsageError for ``top``,
+    ``epochs`` or ``scratch_epochs`` < 1, ``pick_alpha`` outside (0, 1], ``with_scratch``
+    with ``from_scratch``, an unknown experiment, or a search with no finished trial."""
     if pick_alpha is not None and not 0 < pick_alpha <= 1:
         raise UsageError(f"--pick-alpha must be in (0, 1], got {pick_alpha:g}")
+    if with_scratch and from_scratch:
+        raise UsageError("--with-scratch adds from-scratch runs beside the finetuned ones, --from-scratch makes "
+                         "every run one: choose one of them")
+    if scratch_epochs is not None and scratch_epochs < 1:
+        raise UsageError(f"--scratch-epochs must be an integer >= 1, got {scratch_epochs}")
     if top < 1:
         raise UsageError(f"--top must be an integer >= 1, got {top}")
     if epochs < 1:
@@ -103,7 +110,8 @@ def _config(exp_dir: Path) -> ExperimentConfig:
 
 def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_scratch: bool = False,
              distill: bool = False, compare: bool = False, fresh: bool = False, export: bool = True,
-             options: SearchOptions | None = None, pick_alpha: float | None = None) -> FinalizeSummary:
+             options: SearchOptions | None = None, pick_alpha: float | None = None, with_scratch: bool = False,
+             scratch_epochs: int | None = None) -> FinalizeSummary:
     """Retrain, per target, the ``top`` best front trials of ``experiment`` and the uniform
     baseline for ``epochs``, pick on the selection split, into ``final.parquet``.
 
@@ -116,14 +124,18 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     report; they are never picked. ``pick_alpha`` (in (0, 1]): the uniform baseline stays a
     target's pick unless the best search candidate on select beats it there with a one-sided
     exact McNemar p-value at most ``pick_alpha`` (None: the best on select, whatever the
-    margin). ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
+    margin). ``with_scratch`` also trains every candidate from random weights for
+    ``scratch_epochs`` (None: ``search.scratch_epochs``; distilled with ``distill``) and
+    those runs compete for the pick (the reference of ``pick_alpha`` stays the uniform
+    baseline finetuned). ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
     first. ``options`` is a :class:`search.tuner.SearchOptions` (cluster address, verbosity,
     injected ``trial_fn``/``prepare_fn``). Candidates already in ``final.parquet`` are skipped.
-    Raises UsageError (before Ray starts) for ``top`` or ``epochs`` < 1, an unknown
-    experiment, or a search with no finished trial.
+    Raises UsageError (before Ray starts) for bad settings (:func:`check_finalize`), an
+    unknown experiment, or a search with no finished trial.
     """
     t0 = time.perf_counter()
-    exp_dir, _ = check_finalize(experiment, top, epochs, pick_alpha)
+    exp_dir, _ = check_finalize(experiment, top, epochs, pick_alpha, from_scratch=from_scratch,
+                                with_scratch=with_scratch, scratch_epochs=scratch_epochs)
     cfg = _config(exp_dir)
     check_writable(exp_dir, "results directory")
     if fresh:
@@ -132,29 +144,34 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     options = options or SearchOptions()
     targets = finalpick.plan_targets(read_trials(exp_dir), top, cfg.objectives.macs_budget)
     main = finalpick.Variant(from_scratch, distill)
-    cands = finalpick.candidates(targets, main)
-    ran, skipped = _run_candidates(cfg, exp_dir, options, cands, epochs)
-    picks = _score_and_pick(cfg, exp_dir, targets, main, options, pick_alpha)
-    shown = [main]
+    competing = [finalpick.Variant(True, distill)] if with_scratch else []
+    epochs_of = {main: epochs, **{v: scratch_epochs or cfg.search.scratch_epochs for v in competing}}
+    cands = [c for v in (main, *competing) for c in finalpick.candidates(targets, v)]
+    ran, skipped = _run_candidates(cfg, exp_dir, options, cands, epochs_of, epochs)
+    picks = _score_and_pick(cfg, exp_dir, targets, main, competing, options, pick_alpha)
+    shown = [main, *competing]
     if compare:
-        shown += finalpick.compare_variants(main)
+        shown += [v for v in finalpick.compare_variants(main) if v not in shown]
         by_label = {t.label: t for t in targets}
-        extra = [finalpick.Candidate(by_label[label], v, None if pick.uniform else pick.row)
-                 for label, pick in picks.items() for v in shown[1:]]
-        more_ran, more_skipped = _run_candidates(cfg, exp_dir, options, extra, epochs)
+        have = {c.key for c in cands}
+        extra = [c for label, pick in picks.items() for v in shown[1:]
+                 if (c := finalpick.Candidate(by_label[label], v, None if pick.uniform else pick.row)).key not in have]
+        more_ran, more_skipped = _run_candidates(cfg, exp_dir, options, extra, epochs_of, epochs)
         ran, skipped, cands = ran + more_ran, skipped + more_skipped, cands + extra
-        _score_and_pick(cfg, exp_dir, targets, main, options, pick_alpha)  # scores the new rows; the picks stay
+        _score_and_pick(cfg, exp_dir, targets, main, competing, options, pick_alpha)  # scores new rows; picks stay
     final = read_final(exp_dir)
     exported = _export_picks(cfg, exp_dir, final, picks, options) if export else {}
     data = _select_size(cfg)
     return FinalizeSummary(exp_dir=exp_dir, sources=[c.key for c in cands], ran=ran, skipped=skipped,
                            wall_s=time.perf_counter() - t0, picks={k: c.key for k, c in picks.items()},
-                           exported=exported, report=finalpick.summary_text(final, targets, main, shown, data))
+                           exported=exported,
+                           report=finalpick.summary_text(final, targets, main, shown, data, competing))
 
 
 def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: Sequence[finalpick.Candidate],
-                    epochs: int) -> tuple[list[str], list[str]]:
-    """Run the candidates not yet in ``final.parquet`` (one Ray session); returns (run, skipped) keys."""
+                    epochs_of: Mapping[finalpick.Variant, int], epochs: int) -> tuple[list[str], list[str]]:
+    """Run the candidates not yet in ``final.parquet`` (one Ray session), each for its
+    variant's epochs (``epochs_of``, else ``epochs``); returns (run, skipped) keys."""
     done = set(FinalLedger(exp_dir, cfg.experiment.name).keys())
     todo = [c for c in cands if c.key not in done]
     skipped = [c.key for c in cands if c.key in done]
@@ -165,7 +182,7 @@ def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: S
 
         def points(base: Any) -> list[dict[str, Any]]:
             shape = experiment_data(cfg).input_shape
-            return [finalpick.candidate_params(c, epochs, cfg, base, shape) for c in todo]
+            return [finalpick.candidate_params(c, epochs_of.get(c.variant, epochs), cfg, base, shape) for c in todo]
 
         final.run_final(cfg, exp_dir, options, points, total=len(done) + len(todo),  # rows of final.parquet
                         prepare=lambda: tuner.prepare_base(cfg, as_store(exp_dir), options))
@@ -173,10 +190,12 @@ def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: S
 
 
 def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[finalpick.Target],
-                    main: finalpick.Variant, options: Any, pick_alpha: float | None) -> dict[str, finalpick.Candidate]:
+                    main: finalpick.Variant, competing: Sequence[finalpick.Variant], options: Any,
+                    pick_alpha: float | None) -> dict[str, finalpick.Candidate]:
     """Score the finished rows lacking ``select_acc`` on the selection split (with their
-    per-example hits), give each of a target's ``main`` candidates its p-value against the
-    target's uniform baseline, mark each target's pick (``picked``; every other row False;
+    per-example hits), give each of a target's candidates in ``main`` and the ``competing``
+    variants its p-value against the target's uniform baseline in ``main``, mark each
+    target's pick among them (``picked``; every other row False;
     :func:`search.finalpick.pick_rows` with ``pick_alpha``), write ``final.parquet``;
     returns target label -> picked candidate."""
     led = FinalLedger(exp_dir, cfg.experiment.name)
@@ -185,14 +204,15 @@ def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[fina
     for key, scores in finalpick.score_select(cfg, final, lambda row: load_trial_model(cfg, row, trial_fn)).items():
         led.update(key, **scores)
     final = led.trials()
-    mains = [{c.key: c for c in finalpick.candidates([t], main)} for t in targets]
-    for keys in mains:
-        for key, p in finalpick.p_values(final, list(keys)).items():  # each against its target's uniform
+    mains = [{c.key: c for v in (main, *competing) for c in finalpick.candidates([t], v)} for t in targets]
+    refs = [finalpick.Candidate(t, main, None).key for t in targets]  # each target's uniform, finetuned
+    for keys, ref in zip(mains, refs):
+        for key, p in finalpick.p_values(final, list(keys), ref).items():
             led.update(key, select_p=p)
     final = led.trials()
     picks: dict[str, finalpick.Candidate] = {}
-    for t, keys in zip(targets, mains):
-        best = finalpick.pick_rows(final, list(keys), pick_alpha)
+    for t, keys, ref in zip(targets, mains, refs):
+        best = finalpick.pick_rows(final, list(keys), pick_alpha, ref)
         if not best.empty:
             picks[t.label] = keys[str(best.iloc[0]["candidate"])]
     picked = {c.key for c in picks.values()}

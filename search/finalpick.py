@@ -288,36 +288,47 @@ def mcnemar_p(better: bytes, than: bytes) -> float:
     return 1.0 if n == 0 else sum(math.comb(n, k) for k in range(wins, n + 1)) / 2 ** n
 
 
-def p_values(final: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
-    """``{candidate: select_p}`` for the finished non-uniform rows among ``keys`` (one target's
-    candidates in one variant): :func:`mcnemar_p` against the uniform baseline among them.
-    Empty without that baseline or without hits (no selection split, an older finalize)."""
+def _reference(rows: pd.DataFrame, reference: str | None) -> pd.DataFrame:
+    """The reference row among ``rows``: the candidate ``reference``, else the uniform baseline."""
+    if reference is not None:
+        return rows[rows["candidate"] == reference].head(1)
+    return rows[rows["is_uniform"] == True].head(1)  # noqa: E712 (nullable column)
+
+
+def p_values(final: pd.DataFrame, keys: Sequence[str], reference: str | None = None) -> dict[str, float]:
+    """``{candidate: select_p}`` for the finished rows among ``keys`` (one target's candidates)
+    other than the reference: :func:`mcnemar_p` against the reference, the candidate
+    ``reference`` (with several variants competing: the uniform baseline of the main one),
+    else the uniform baseline among ``keys``. Empty without that row or without hits (no
+    selection split, an older finalize)."""
     rows = final[final["candidate"].isin(list(keys)) & (final["status"] == "TERMINATED")]
-    uniform = rows[rows["is_uniform"] == True]  # noqa: E712 (nullable column)
-    if uniform.empty or is_missing(uniform.iloc[0].get("select_hits")):
+    ref = _reference(rows, reference)
+    if ref.empty or is_missing(ref.iloc[0].get("select_hits")):
         return {}
-    base = uniform.iloc[0]["select_hits"]
+    base, ref_key = ref.iloc[0]["select_hits"], ref.iloc[0]["candidate"]
     return {str(r["candidate"]): mcnemar_p(r["select_hits"], base) for r in rows.to_dict("records")
-            if not _true(r["is_uniform"]) and not is_missing(r.get("select_hits"))}
+            if r["candidate"] != ref_key and not is_missing(r.get("select_hits"))}
 
 
-def pick_rows(final: pd.DataFrame, keys: Sequence[str], alpha: float | None = None) -> pd.DataFrame:
+def pick_rows(final: pd.DataFrame, keys: Sequence[str], alpha: float | None = None,
+              reference: str | None = None) -> pd.DataFrame:
     """The pick among the finished rows whose candidate is in ``keys`` (one target's
-    candidates in one variant): the best select accuracy; ties (or no selection split):
-    the best val accuracy, then fewer MACs, then the candidate key. With ``alpha``, the
-    uniform baseline stays the pick unless that best candidate beats it on select with
-    ``select_p`` (:func:`p_values`) at most ``alpha``. Empty if none finished."""
+    candidates): the best select accuracy; ties (or no selection split): the best val
+    accuracy, then fewer MACs, then the candidate key. With ``alpha``, the reference (the
+    candidate ``reference``, else the uniform baseline among ``keys``) stays the pick unless
+    that best candidate beats it on select with ``select_p`` (:func:`p_values`) at most
+    ``alpha``. Empty if none finished."""
     rows = final[final["candidate"].isin(list(keys)) & (final["status"] == "TERMINATED")]
     if rows.empty:
         return rows
     order = rows.assign(_sel=rows["select_acc"].fillna(-1.0)).sort_values(
         ["_sel", "val_acc", "macs", "candidate"], ascending=[False, False, True, True], kind="mergesort")
     best = order.head(1).drop(columns="_sel")
-    uniform = rows[rows["is_uniform"] == True]  # noqa: E712 (nullable column)
+    ref = _reference(rows, reference)
     p = best.iloc[0].get("select_p")
-    if alpha is not None and not uniform.empty and not _true(best.iloc[0]["is_uniform"]) and not is_missing(p) \
-            and float(p) > alpha:
-        return uniform.head(1)
+    if alpha is not None and not ref.empty and best.iloc[0]["candidate"] != ref.iloc[0]["candidate"] \
+            and not is_missing(p) and float(p) > alpha:
+        return ref
     return best
 
 
@@ -342,18 +353,21 @@ def _diff(a: Any, b: Any) -> str:
 
 
 def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, shown_variants: Sequence[Variant],
-                 select_size: int | None) -> str:
+                 select_size: int | None, competing: Sequence[Variant] = ()) -> str:
     """One table per target (candidate, variant, widths, MACs, val, select, test, ``*`` = the
     pick) and the line ``search pick vs uniform at target T: +x.xx pt on select (McNemar p = P), +y.yy pt on
-    test`` (the best search candidate on select against the uniform baseline, both ``main``)."""
+    test`` (the best search candidate on select, in ``main`` or a ``competing`` variant, against
+    the uniform baseline in ``main``) naming what was handed back."""
     lines = []
     how = f"select ({select_size} samples)" if select_size else "val (no selection split: data.select_fraction is null)"
+    picked_among = [main, *competing]
     for t in targets:
         keys = {Candidate(t, v, row).key: v for v in shown_variants
                 for row in [*t.sources.to_dict("records"), None]}
         rows = final[final["candidate"].isin(list(keys))]
         n = len(t.sources)
-        lines.append(f"\ntarget {t.label}: {n} search trial{'s' if n > 1 else ''} + uniform L1, {main.name}, "
+        variants = " and ".join(v.name for v in picked_among)
+        lines.append(f"\ntarget {t.label}: {n} search trial{'s' if n > 1 else ''} + uniform L1, {variants}, "
                      f"picked on {how}")
         cells = [["", "candidate", "variant", "widths", "MACs", "val", "select", "test"]]
         order = sorted(rows.to_dict("records"), key=lambda r: (r["variant"] != main.name, str(r["variant"]),
@@ -364,12 +378,16 @@ def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, 
                           human_count(r["macs"]), _pct(r["val_acc"]), _pct(r["select_acc"]), _pct(r["test_acc"])])
         width = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cell, width)).rstrip() for cell in cells]
-        main_rows = rows[rows["variant"] == main.name]
-        search = pick_rows(main_rows[main_rows["is_uniform"] != True], list(keys))  # noqa: E712 (nullable)
-        uniform = main_rows[main_rows["is_uniform"] == True]  # noqa: E712
+        ranked = rows[rows["variant"].isin([v.name for v in picked_among])]
+        search = pick_rows(ranked[ranked["is_uniform"] != True], list(keys))  # noqa: E712 (nullable)
+        uniform = rows[rows["candidate"] == Candidate(t, main, None).key]
         if not search.empty and not uniform.empty:
             s, u = search.iloc[0], uniform.iloc[0]
-            handed = "search trial " + str(s["candidate"]) if _true(s.get("picked")) else "uniform"
+            picked = ranked[ranked["picked"] == True]  # noqa: E712 (nullable)
+            handed = "uniform"
+            if not picked.empty and picked.iloc[0]["candidate"] != u["candidate"]:
+                key = str(picked.iloc[0]["candidate"])
+                handed = key if _true(picked.iloc[0]["is_uniform"]) else f"search trial {key}"
             p = "" if is_missing(s.get("select_p")) else f" (McNemar p = {float(s['select_p']):.2f})"
             lines.append(f"  search pick vs uniform at target {t.label}: {_diff(s['select_acc'], u['select_acc'])} on "
                          f"select{p}, {_diff(s['test_acc'], u['test_acc'])} on test (handed back: {handed})")

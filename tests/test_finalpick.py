@@ -81,13 +81,26 @@ def test_bad_select_fraction_is_one_line_exit_2_nothing_written(tmp_path: Path, 
     ("finalize.top", "0", "finalize.top"),
     ("finalize.epochs", "0", "finalize.epochs"),
     ("finalize.topp", "1", "unknown key 'finalize.topp'"),
+    ("finalize.scratch_epochs", "0", "finalize.scratch_epochs"),
+    ("finalize.with_scratch", "true", "set one of them"),  # with finalize.from_scratch=true, below
 ])
 def test_bad_finalize_section_is_one_line_exit_2(tmp_path: Path, key: str, value: str, fragment: str) -> None:
     results = tmp_path / "results"
+    both = ["--set", "finalize.from_scratch=true"] if key == "finalize.with_scratch" else []
     proc = main_in_process("run", str(REPO / "configs" / "demo.yaml"), "--set", f"experiment.results_dir={results}",
-                           "--set", f"{key}={value}")
+                           "--set", f"{key}={value}", *both)
     assert_usage_error(proc, fragment)
     assert not results.exists()
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--with-scratch", "--from-scratch"], "--with-scratch adds from-scratch runs beside the finetuned ones"),
+    (["--with-scratch", "--scratch-epochs", "0"], "--scratch-epochs must be an integer >= 1, got 0"),
+])
+def test_bad_with_scratch_is_one_line_exit_2_nothing_written(tmp_path: Path, flags: list[str], fragment: str) -> None:
+    exp = make_experiment(tmp_path)
+    assert_usage_error(main_in_process("finalize", str(exp), "--top", "1", *flags), fragment)
+    assert not (exp / "final.parquet").exists()
 
 
 def test_finalize_without_top_anywhere_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -197,6 +210,30 @@ def test_pick_alpha_keeps_the_uniform_baseline_without_evidence_on_select() -> N
     assert finalpick.p_values(_final([("uniform@x", 0.8, 0.9, 1), ("a", 0.9, 0.9, 1)]), ["uniform@x", "a"]) == {}
 
 
+def test_with_scratch_the_from_scratch_runs_compete_against_the_finetuned_uniform() -> None:
+    led = FinalLedger("/nonexistent-final", "fin")
+    uniform = [1] * 80 + [0] * 20
+    scratch = [1] * 80 + [1] * 12 + [0] * 8  # +12 pt on select: 12 wins, no loss
+    lucky = [1] * 78 + [0, 0] + [1] * 4 + [0] * 16  # +2 pt: 4 wins, 2 losses
+    rows = (("uniform@x+distill", uniform, True), ("uniform@x+scratch+distill", scratch, True),
+            ("a+distill", lucky, False), ("a+scratch+distill", uniform, False))
+    for key, hits, is_uniform in rows:
+        led.add_trial({"trial_id": key, "status": "TERMINATED", "val_acc": 0.9, "macs": 100, "candidate": key,
+                       "is_uniform": is_uniform, "select_acc": sum(hits) / 100, "select_hits": _packed(hits)})
+    keys, ref = [r[0] for r in rows], "uniform@x+distill"
+    p = finalpick.p_values(led.trials(), keys, ref)
+    assert set(p) == set(keys) - {ref}  # the uniform baseline from scratch is a challenger like any other
+    assert p["uniform@x+scratch+distill"] == pytest.approx(1 / 2 ** 12) and p["a+scratch+distill"] == 1.0
+    for key, value in p.items():
+        led.update(key, select_p=value)
+    final = led.trials()
+    assert list(finalpick.pick_rows(final, keys, None, ref)["candidate"]) == ["uniform@x+scratch+distill"]
+    assert list(finalpick.pick_rows(final, keys, 0.01, ref)["candidate"]) == ["uniform@x+scratch+distill"]
+    led.update("uniform@x+scratch+distill", select_acc=0.5)  # now the lucky finetuned one leads, p = 22/64
+    assert list(finalpick.pick_rows(led.trials(), keys, 0.1, ref)["candidate"]) == [ref]
+    assert list(finalpick.pick_rows(led.trials(), keys, None, ref)["candidate"]) == ["a+distill"]
+
+
 def test_uniform_widths_meet_the_target_macs(tmp_path: Path) -> None:
     from search.trial.base import BaseArtifacts
     from search.trial.materialize import untrained_model
@@ -284,14 +321,22 @@ def test_finalize_distill_compare_picks_on_select_against_uniform(tmp_path: Path
 def test_run_with_a_finalize_section_finalizes_at_its_end(tmp_path: Path, cli: Cli) -> None:
     from test_cli_search import write_config
 
-    path = write_config(tmp_path, num_samples=2, **{"finalize.top": 1, "finalize.epochs": 1})
+    path = write_config(tmp_path, num_samples=2, **{"finalize.top": 1, "finalize.epochs": 1,
+                                                    "finalize.with_scratch": True, "finalize.scratch_epochs": 2})
     proc = cli("run", str(path), timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     exp = tmp_path / "results" / "tiny"
-    final = read_final(exp)
-    assert len(final) == 2 and final["is_uniform"].sum() == 1 and final["picked"].sum() == 1
-    assert final["select_acc"].notna().all() and (final["epochs"] == 1).all()
-    assert "search pick vs uniform at target" in proc.stdout
+    final = read_final(exp).set_index("candidate")
+    # with_scratch: the trial and the uniform baseline, finetuned 1 epoch and from scratch 2 epochs, all competing
+    assert len(final) == 4 and final["is_uniform"].sum() == 2 and final["picked"].sum() == 1
+    assert final["select_acc"].notna().all()
+    scratch = final[final["variant"] == "scratch"]
+    assert (scratch["mode"] == "scratch").all() and (scratch["epochs"] == 2).all() and len(scratch) == 2
+    assert (final[final["variant"] == "finetune"]["epochs"] == 1).all()
+    assert final["picked"].astype(bool).idxmax() == final.sort_values(["select_acc", "val_acc"], ascending=False).index[0]
+    ref = [k for k in final.index if k.startswith("uniform@") and final.loc[k, "variant"] == "finetune"]
+    assert final["select_p"].isna().tolist() == [k in ref for k in final.index]  # each challenger vs the reference
+    assert "search pick vs uniform at target" in proc.stdout and "finetune and scratch, picked on select" in proc.stdout
 
 
 def test_rows_of_an_older_finalize_are_candidates_by_their_source(tmp_path: Path) -> None:
@@ -324,3 +369,16 @@ def test_summary_has_a_table_per_target_and_the_line_against_uniform(tmp_path: P
     assert star.split()[1] == "a" and "85.00" in star and "82.00" in star
     assert ("search pick vs uniform at target 300,000 MACs (best trial): +5.00 pt on select, +2.00 pt on test "
             "(handed back: search trial a)") in text
+    # with_scratch: the uniform baseline from scratch, picked, is named; the line still compares
+    # the best search candidate with the uniform baseline finetuned.
+    scratch = Candidate(target, Variant(True, False), None)
+    led.add_trial({"trial_id": "t-s", "status": "TERMINATED", "val_acc": 0.9, "test_acc": 0.83, "select_acc": 0.9,
+                   "macs": 290_000, "widths": [12, 24, 24],
+                   "params_json": json.dumps({"final_candidate": scratch.key, "final_variant": "scratch",
+                                              "final_uniform": True})})
+    led.update("a", picked=False)
+    led.update(scratch.key, picked=True)
+    text = finalpick.summary_text(led.trials(), [target], Variant(), [Variant(), Variant(True, False)], 20,
+                                  [Variant(True, False)])
+    assert "1 search trial + uniform L1, finetune and scratch, picked on select (20 samples)" in text
+    assert f"+5.00 pt on select, +2.00 pt on test (handed back: {scratch.key})" in text

@@ -14,9 +14,10 @@ from search.results.final import FINAL_FILE
 
 
 def finalize_settings(cfg: Any, top: int | None = None, epochs: int | None = None, from_scratch: bool = False,
-                      distill: bool = False, compare: bool = False, pick_alpha: float | None = None) -> dict[str, Any]:
+                      distill: bool = False, compare: bool = False, pick_alpha: float | None = None,
+                      with_scratch: bool = False, scratch_epochs: int | None = None) -> dict[str, Any]:
     """Finalize's settings: the arguments given, else the config's ``finalize`` section
-    (epochs: as long as a search trial trains)."""
+    (epochs: as long as a search trial trains; scratch_epochs: ``search.scratch_epochs``)."""
     f = cfg.finalize
     top = top if top is not None else f.top
     if top is None:
@@ -26,7 +27,10 @@ def finalize_settings(cfg: Any, top: int | None = None, epochs: int | None = Non
     if epochs is None:
         epochs = cfg.search.scratch_epochs if scratch else cfg.search.finetune_epochs[1]
     return {"top": top, "epochs": epochs, "from_scratch": scratch, "distill": distill or f.distill,
-            "compare": compare or f.compare, "pick_alpha": pick_alpha if pick_alpha is not None else f.pick_alpha}
+            "compare": compare or f.compare, "pick_alpha": pick_alpha if pick_alpha is not None else f.pick_alpha,
+            "with_scratch": with_scratch or f.with_scratch,
+            "scratch_epochs": next(e for e in (scratch_epochs, f.scratch_epochs, cfg.search.scratch_epochs)
+                                   if e is not None)}
 
 
 def run_finalize(experiment: Any, s: dict[str, Any], *, address: str | None = None, verbose: bool = False,
@@ -36,8 +40,11 @@ def run_finalize(experiment: Any, s: dict[str, Any], *, address: str | None = No
     progress_to_stdout(quiet)
     how = f"{s['epochs']} epochs from scratch" if s["from_scratch"] else f"{s['epochs']} finetune epochs"
     how += " with distillation" if s["distill"] else ""
+    if s["with_scratch"]:
+        how += f", and {s['scratch_epochs']} epochs from scratch"
     summary = finalize(experiment, s["top"], s["epochs"], from_scratch=s["from_scratch"], distill=s["distill"],
                        compare=s["compare"], fresh=fresh, export=export, pick_alpha=s["pick_alpha"],
+                       with_scratch=s["with_scratch"], scratch_epochs=s["scratch_epochs"],
                        options=SearchOptions(address=address, verbose=verbose))
     print(f"finalize {summary.exp_dir.name}: {len(summary.sources)} candidates ({how}): {len(summary.ran)} run now, "
           f"{len(summary.skipped)} already done, in {summary.wall_s:.0f} s")

@@ -1,4 +1,5 @@
-"""``prunetune finalize NAME [--top K] [--epochs E] [--from-scratch] [--distill] [--compare] [--pick-alpha P]``:
+"""``prunetune finalize NAME [--top K] [--epochs E] [--from-scratch | --with-scratch [--scratch-epochs S]] [--distill]
+[--compare] [--pick-alpha P]``:
 retrain the best trials and the uniform baseline per target, pick on the selection split.
 
 See :mod:`search.finalize` and :mod:`search.finalpick`; ``prunetune pareto NAME --final``
@@ -35,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--from-scratch", action="store_true",
                    help="train every candidate's widths from random weights instead of finetuning the pruned "
                         "base model")
+    p.add_argument("--with-scratch", action="store_true",
+                   help="also train every candidate's widths from random weights (distilled with --distill); those "
+                        "runs compete for the pick with the finetuned ones")
+    p.add_argument("--scratch-epochs", type=int,
+                   help="training epochs of the --with-scratch runs (default: finalize.scratch_epochs, else the "
+                        "search's search.scratch_epochs)")
     p.add_argument("--distill", action="store_true",
                    help="every candidate distils the base model (alpha, temperature: the middle of the search "
                         "space's ranges); without it no candidate distils")
@@ -54,11 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     cfg = load_saved_config(find_experiment(args.experiment))
     return finalize_settings(cfg, args.top, args.epochs, args.from_scratch, args.distill, args.compare,
-                             args.pick_alpha)
+                             args.pick_alpha, args.with_scratch, args.scratch_epochs)
 
 
 def cmd_finalize(args: argparse.Namespace) -> int:
     s = _settings(args)
-    check_finalize(args.experiment, s["top"], s["epochs"], s["pick_alpha"])  # before Optuna/Ray load
+    check_finalize(args.experiment, s["top"], s["epochs"], s["pick_alpha"], from_scratch=s["from_scratch"],
+                   with_scratch=s["with_scratch"], scratch_epochs=s["scratch_epochs"])  # before Optuna/Ray load
     return run_finalize(args.experiment, s, address=args.address, verbose=args.ray_verbose, fresh=args.fresh,
                         export=args.export)
