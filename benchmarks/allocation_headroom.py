@@ -7,6 +7,10 @@ by L1 (top filters per group) and finetuned the same way (same epochs, LR, data 
 
 * **uniform**: the profile of all ones projected to the budget (``pruning.budget``);
 * **uniform, another seed**: the same cut finetuned with another data order: the noise floor;
+  with ``--uniform-draws N``, N finetunes of uniform in all (N data orders), and the report adds the
+  *noise-matched* headroom: the best of N uniform finetunes by val against the best of the first
+  N random allocations by val (a best-of-N pick also gains its finetune's luck, so the best random
+  allocation against a single uniform finetune overstates what the widths give);
 * **random** (``--allocations`` per seed): random profiles (each group's relative keep value uniform
   in [low, 1], low alternating 0.1 and 0.4 for wide and near-uniform draws), projected to within
   ±1% of the budget;
@@ -23,7 +27,8 @@ and test accuracy is printed per seed (over uniform + random + screened allocati
 
 Headroom = test accuracy of the random allocation that is best on *val* minus uniform's test
 accuracy; the max over allocations on test is the optimistic bound. Markdown on stdout (``make
-bench`` style: ``benchmarks/results/allocation_headroom.md``), progress on stderr; ``--quick`` is
+bench`` style: ``benchmarks/results/allocation_headroom.md``), progress on stderr; ``--base-epochs``,
+``--limit`` and ``--finetune-epochs`` change the recipe (a converged base, more data); ``--quick`` is
 a smoke run (tiny sizes, one seed, ~3 minutes). Not part of ``make bench`` (about 80 minutes of
 2 one-thread workers on a shared machine). The README's second block is
 ``--from DIR --testbeds cifar_vgg16 --seeds 0 1 2 3 4 --allocations 8 --title ...`` after
@@ -95,6 +100,9 @@ class Settings:
     workers: int = 2
     base_epochs: int | None = None  # None: the testbed's own
     graded: bool = True  # also the cost-graded profiles (GRADED)
+    # uniform finetuned with this many data orders (at least 2: it and the noise floor's): the
+    # best of N uniform draws by val is what the best of N random allocations by val must beat
+    uniform_draws: int = 2
 
 
 QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
@@ -270,6 +278,8 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
                     jobs = [("finetune", tb, seed, a, seed) for a in res["allocs"]]
                     jobs.append(("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, another seed"},
                                  seed + NOISE_SEED))
+                    jobs += [("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, draw"}, seed + k * NOISE_SEED)
+                             for k in range(2, s.uniform_draws)]
                     todo = []
                     for job in jobs:
                         key = _row_key({**job[3], "tb": tb, "seed": seed, "train_seed": job[4]})
@@ -304,6 +314,8 @@ def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
             old = bases.get((r["tb"], r["seed"]))
             if old is not None and r["reused"] and not old["reused"]:  # keep the time of the real training
                 r = {**r, "base_s": old["base_s"], "reused": False}
+            if old is not None and not r["screen_n"] and old["screen_n"]:  # and of a screening a rerun skipped
+                r = {**r, **{k: old[k] for k in ("screen_s", "screen_n", "projection_ms")}}
             bases[(r["tb"], r["seed"])] = r
         else:
             rows[_row_key(r)] = r
@@ -420,6 +432,51 @@ def _base_epochs_text(s: Settings) -> str:
     return ", ".join(f"{TESTBEDS[tb].label}: {_epochs(s, tb)} epochs" for tb in s.testbeds)
 
 
+def _per_candidate(bases: list[dict]) -> str:
+    """Mean ABN screening time per candidate over the base models that screened any."""
+    screened = [b["screen_s"] / b["screen_n"] for b in bases if b["screen_n"]]
+    return f"{statistics.mean(screened):.2f}" if screened else "-"
+
+
+def _noise_matched(s: Settings, rows: list[dict]) -> dict[str, tuple[float, int]]:
+    """Best of N uniform finetunes (N data orders) by val against the best of the first N random
+    allocations by val, both on test: a best-of-N pick also gains the luck of its finetune, so
+    best random by val against a single uniform finetune overstates what the widths give.
+    Returns {testbed: (mean Δ, seeds)}."""
+    lines, out = [], {}
+    for tb in s.testbeds:
+        deltas = []
+        for seed in s.seeds:
+            mine = [r for r in rows if r["tb"] == tb and r["seed"] == seed]
+            uni = sorted((r for r in mine if r["kind"] in ("uniform", "uniform, another seed", "uniform, draw")),
+                         key=lambda r: r["train_seed"])
+            rnd = [r for r in mine if r["kind"] == "random"]
+            n = min(len(uni), len(rnd))
+            uni, rnd = uni[:n], rnd[:n]
+            if n < 3:
+                continue
+            bu = max(uni, key=lambda r: r["val_acc"])
+            br = max(rnd, key=lambda r: (r["val_acc"], -r["macs"]))
+            tests = [r["test_acc"] for r in uni]
+            deltas.append(br["test_acc"] - bu["test_acc"])
+            lines.append(f"| {TESTBEDS[tb].label} | {seed} | {len(uni)} | {_pct(statistics.mean(tests))} ± "
+                         f"{100 * statistics.stdev(tests):.2f} | {_pct(bu['test_acc'])} | {_pct(br['test_acc'])} | "
+                         f"{100 * deltas[-1]:+.2f} |")
+        if deltas:
+            out[tb] = (statistics.mean(deltas), len(deltas))
+        if len(deltas) > 1:
+            lines.append(f"| {TESTBEDS[tb].label} | **mean** | | | | | **{100 * statistics.mean(deltas):+.2f}** |")
+    if not lines:
+        return out
+    print("\n**Noise-matched headroom** (best of N by val on both sides: N uniform finetunes with N data orders "
+          "against the first N random allocations; test accuracy %):\n")
+    print("| testbed | seed | N | uniform draws, test mean ± std | best uniform draw by val | best of N random by "
+          "val | Δ (pt) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(lines))
+    return out
+
+
 def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool,
            title: str | None = None) -> None:
     rows = _first_random(s, bases, rows)
@@ -431,9 +488,10 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
           f"MACs (`pruning.budget`, min {s.min_channels} channels per group) and finetuned {s.finetune_epochs} epochs "
           f"at LR {s.finetune_lr} with the same data order. *random*: {s.allocations} random profiles per seed "
           f"(relative keep values uniform in [0.1, 1] or [0.4, 1], alternating); *best by val*: the random "
-          f"allocation with the highest finetuned val accuracy, reported on test; *ABN-screened*: the top "
-          f"{s.screen_top} of {s.screen} random profiles (low 0.1) by adaptive-BN val accuracy (EagleEye), "
-          f"finetuned; *noise floor*: uniform finetuned again with another data order, |Δ test|. Test accuracy %.\n")
+          f"allocation with the highest finetuned val accuracy, reported on test; "
+          + (f"*ABN-screened*: the top {s.screen_top} of {s.screen} random profiles (low 0.1) by adaptive-BN val "
+             f"accuracy (EagleEye), finetuned; " if s.screen else "no ABN screening (`--screen 0`); ")
+          + f"*noise floor*: uniform finetuned again with another data order, |Δ test|. Test accuracy %.\n")
     print("| testbed | seed | dense | uniform | noise floor | best random by val | Δ vs uniform (pt) | max random "
           "(optimistic) | random mean ± std | ABN-screened best by val | Δ vs uniform (pt) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -484,10 +542,11 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
     for tb, d in summary.items():
         m = {k: (statistics.mean(v) if v else float("nan")) for k, v in d.items()}
         ok = 100 * m["delta"] >= 1.0
+        sdelta = "-" if m["sdelta"] != m["sdelta"] else f"{100 * m['sdelta']:+.2f}"  # NaN: nothing screened
         verdicts.append((tb, ok, m["delta"], len(d["delta"])))
         print(f"| {TESTBEDS[tb].label} | {len(d['delta'])} | {100 * m['gap']:.2f} | {_pct(m['uniform'])} | "
               f"{100 * m['delta']:+.2f} | {100 * m.get('delta2', float('nan')):+.2f} | {100 * m['max']:+.2f} | "
-              f"{100 * m['mean']:+.2f} | {100 * m['sdelta']:+.2f} | {100 * m['noise']:.2f} | "
+              f"{100 * m['mean']:+.2f} | {sdelta} | {100 * m['noise']:.2f} | "
               f"{'**yes**' if ok else 'no'} |")
     print("\n**Proxy rank correlations** (Spearman, per seed, over the finetuned uniform + random + ABN-screened "
           "allocations): adaptive-BN val accuracy before finetuning (`abn`) and val accuracy after the first "
@@ -519,6 +578,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
                   + " | ".join(f"{x:+.2f}" for x in c) + " |")
     _graded(s, rows)
     _refined(s, rows)
+    matched = _noise_matched(s, rows)
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
     print("| testbed | base training s (mean) | one projection ms | ABN screen s per candidate | one finetune s "
           "(mean, incl. cut + ABN + test eval) |")
@@ -531,7 +591,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             continue
         print(f"| {TESTBEDS[tb].label} | {f'{statistics.mean(trained):.0f}' if trained else 'reused'} | "
               f"{statistics.mean(b['projection_ms'] for b in bs):.1f} | "
-              f"{statistics.mean(b['screen_s'] / max(1, b['screen_n']) for b in bs):.2f} | {statistics.mean(fs):.1f} |")
+              f"{_per_candidate(bs)} | {statistics.mean(fs):.1f} |")
     print()
     yes = [tb for tb, ok, _, _ in verdicts if ok]
     each = ", ".join(f"{TESTBEDS[tb].label} {100 * d:+.2f} pt ({n} seeds)" for tb, _, d, n in verdicts)
@@ -541,6 +601,11 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
     else:
         print(f"Verdict: no testbed shows headroom ≥ 1 pt (best random allocation by val vs uniform, mean test over "
               f"seeds): {each}.")
+    if matched:
+        print("Noise-matched (best of N uniform finetunes by val against the best of N random allocations by val), "
+              "which is what the widths themselves give: " + ", ".join(
+                  f"{TESTBEDS[tb].label} {100 * d:+.2f} pt ({n} seeds{'' if 100 * d >= 1.0 else ', < 1 pt'})"
+                  for tb, (d, n) in matched.items()) + ".")
     if wall:
         print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread; a shared "
               f"machine).")
@@ -555,6 +620,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
     p.add_argument("--base-epochs", type=int, help="dense training epochs (default: the testbed's own)")
+    p.add_argument("--limit", type=int, help="training images (a seeded stratified subset of the official train set)")
+    p.add_argument("--uniform-draws", type=int, help="finetune uniform with this many data orders (the noise-matched "
+                                                     "headroom: best of N uniform vs best of N random, by val)")
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
                    help="leave out the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
@@ -569,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
-                              "base_epochs": args.base_epochs,
+                              "base_epochs": args.base_epochs, "uniform_draws": args.uniform_draws,
+                              "limit": args.limit,
                               "workers": args.workers, "graded": args.graded}.items() if v is not None}
     s = replace(s, **over)
     torch.set_num_threads(1)
