@@ -39,6 +39,11 @@ def _ms(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
+def _span(xs: list[float]) -> str:
+    """One value, or the range when the seeds differ (a pick finetuned on one seed, from scratch on another)."""
+    return f"{min(xs):g}" if min(xs) == max(xs) else f"{min(xs):g}–{max(xs):g}"
+
+
 def _mean(rows: list[dict], arm: str, key: str = "test_acc") -> float | None:
     xs = [r[key] for r in rows if r["arm"] == arm and "error" not in r]
     return statistics.mean(xs) if xs else None
@@ -102,7 +107,7 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
             print(f"| {LABEL[arm]} | {statistics.mean(r['macs'] for r in ok) / dense_macs:.1%}{over} | "
                   f"{_ms([r['test_acc'] for r in ok])} | {100 * (statistics.mean(r['test_acc'] for r in ok) - dense):+.2f} | "
                   f"{_ms([r['val_acc'] for r in ok])} | {compute / base_compute:.2f} | "
-                  f"{statistics.mean(r['epochs'] for r in ok):g} |")
+                  f"{_span([r['epochs'] for r in ok])} |")
         print()
         for r in rows[frac]:
             if r["arm"] == "search, best trial" and "error" not in r:
@@ -147,6 +152,13 @@ def _uniform_of(arm: str) -> str:
     return "finalize --distill: uniform at target" if "--distill" in arm else "finalize: uniform at target"
 
 
+def _scratch_uniform_of(arm: str) -> str | None:
+    """The uniform candidate trained from scratch by the --with-scratch finalize that made ``arm``'s pick."""
+    if "--with-scratch" not in arm:
+        return None
+    return arm.removeprefix("search + ").removesuffix(" --pick-alpha") + ": uniform from scratch"
+
+
 def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> None:
     """The search's checks over every seed and budget: trials over target, the pick's distance to
     its target, how often finalize picked the uniform baseline, the proxy's correlation."""
@@ -163,7 +175,7 @@ def _summary(s: Settings, rows: dict[float, list[dict]], dense_macs: float) -> N
         print(f"- `{arm}` pick: MACs {min(rel):.2%} to {max(rel):.2%} of its target; the uniform baseline picked "
               f"{sum(r['pick_uniform'] for r in picks)} time(s), a search trial {sum(not r['pick_uniform'] for r in picks)} "
               f"time(s) of {len(picks)}")
-        for rival in (_uniform_of(arm), "uniform l1 + distill"):
+        for rival in filter(None, (_uniform_of(arm), "uniform l1 + distill", _scratch_uniform_of(arm))):
             d = [100 * (r["test_acc"] - u["test_acc"]) for frac in s.budgets for r in rows[frac] if r["arm"] == arm
                  and "error" not in r for u in rows[frac] if u["arm"] == rival and "error" not in u
                  and u.get("seed") == r.get("seed")]
@@ -217,6 +229,10 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
             if abs(frac - 0.3) < 1e-9 and ad is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation ({100 * (ef - ad):+.2f} pt)",
                                ef >= ad))
+            scratch_uni = _mean(r, _scratch_uniform_of(arm)) if _scratch_uniform_of(arm) else None
+            if scratch_uni is not None:  # the same recipe at uniform widths: what the search's widths add
+                checks.append((f"{frac:.0%}: {arm} ≥ its own uniform L1 from scratch, i.e. the widths add to the "
+                               f"recipe ({100 * (ef - scratch_uni):+.2f} pt)", ef >= scratch_uni))
             if arm == ("search + finalize" if s.finalize_plain else "search + finalize --distill") and f is not None:
                 # (f) trains the widths of the first finalize variant's pick
                 checks.append((f"{frac:.0%}: {arm} ≥ the same widths from scratch ({100 * (ef - f):+.2f} pt)",
