@@ -146,22 +146,25 @@ def _p(row: Any) -> float | None:
     return None if p is None or p != p else float(p)
 
 
-def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
+def arm_finalize(cfg: Any, s: Settings, distill: bool = False, long: bool = False) -> list[dict]:
     """(e) after finalize: ``search.finalize`` (``prunetune finalize NAME --top K --epochs E
     [--distill]``) on the search's experiment: the ``finalize_top`` best trials of the target on
     val and the uniform L1 baseline at the target, retrained alike, picked on the selection
     split. Returns the pick's row (the arm) and the uniform candidate's row (reported beside it).
     The distilled finalize runs after the plain one (its rows are another variant; finalize
-    re-marks ``picked`` for the variant it runs, so each result is read right after its call)."""
+    re-marks ``picked`` for the variant it runs, so each result is read right after its call).
+    ``long``: every candidate finetuned base + finetune epochs (as long as the scratch arms
+    train), in a copy of the experiment (:func:`_long_copy`); its arms end in `` --long``."""
     from search.finalize import finalize
     from search.finalpick import pick_rows
     from search.results.final import read_final
     from search.tuner import SearchOptions
 
     t0 = time.perf_counter()
-    finalize(cfg.exp_dir, top=s.finalize_top, epochs=s.finetune_epochs, distill=distill, fresh=distill == s.finalize_variants[0],
-             export=False, options=SearchOptions())
-    final = read_final(cfg.exp_dir)
+    exp_dir = _long_copy(cfg.exp_dir) if long else cfg.exp_dir
+    finalize(exp_dir, top=s.finalize_top, epochs=s.base_epochs + s.finetune_epochs if long else s.finetune_epochs,
+             distill=distill, fresh=not long and distill == s.finalize_variants[0], export=False, options=SearchOptions())
+    final = read_final(exp_dir)
     variant = "finetune+distill" if distill else "finetune"
     mine = final[final["variant"] == variant]
     bad = mine[mine["status"] != "TERMINATED"]
@@ -171,7 +174,7 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False) -> list[dict]:
     if picked.empty:
         raise RuntimeError(f"finalize ({variant}) picked nothing among {list(mine['candidate'])}")
     compute = int(mine["train_macs"].sum())  # every candidate finalize trained, the uniform baseline too
-    suffix = " --distill" if distill else ""
+    suffix = (" --distill" if distill else "") + (" --long" if long else "")
     rows = [_final_row(picked.iloc[0], f"search + finalize{suffix}", compute, t0, candidates=len(mine),
                        pick_uniform=bool(picked.iloc[0].is_uniform), select_p=_p(picked.iloc[0]))]
     # The same candidates under finalize --pick-alpha (uniform unless beaten significantly on select).
@@ -224,12 +227,31 @@ def arm_finalize_scratch(cfg: Any, s: Settings, distill: bool) -> list[dict]:
     return rows
 
 
-def _finalize_scratch_rows(cfg: Any, s: Settings, seed: int, distill: bool) -> list[dict]:
+def _long_copy(exp_dir: Path) -> Path:
+    """``exp_dir`` copied once to ``<name>-long`` without its finalize rows (nor Ray's files):
+    ``final.parquet`` keeps one row per candidate and refuses rows trained for other epochs,
+    so the long finalize needs an experiment of its own. Reused when it exists (its finalize
+    then resumes)."""
+    import shutil
+
+    out = exp_dir.with_name(exp_dir.name + "-long")
+    if not out.is_dir():
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(exp_dir, tmp, ignore=shutil.ignore_patterns("final*.parquet", "ray"))
+        tmp.rename(out)
+    return out
+
+
+def _extra_finalize_rows(cfg: Any, s: Settings, seed: int, distill: bool, kind: str) -> list[dict]:
+    """The rows of one extra finalize arm, ``kind`` "scratch" (:func:`arm_finalize_scratch`) or
+    "long" (:func:`arm_finalize` with ``long``); a failure is the arm's error row."""
+    arm = "search + finalize" + (" --distill" if distill else "") + (" --with-scratch" if kind == "scratch" else " --long")
     try:
-        return [dict(r, seed=seed) for r in arm_finalize_scratch(cfg, s, distill)]
+        got = arm_finalize_scratch(cfg, s, distill) if kind == "scratch" else arm_finalize(cfg, s, distill, long=True)
+        return [dict(r, seed=seed) for r in got]
     except Exception as e:  # noqa: BLE001
-        return [{"arm": "search + finalize" + (" --distill" if distill else "") + " --with-scratch", "seed": seed,
-                 "error": f"{type(e).__name__}: {e}"[:120]}]
+        return [{"arm": arm, "seed": seed, "error": f"{type(e).__name__}: {e}"[:120]}]
 
 
 def arm_search(cfg: Any, s: Settings, seed: int, dense_macs: int) -> tuple[dict, dict]:
@@ -343,8 +365,8 @@ def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str,
             except Exception as e:  # noqa: BLE001
                 rows.append({"arm": "search + finalize" + (" --distill" if distill else ""), "seed": seed,
                              "error": f"{type(e).__name__}: {e}"[:120]})
-            if s.finalize_scratch:
-                rows += _finalize_scratch_rows(cfg, s, seed, distill)
+            for kind in s.extra_finalizes:
+                rows += _extra_finalize_rows(cfg, s, seed, distill, kind)
     for row in rows:
         _record(root, (seed, frac, row["arm"]), row)
         say(f"{row['arm']} seed {seed} {frac:.0%}: " + (row.get("error") or
@@ -402,18 +424,20 @@ def report_from(root: Path, plot_dir: Path) -> int:
     return 0
 
 
-def refinalize(root: Path, plot_dir: Path, scratch_only: bool = False, budgets: tuple[float, ...] = ()) -> int:
+def refinalize(root: Path, plot_dir: Path, only: tuple[str, ...] = (), budgets: tuple[float, ...] = ()) -> int:
     """Finalize again (``--fresh``, this code) every search kept in ``root`` by ``--keep``, and
     train (f) at the widths of each new pick; the rows are appended to ``arms.jsonl`` (the
     last row of an arm wins), then the report is printed as ``--report-from`` prints it.
-    ``scratch_only``: run only ``finalize --with-scratch`` after the kept finalizes (their
-    finetuned rows are reused; :func:`arm_finalize_scratch`), and record in ``settings.json``
-    that the run has those arms. ``budgets``: only these (default: every budget of the run)."""
+    ``only``: run only these extra finalizes ("scratch": ``finalize --with-scratch`` after the
+    kept finalizes, whose finetuned rows it reuses; "long": every candidate finetuned as long
+    as scratch trains, in a copy of the experiment), and record in ``settings.json`` that the
+    run has those arms. ``budgets``: only these (default: every budget of the run)."""
     raw = json.loads((root / "settings.json").read_text())
     quick = raw.pop("quick")
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    if scratch_only and not s.finalize_scratch:
-        s = replace(s, finalize_scratch=True)
+    more = {"finalize_scratch": s.finalize_scratch or "scratch" in only, "finalize_long": s.finalize_long or "long" in only}
+    if more != {"finalize_scratch": s.finalize_scratch, "finalize_long": s.finalize_long}:
+        s = replace(s, **more)
         (root / "settings.json").write_text(json.dumps({**asdict(s), "quick": quick}))
     torch.set_num_threads(1)
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)
@@ -425,9 +449,9 @@ def refinalize(root: Path, plot_dir: Path, scratch_only: bool = False, budgets: 
                 if not (cfg.exp_dir / "trials.parquet").is_file() or (budgets and frac not in budgets):
                     continue
                 say(f"refinalize seed {seed} budget {frac:.0%}")
-                if scratch_only:
-                    for row in [r for distill in s.finalize_variants for r in _finalize_scratch_rows(cfg, s, seed,
-                                                                                                      distill)]:
+                if only:
+                    for row in [r for distill in s.finalize_variants for kind in only
+                                for r in _extra_finalize_rows(cfg, s, seed, distill, kind)]:
                         _record(root, (seed, frac, row["arm"]), row)
                         say(f"{row['arm']} seed {seed} {frac:.0%}: " +
                             (row.get("error") or f"test {100 * row['test_acc']:.2f}%"))
@@ -479,6 +503,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="also finalize --with-scratch (every candidate also trained from scratch for base + finetune "
                         "epochs, competing for the pick), its own arm; with --refinalize DIR: only that, reusing the "
                         "kept finalizes (--budgets: only those budgets)")
+    p.add_argument("--finalize-long", action="store_true",
+                   help="also finalize with every candidate finetuned base + finetune epochs (as long as the scratch "
+                        "arms train), in a copy of each experiment, its own arm: is a gain of --with-scratch from "
+                        "training from scratch or from training longer?; with --refinalize DIR: only that (with "
+                        "--finalize-scratch: both)")
     p.add_argument("--report-from", metavar="DIR",
                    help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing")
     args = p.parse_args(argv)
@@ -490,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                 finalize_top=args.finalize_top or s.finalize_top,
                 finalize_distill=args.finalize_distill or args.finalize_distill_only or s.finalize_distill,
                 finalize_plain=not args.finalize_distill_only, zhang_arms=not args.no_zhang,
-                base_epochs=args.base_epochs or s.base_epochs, finalize_scratch=args.finalize_scratch)
+                base_epochs=args.base_epochs or s.base_epochs, finalize_scratch=args.finalize_scratch,
+                finalize_long=args.finalize_long)
     if s.screen_keep > s.screen_candidates:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
     if args.report_from:
@@ -499,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.basicConfig(level=logging.WARNING)
         logging.getLogger("search.progress").setLevel(logging.WARNING)
-        return refinalize(Path(args.refinalize), Path(args.plot_dir), args.finalize_scratch,
+        only = ("scratch",) * args.finalize_scratch + ("long",) * args.finalize_long
+        return refinalize(Path(args.refinalize), Path(args.plot_dir), only,
                           tuple(args.budgets or ()))
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     logging.basicConfig(level=logging.WARNING)

@@ -18,6 +18,9 @@ ORDER = ["dense", "uniform l1", "uniform l1 + distill", "global Taylor (torch-pr
          "finalize --distill: uniform at target", *(f"search + finalize{d} --with-scratch{a}" for d in ("", " --distill")
                                                     for a in ("", " --pick-alpha")),
          "finalize --with-scratch: uniform from scratch", "finalize --distill --with-scratch: uniform from scratch",
+         *(f"{a}{d} --long{b}" for d in ("", " --distill") for a, b in (("search + finalize", ""),
+                                                                       ("search + finalize", " --pick-alpha"),
+                                                                       ("finalize", ": uniform at target"))),
          "scratch, widths of (e)", "scratch, widths of (a)"]
 LABEL = {"uniform l1": "(a) uniform L1", "uniform l1 + distill": "(a) uniform L1 + distillation", "global Taylor (torch-pruning)": "(b) global Taylor (torch-pruning)",
          **{f"global {c}": f"(c) iterative global {c}" for c in ZHANG}, "adaptive grow/prune": "(d) adaptive grow/prune",
@@ -31,7 +34,11 @@ LABEL = {"uniform l1": "(a) uniform L1", "uniform l1 + distill": "(a) uniform L1
          **{f"search + finalize{d} --with-scratch{a}": f"(e) search + finalize{d} --with-scratch{r}"
             for d in ("", " --distill") for a, r in (("", ""), (" --pick-alpha", ", read with --pick-alpha"))},
          **{f"finalize{d} --with-scratch: uniform from scratch": f"(e) finalize{d} --with-scratch's uniform L1 from "
-            "scratch" for d in ("", " --distill")}}
+            "scratch" for d in ("", " --distill")},
+         **{f"search + finalize{d} --long{a}": f"(e) search + finalize{d}, long finetune{r}"
+            for d in ("", " --distill") for a, r in (("", ""), (" --pick-alpha", ", read with --pick-alpha"))},
+         **{f"finalize{d} --long: uniform at target": f"(e) finalize{d}'s uniform L1 at the target, long finetune"
+            for d in ("", " --distill")}}
 
 
 def _ms(xs: list[float]) -> str:
@@ -80,7 +87,11 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
           + (f"; `--with-scratch`: every candidate is also trained from scratch ({s.base_epochs + s.finetune_epochs} "
              f"epochs at LR {s.lr}, distilled with `--distill`, as `finalize --with-scratch --scratch-epochs "
              f"{s.base_epochs + s.finetune_epochs}`) and those runs compete for the pick; --pick-alpha's reference "
-             f"stays the finetuned uniform" if s.finalize_scratch else "") + "). "
+             f"stays the finetuned uniform" if s.finalize_scratch else "")
+          + (f"; *long finetune*: the same finalize with every candidate finetuned "
+             f"{s.base_epochs + s.finetune_epochs} epochs at LR {s.finetune_lr}, as long as the scratch arms train "
+             f"(`finalize --epochs {s.base_epochs + s.finetune_epochs}`, in a copy of the experiment)"
+             if s.finalize_long else "") + "). "
           f"Compute = training MACs (per-sample MACs × samples × 3, all epochs, + the teacher's forward passes when "
           f"distilling; base training included for arms "
           f"that start from the base model, every search trial included for (e); screening not counted) as a multiple "
@@ -144,12 +155,13 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
 #: finalize's pick, plain and distilled, each also read with --pick-alpha (the same candidates)
 FINALIZE_ARMS = ("search + finalize", "search + finalize --pick-alpha", "search + finalize --distill",
                  "search + finalize --distill --pick-alpha",
-                 *(f"search + finalize{d} --with-scratch{a}" for d in ("", " --distill") for a in ("", " --pick-alpha")))
+                 *(f"search + finalize{d} --with-scratch{a}" for d in ("", " --distill") for a in ("", " --pick-alpha")),
+                 *(f"search + finalize{d} --long{a}" for d in ("", " --distill") for a in ("", " --pick-alpha")))
 
 
 def _uniform_of(arm: str) -> str:
     """The uniform candidate of the finalize that made ``arm``'s pick."""
-    return "finalize --distill: uniform at target" if "--distill" in arm else "finalize: uniform at target"
+    return f"finalize{' --distill' * ('--distill' in arm)}{' --long' * ('--long' in arm)}: uniform at target"
 
 
 def _scratch_uniform_of(arm: str) -> str | None:

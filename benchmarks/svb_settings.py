@@ -60,6 +60,9 @@ class Settings:
     # also finalize --with-scratch: each finalize variant's candidates also trained from scratch
     # (base + finetune epochs, as (f)), all competing for the pick: its own arms
     finalize_scratch: bool = False
+    # also finalize with every candidate finetuned base + finetune epochs (as long as scratch
+    # trains), in a copy of the experiment: its own arms ("... --long")
+    finalize_long: bool = False
     zhang_arms: bool = True  # the (c) arms (iterative global taylor_guided / attribution / attribution_iba)
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.3, 0.1)
@@ -77,6 +80,11 @@ class Settings:
     def finalize_variants(self) -> tuple[bool, ...]:
         """The ``distill`` flag of each finalize the search arm runs, in order."""
         return (False, True)[0 if self.finalize_plain else 1:] if self.finalize_distill else (False,)
+
+    @property
+    def extra_finalizes(self) -> tuple[str, ...]:
+        """The extra finalize arms after each finalize variant: "scratch" (--with-scratch), "long"."""
+        return ("scratch",) * self.finalize_scratch + ("long",) * self.finalize_long
 
     def exp_name(self, seed: int, frac: float) -> str:
         """The experiment name of the search at one seed and budget."""

@@ -171,8 +171,18 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
 def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: Sequence[finalpick.Candidate],
                     epochs_of: Mapping[finalpick.Variant, int], epochs: int) -> tuple[list[str], list[str]]:
     """Run the candidates not yet in ``final.parquet`` (one Ray session), each for its
-    variant's epochs (``epochs_of``, else ``epochs``); returns (run, skipped) keys."""
+    variant's epochs (``epochs_of``, else ``epochs``); returns (run, skipped) keys. A
+    candidate already there but trained for other epochs is a UsageError (before Ray starts):
+    its row would be compared with rows trained for these epochs."""
     done = set(FinalLedger(exp_dir, cfg.experiment.name).keys())
+    had = {row["candidate"]: finalpick.asked_epochs(row) for row in read_final(exp_dir).to_dict("records")}
+    for c in cands:
+        want = epochs_of.get(c.variant, epochs)
+        if c.key in done and had.get(c.key) not in (None, want):
+            flag = "--epochs" if c.variant not in epochs_of or c.variant == next(iter(epochs_of)) else "--scratch-epochs"
+            raise UsageError(f"{FINAL_FILE} has {c.key} trained {had[c.key]} epochs, this finalize asks {flag} "
+                             f"{want}: pass --fresh to retrain every candidate (or finalize with {flag} "
+                             f"{had[c.key]})")
     todo = [c for c in cands if c.key not in done]
     skipped = [c.key for c in cands if c.key in done]
     if skipped:

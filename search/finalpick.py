@@ -49,7 +49,7 @@ from search.trial.materialize import experiment_data
 from search.trial.params import baseline_defaults, ratio_key
 from search.trial.targets import project_widths
 
-__all__ = ["FINAL_EXTRA_FIELDS", "UNIFORM", "Candidate", "Target", "Variant", "candidate_params", "candidates",
+__all__ = ["FINAL_EXTRA_FIELDS", "UNIFORM", "Candidate", "Target", "Variant", "asked_epochs", "candidate_params", "candidates",
            "choose_sources", "choose_target_sources", "compare_variants", "final_params", "mcnemar_p", "p_values", "pick_rows", "plan_targets", "score_select",
            "summary_text", "uniform_widths"]
 
@@ -153,9 +153,20 @@ def final_params(row: Mapping[str, Any], epochs: int, from_scratch: bool, group_
         out.update({ratio_key(g): widths[g] / bw for g, bw in zip(group_names, base_widths)})
     else:
         out = dict(params)
-        out["scratch_epochs" if params.get("mode") == "scratch" else "finetune_epochs"] = int(epochs)
+        out[_epochs_key(params)] = int(epochs)
     out[SOURCE_KEY] = str(row["trial_id"])
     return out
+
+
+def _epochs_key(params: Mapping[str, Any]) -> str:
+    return "scratch_epochs" if params.get("mode") == "scratch" else "finetune_epochs"
+
+
+def asked_epochs(row: Mapping[str, Any]) -> int | None:
+    """The epochs a ``final.parquet`` row's run was asked to train (from its params; None if unset)."""
+    params = params_of(row)
+    value = params.get(_epochs_key(params))
+    return None if value is None else int(value)
 
 
 def choose_target_sources(trials: pd.DataFrame, top: int) -> pd.DataFrame:

@@ -104,6 +104,20 @@ def test_bad_numbers_are_one_line_exit_2(tmp_path: Path, args: list[str], fragme
     assert not (exp / "final.parquet").exists()
 
 
+def test_a_candidate_trained_for_other_epochs_is_one_line_exit_2(tmp_path: Path) -> None:
+    """Rows are skipped by candidate; one trained for other epochs must not be compared with
+    rows trained for these: finalize refuses, before Ray starts, and writes nothing."""
+    exp = make_experiment(tmp_path)
+    led = FinalLedger(exp, "fin")
+    led.add_trial({"trial_id": "f1", "status": "TERMINATED", "candidate": "a", "val_acc": 0.9, "macs": 300_000,
+                   "params_json": json.dumps({"mode": "prune", "finetune_epochs": 2, SOURCE_KEY: "a"})})
+    led.flush()
+    before = (exp / "final.parquet").read_bytes()
+    assert_usage_error(main_in_process("finalize", str(exp), "--top", "2", "--epochs", "3"),
+                       "final.parquet has a trained 2 epochs, this finalize asks --epochs 3", "--fresh")
+    assert (exp / "final.parquet").read_bytes() == before and not (exp / "ray").exists()
+
+
 def test_unknown_experiment_is_one_line_exit_2(tmp_path: Path) -> None:
     assert_usage_error(main_in_process("finalize", str(tmp_path / "nope"), "--top", "1", "--epochs", "1"),
                        "nope", "is not an experiment directory")
