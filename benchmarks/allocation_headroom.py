@@ -1,4 +1,4 @@
-"""Does the allocation of widths matter? Uniform L1 vs budget-exact random allocations at 10% MACs (issue 17).
+"""Does the allocation of widths matter? Uniform L1 vs budget-exact random allocations at a tight MACs budget (default 10%; issue 17).
 
 Per testbed (model, width multiplier, image size) and seed: a dense base model is trained once on a
 seeded stratified subset of Fashion-MNIST (``--limit`` training, ``--val-limit`` validation images,
@@ -621,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
     p.add_argument("--base-epochs", type=int, help="dense training epochs (default: the testbed's own)")
     p.add_argument("--limit", type=int, help="training images (a seeded stratified subset of the official train set)")
+    p.add_argument("--budget", type=float, help="the MACs budget as a fraction of the dense MACs (default 0.1)")
     p.add_argument("--uniform-draws", type=int, help="finetune uniform with this many data orders (the noise-matched "
                                                      "headroom: best of N uniform vs best of N random, by val)")
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
@@ -638,9 +639,11 @@ def main(argv: list[str] | None = None) -> int:
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
                               "base_epochs": args.base_epochs, "uniform_draws": args.uniform_draws,
-                              "limit": args.limit,
+                              "limit": args.limit, "budget": args.budget,
                               "workers": args.workers, "graded": args.graded}.items() if v is not None}
     s = replace(s, **over)
+    if not 0 < s.budget < 1:
+        p.error(f"--budget must be a fraction in (0, 1), got {s.budget:g}")
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     import shutil
