@@ -229,6 +229,7 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
                 checks.append((f"{frac:.0%}: {arm} ≥ uniform L1 + distillation − 0.2 pt ({100 * (ef - ad):+.2f} pt)",
                                100 * (ef - ad) >= -0.2))
             uni = _mean(r, _uniform_of(arm))
+            scratch_uni = _mean(r, _scratch_uniform_of(arm)) if _scratch_uniform_of(arm) else None
             if uni is not None:  # the same trainer and epochs as the pick: the like-for-like baseline
                 checks.append((f"{frac:.0%}: {arm} ≥ finalize's own uniform L1 at the target − 0.2 pt "
                                f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))
@@ -238,10 +239,14 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
             if abs(frac - 0.1) < 1e-9 and b is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ global Taylor (torch-pruning) + 1.0 pt "
                                f"({100 * (ef - b):+.2f} pt)", 100 * (ef - b) >= 1.0))
+            alike = uni if "--long" in arm else scratch_uni if "--with-scratch" in arm else None
+            if abs(frac - 0.1) < 1e-9 and alike is not None:  # (a) trains 5 epochs; these arms train far longer
+                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 trained alike (as long, the same "
+                               f"way) + 1.0 pt, the goal at equal training ({100 * (ef - alike):+.2f} pt)",
+                               100 * (ef - alike) >= 1.0))
             if abs(frac - 0.3) < 1e-9 and ad is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation ({100 * (ef - ad):+.2f} pt)",
                                ef >= ad))
-            scratch_uni = _mean(r, _scratch_uniform_of(arm)) if _scratch_uniform_of(arm) else None
             if scratch_uni is not None:  # the same recipe at uniform widths: what the search's widths add
                 checks.append((f"{frac:.0%}: {arm} ≥ its own uniform L1 from scratch, i.e. the widths add to the "
                                f"recipe ({100 * (ef - scratch_uni):+.2f} pt)", ef >= scratch_uni))
@@ -258,7 +263,10 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
         worst = max(abs(1 - r["macs"] / (r["macs_target"] * dense_macs)) for r in picks)
         checks.append((f"the chosen model within 1% of its target (worst {worst:.2%})", worst <= 0.01))
     print(f"Goals of issue 17 on {s.label} (mean test accuracy over seeds; the +1.0 pt goals are set for the deeper "
-          f"testbed):\n")
+          f"testbed)" + (f". (a) and (b) finetune {s.finetune_epochs} epochs; the --with-scratch and long-finetune arms "
+                         f"train {s.base_epochs + s.finetune_epochs}, so their +1.0 pt against (a) and (b) is mostly "
+                         f"training length: the line 'trained alike' is their like-for-like goal"
+                         if s.finalize_scratch or s.finalize_long else "") + ":\n")
     for text, ok in checks:
         print(f"- {'met' if ok else 'NOT met'}: {text}")
 
