@@ -78,6 +78,7 @@ TESTBEDS = {
     "small_vgg": Testbed("small_vgg", 1.0, 16, 15),
     "cifar_resnet20": Testbed("cifar_resnet20", 1.0, 16, 12),
     "cifar_vgg16": Testbed("cifar_vgg16", 0.25, 32, 10),
+    "cifar_mobilenet": Testbed("cifar_mobilenet", 0.5, 32, 30),
 }
 
 

@@ -3,7 +3,8 @@
 ``create_model(name, num_classes, in_channels)`` builds any of them. Names:
 
 * registered here: ``tiny_vgg``, ``tiny_resnet`` (tests), ``small_vgg`` (the digits demo
-  net, ``configs/demo.yaml``), ``cifar_vgg11/16/19`` (with BN), ``cifar_resnet20/56/110``;
+  net, ``configs/demo.yaml``), ``cifar_vgg11/16/19`` (with BN), ``cifar_resnet20/56/110``,
+  ``cifar_mobilenet`` (MobileNetV1, depthwise-separable);
 * ``torchvision.<name>`` or a bare torchvision classification name (``resnet18``,
   ``vgg16_bn``, ``mobilenet_v2``...): built with random weights, first conv adapted to
   ``in_channels`` and the head resized to ``num_classes``;
@@ -152,6 +153,52 @@ def _cifar_resnet(depth: int) -> Callable[..., nn.Module]:
 
 for _d in (20, 56, 110):
     MODELS.register(f"cifar_resnet{_d}")(_cifar_resnet(_d))
+
+
+class DepthwiseSeparable(nn.Module):
+    """A 3x3 depthwise conv + BN + ReLU, then a 1x1 pointwise conv + BN + ReLU."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.dw = nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.pw = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.bn2(self.pw(self.relu(self.bn1(self.dw(x))))))
+
+
+#: MobileNetV1's 13 depthwise-separable blocks for 32x32 inputs: (pointwise width, stride).
+_MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), *((512, 1),) * 5, (1024, 2), (1024, 1))
+
+
+class CifarMobileNet(nn.Module):
+    """Howard et al. 2017 MobileNetV1 for 32x32 inputs: a 3x3 stem of 32 channels at stride 1,
+    then :data:`_MOBILENET_BLOCKS`; layers of very unequal cost (the 1x1 convs of the 512- and
+    1024-wide blocks hold most of the MACs, the depthwise ones few)."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3, width_mult: float = 1.0) -> None:
+        super().__init__()
+        c = _scaled([32], width_mult)[0]
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+        blocks = []
+        for w, stride in zip(_scaled([w for w, _ in _MOBILENET_BLOCKS], width_mult), (s for _, s in _MOBILENET_BLOCKS)):
+            blocks.append(DepthwiseSeparable(c, w, stride))
+            c = w
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))
+
+
+@MODELS.register("cifar_mobilenet")
+def cifar_mobilenet(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:
+    """MobileNetV1 for 32x32 inputs (:class:`CifarMobileNet`)."""
+    return CifarMobileNet(num_classes, in_channels, width_mult)
 
 
 @MODELS.register("tiny_resnet")

@@ -33,6 +33,23 @@ def test_cifar_resnet_depths_and_option_b_shortcut():
         assert sum(1 for x in convs if x.kernel_size == (1, 1)) == 2
 
 
+def test_cifar_mobilenet_is_depthwise_separable_and_its_groups_take_the_depthwise_conv():
+    from pruning.surgery import GroupGraph
+
+    m = create_model("cifar_mobilenet", 10, in_channels=1, width_mult=0.25)
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+    convs = [x for x in m.modules() if isinstance(x, nn.Conv2d)]
+    depthwise = [x for x in convs if x.groups > 1]
+    assert len(convs) == 27 and len(depthwise) == 13 and all(x.groups == x.in_channels == x.out_channels
+                                                               for x in depthwise)
+    graph = GroupGraph(m, torch.randn(1, 1, 32, 32))
+    assert len(graph.groups) == 14  # the stem and the 13 pointwise convs; each depthwise conv follows its input
+    graph.prune({g.name: list(range(g.size // 2)) for g in graph.groups})
+    assert all(x.groups == x.in_channels == x.out_channels for x in m.modules()
+               if isinstance(x, nn.Conv2d) and x.groups > 1)
+    assert m(torch.randn(2, 1, 32, 32)).shape == (2, 10)
+
+
 def test_width_mult_scales_channels():
     m = create_model("tiny_vgg", 10, width_mult=0.5)
     assert [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)] == [8, 16, 16]

@@ -33,7 +33,7 @@ def _silence(group, channels):
                     mem.module.weight[:, idx] = 0
 
 
-@pytest.mark.parametrize("name", ["tiny_vgg", "tiny_resnet", "small_vgg", "cifar_resnet20"])
+@pytest.mark.parametrize("name", ["tiny_vgg", "tiny_resnet", "small_vgg", "cifar_resnet20", "cifar_mobilenet"])
 def test_removing_channels_with_zero_outgoing_weights_keeps_outputs(name):
     model = create_model(name, 10).eval()
     _randomize_bn(model)
