@@ -176,8 +176,7 @@ _MOBILENET_BLOCKS = ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), 
 
 class CifarMobileNet(nn.Module):
     """Howard et al. 2017 MobileNetV1 for 32x32 inputs: a 3x3 stem of 32 channels at stride 1,
-    then :data:`_MOBILENET_BLOCKS`; layers of very unequal cost (the 1x1 convs of the 512- and
-    1024-wide blocks hold most of the MACs, the depthwise ones few)."""
+    then :data:`_MOBILENET_BLOCKS` (the 1x1 convs hold ~93% of the MACs, the depthwise ones ~6%)."""
 
     def __init__(self, num_classes: int, in_channels: int = 3, width_mult: float = 1.0) -> None:
         super().__init__()
