@@ -435,9 +435,10 @@ def refinalize(root: Path, plot_dir: Path, only: tuple[str, ...] = (), budgets: 
     raw = json.loads((root / "settings.json").read_text())
     quick = raw.pop("quick")
     s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
-    more = {"finalize_scratch": s.finalize_scratch or "scratch" in only, "finalize_long": s.finalize_long or "long" in only}
-    if more != {"finalize_scratch": s.finalize_scratch, "finalize_long": s.finalize_long}:
-        s = replace(s, **more)
+    more = replace(s, finalize_scratch=s.finalize_scratch or "scratch" in only,
+                   finalize_long=s.finalize_long or "long" in only)
+    if more != s:
+        s = more
         (root / "settings.json").write_text(json.dumps({**asdict(s), "quick": quick}))
     torch.set_num_threads(1)
     pool = ProcessPoolExecutor(s.workers, mp_context=get_context("spawn"), initializer=_init_worker)

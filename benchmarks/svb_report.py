@@ -51,7 +51,7 @@ def _span(xs: list[float]) -> str:
     return f"{min(xs):g}" if min(xs) == max(xs) else f"{min(xs):g}–{max(xs):g}"
 
 
-def _mean(rows: list[dict], arm: str, key: str = "test_acc") -> float | None:
+def _mean(rows: list[dict], arm: str | None, key: str = "test_acc") -> float | None:
     xs = [r[key] for r in rows if r["arm"] == arm and "error" not in r]
     return statistics.mean(xs) if xs else None
 
@@ -229,7 +229,7 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
                 checks.append((f"{frac:.0%}: {arm} ≥ uniform L1 + distillation − 0.2 pt ({100 * (ef - ad):+.2f} pt)",
                                100 * (ef - ad) >= -0.2))
             uni = _mean(r, _uniform_of(arm))
-            scratch_uni = _mean(r, _scratch_uniform_of(arm)) if _scratch_uniform_of(arm) else None
+            scratch_uni = _mean(r, _scratch_uniform_of(arm))  # None for an arm without --with-scratch
             if uni is not None:  # the same trainer and epochs as the pick: the like-for-like baseline
                 checks.append((f"{frac:.0%}: {arm} ≥ finalize's own uniform L1 at the target − 0.2 pt "
                                f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))

@@ -174,8 +174,9 @@ def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: S
     variant's epochs (``epochs_of``, else ``epochs``); returns (run, skipped) keys. A
     candidate already there but trained for other epochs is a UsageError (before Ray starts):
     its row would be compared with rows trained for these epochs."""
-    done = set(FinalLedger(exp_dir, cfg.experiment.name).keys())
-    had = {row["candidate"]: finalpick.asked_epochs(row) for row in read_final(exp_dir).to_dict("records")}
+    had = {row["candidate"]: finalpick.asked_epochs(row)
+           for row in FinalLedger(exp_dir, cfg.experiment.name).trials().to_dict("records")}
+    done = set(had)
     for c in cands:
         want = epochs_of.get(c.variant, epochs)
         if c.key in done and had.get(c.key) not in (None, want):
