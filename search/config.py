@@ -182,7 +182,10 @@ class SpaceSection(_Section):
     criteria: list[str] = ["l1", "taylor_fo"]
     ratio_min: float = Field(0.2, gt=0)
     ratio_max: float = Field(1.0, gt=0)
-    tie: Literal["none", "stage", "all"] = "none"  # one ratio per group, per stage, or one for all
+    # one ratio per group, per stage, or one for all; "slope": one depth slope per trial (a profile
+    # exp(-slope * depth) scaled onto the trial's target; needs objectives.macs_targets)
+    tie: Literal["none", "stage", "all", "slope"] = "none"
+    slope_range: tuple[float, float] = (-2.0, 2.0)  # tie slope: the range of the sampled depth slope
     grow: bool = False  # allow ratio_max > 1: widen groups by growth before finetuning
     steps: list[int] = [1]
     finetune_epochs: tuple[int, int] = (3, 3)
@@ -218,6 +221,8 @@ class SpaceSection(_Section):
             raise ValueError("search space is empty: criteria lists no criterion")
         if self.ratio_min > self.ratio_max:
             raise ValueError(f"ratio_min {self.ratio_min} > ratio_max {self.ratio_max}")
+        if self.slope_range[0] > self.slope_range[1]:
+            raise ValueError(f"slope_range {list(self.slope_range)} must satisfy min <= max")
         if self.ratio_max > 1.0 and not self.grow:
             raise ValueError(f"ratio_max {self.ratio_max} > 1 needs grow: true (widening by growth)")
         if not self.steps or min(self.steps) < 1:
@@ -371,6 +376,9 @@ class ExperimentConfig(_Section):
         if targets and self.search.grow:
             raise ValueError("objectives.macs_targets and search.grow exclude each other: a profile scaled onto a "
                              "target keeps ratios <= 1; remove one of them")
+        if self.search.tie == "slope" and not targets:
+            raise ValueError("search.tie: slope needs objectives.macs_targets (a slope is a profile, scaled onto "
+                             "each target); give targets or choose tie none, stage or all")
         if self.search.screen is not None and not targets:
             raise ValueError("search.screen needs objectives.macs_targets (candidates are screened per target)")
         if self.search.screen is not None and "prune" not in self.search.modes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import optuna
 import pytest
@@ -138,6 +139,76 @@ def test_a_trial_cuts_by_its_criterion_the_widths_of_its_projection(tmp_path):
     m = run_trial(cfg, params, base=base)
     assert m["widths"] == [round(ratios[g] * w) for g, w in zip(base.group_names, base.widths)]
     assert m["widths"][0] / base.widths[0] > m["widths"][1] / base.widths[1]  # the profile's shape survives
+
+
+# --------------------------------------------------------------------------- search.tie: slope
+
+
+def test_depth_profile_is_monotone_in_depth_largest_one_and_uniform_at_zero():
+    from search.trial.params import depth_profile
+
+    groups = ["a", "b", "c", "d"]
+    assert depth_profile(groups, 0.0) == dict.fromkeys(groups, 1.0)
+    down, up = list(depth_profile(groups, 1.5).values()), list(depth_profile(groups, -1.5).values())
+    assert down == sorted(down, reverse=True) and down[0] == 1.0
+    assert up == sorted(up) and up[-1] == 1.0
+    assert down[-1] == pytest.approx(math.exp(-1.5)) and up == pytest.approx(down[::-1])
+    assert depth_profile(["only"], 3.0) == {"only": 1.0}
+
+
+def test_slope_tie_samples_one_slope_whose_profile_keeps_early_groups_wider(tmp_path):
+    """A prune trial of tie slope samples ``depth_slope`` in slope_range and no ratio keys; the
+    trial scales its depth profile onto the target (within 1%) and keeps the early group wider
+    than the late one for a positive slope; the uniform baseline's slope is 0."""
+    from search.study import space
+    from search.trial import targets
+    from search.trial.base import prepare_base
+    from search.trial.params import ratios_from_params
+    from search.trial.run import run_trial
+
+    cfg = _cfg(tmp_path, "objectives.macs_targets=[0.3]", "search.tie=slope", "search.slope_range=[0.5, 2.5]",
+               "search.baselines=[{ranking: uniform, criterion: l1}]")
+    base = prepare_base(cfg)
+    groups = base.group_names
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        params = space.suggest(study.ask(), cfg, groups)
+        assert 0.5 <= params["depth_slope"] <= 2.5 and not [k for k in params if k.startswith("r_")]
+        assert "depth_slope" in space.param_distributions(cfg, groups, params)
+    m = run_trial(cfg, params, base=base)
+    assert 0.99 * 0.3 * base.metrics["macs"] <= m["macs"] <= 0.3 * base.metrics["macs"]
+    keep = [w / full for w, full in zip(m["widths"], base.widths)]
+    assert keep[0] > keep[-1], m["widths"]
+    ratios = ratios_from_params(params, groups)
+    assert list(ratios.values()) == pytest.approx([math.exp(-params["depth_slope"] * i / 2) for i in range(3)])
+    (uniform,) = space.baseline_params(cfg, groups)
+    assert uniform["depth_slope"] == 0.5  # 0 clipped into the range: a point of the space; the trial runs uniform
+    assert set(ratios_from_params(uniform, groups).values()) == {1.0}
+    cut = targets.trial_ratios(cfg, uniform, base)
+    assert max(cut.values()) - min(cut.values()) < 0.1  # the same keep ratio everywhere, up to round_to
+
+
+def test_slope_tie_screens_slopes(tmp_path):
+    from search.study import screen, space
+
+    cfg = _cfg(tmp_path, "objectives.macs_targets=[0.3]", "search.tie=slope", "search.screen={candidates: 4, keep: 1}")
+    groups = space.group_names(cfg)
+    plan = screen.screen_plan(cfg, groups)
+    assert len({p["depth_slope"] for p in plan}) == 4
+    assert all(-2.0 <= p["depth_slope"] <= 2.0 and not [k for k in p if k.startswith("r_")] for p in plan)
+    for p in plan:  # a complete point of the sampler's space
+        assert space.suggest(optuna.trial.FixedTrial(p), cfg, groups) == p
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["search.tie=slope"], "search.tie: slope needs objectives.macs_targets"),
+    (["search.tie=slope", "objectives.macs_targets=[0.3]", "search.slope_range=[1, -1]"],
+     "slope_range [1.0, -1.0] must satisfy min <= max"),
+])
+def test_bad_slope_settings_are_one_usage_error(overrides, fragment):
+    with pytest.raises(UsageError) as err:
+        load_config(None, overrides)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
 # --------------------------------------------------------------------------- ledger

@@ -4,7 +4,8 @@ Before the Ray Tune fit, for every target of ``objectives.macs_targets``, ``cand
 width profiles are drawn at random (seeded by ``experiment.seed``, the target and the
 candidate's index, so candidate ``i`` of a target is the same in every session), each in
 the space's ratio-key parameterisation (``search.study.space.ratio_keys``, uniform in
-``[ratio_min, ratio_max]``) with a criterion drawn from ``search.criteria``. Each is
+``[ratio_min, ratio_max]``; with ``search.tie: slope`` one depth slope, uniform in
+``slope_range``) with a criterion drawn from ``search.criteria``. Each is
 projected onto its target (:mod:`search.trial.targets`), cut from the base model with its
 criterion and scored by the proxy:
 
@@ -42,7 +43,7 @@ from search.config import ExperimentConfig
 from search.results.schema import params_of
 from search.results.screen import candidate_key
 from search.study.space import ratio_keys
-from search.trial.params import SCREEN_KEY, TARGET_KEY, baseline_defaults
+from search.trial.params import SCREEN_KEY, SLOPE_KEY, TARGET_KEY, baseline_defaults
 
 __all__ = ["best_candidates", "candidate_params", "enqueue_best", "requeue_lost", "screen_plan"]
 
@@ -71,7 +72,10 @@ def candidate_params(cfg: ExperimentConfig, keys: Sequence[str], target: float, 
     rng = np.random.default_rng([int(cfg.experiment.seed) & 0xFFFFFFFF, int(round(float(target) * 1e6)), int(index)])
     criterion = s.criteria[int(rng.integers(len(s.criteria)))]
     params: dict[str, Any] = {"mode": "prune", "criterion": criterion, TARGET_KEY: float(target)}
-    params.update({k: float(rng.uniform(s.ratio_min, s.ratio_max)) for k in keys})
+    if s.tie == "slope":  # one depth slope, uniform in its range (search.study.space)
+        params[SLOPE_KEY] = float(rng.uniform(*s.slope_range))
+    else:
+        params.update({k: float(rng.uniform(s.ratio_min, s.ratio_max)) for k in keys})
     params.update(_recipe(cfg))
     params[SCREEN_KEY] = int(index)
     return params
@@ -80,7 +84,7 @@ def candidate_params(cfg: ExperimentConfig, keys: Sequence[str], target: float, 
 def screen_plan(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, Any]]:
     """Every candidate of every target, targets in config order, indices ascending."""
     assert cfg.search.screen is not None and cfg.objectives.macs_targets
-    keys = list(dict.fromkeys(ratio_keys(cfg, groups).values()))
+    keys = [] if cfg.search.tie == "slope" else list(dict.fromkeys(ratio_keys(cfg, groups).values()))
     n = cfg.search.screen.candidates
     return [candidate_params(cfg, keys, t, i) for t in cfg.objectives.macs_targets for i in range(n)]
 

@@ -25,6 +25,11 @@ A trial's ``params`` is a flat dict of JSON scalars:
   target (not sampled);
 * screened candidates only (``search.screen``): ``screen_candidate``, the candidate's index.
 
+With ``search.tie: slope`` (which needs targets) a prune or scratch trial samples no ratio
+keys but one ``depth_slope`` in ``search.slope_range``: its profile is
+``search.trial.params.depth_profile`` (exp(-slope · depth), early groups wider for a positive
+slope), scaled onto the target like any profile; a baseline's slope is 0, the uniform profile.
+
 Ratio keys (``ratio_keys``) depend on ``search.tie``: ``r_all`` for every group
 (``all``); ``r_<group>`` per group (``none``); per stage (``stage``), a key named after
 the *first* group of the stage, ``r_<first group>``. One rule reads all three back
@@ -62,7 +67,7 @@ from search.config import ExperimentConfig
 from search.trial.materialize import experiment_data, model_for_groups
 from search.trial.materialize import group_names  # noqa: F401 - the groups a search is over: space.group_names
 from search.trial.params import (ADAPTIVE_CHOICE_KNOBS, ADAPTIVE_FLOAT_KNOBS, ALL_KEY, BASELINES, BUDGET_KEY,
-                                 SCREEN_KEY, TARGET_KEY, baseline_defaults, ratio_key)
+                                 SCREEN_KEY, SLOPE_KEY, TARGET_KEY, baseline_defaults, ratio_key)
 
 
 
@@ -157,7 +162,9 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
         params["steps"] = trial.suggest_categorical("steps", list(s.steps))
     if targets:
         params[TARGET_KEY] = trial.suggest_categorical(TARGET_KEY, list(targets))
-    if params["mode"] in ("prune", "scratch"):  # scratch: widths only, trained from random weights
+    if params["mode"] in ("prune", "scratch") and s.tie == "slope":  # one slope: a profile over depth
+        params[SLOPE_KEY] = trial.suggest_float(SLOPE_KEY, *s.slope_range)
+    elif params["mode"] in ("prune", "scratch"):  # scratch: widths only, trained from random weights
         for key in _unique(ratio_keys(cfg, groups)):  # with targets: a profile, scaled onto the target
             params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
     else:
@@ -250,7 +257,7 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
     the sampler's space (for a global baseline they are nominal).
     """
     s = cfg.search
-    keys = _unique(ratio_keys(cfg, groups))
+    keys = [] if s.tie == "slope" else _unique(ratio_keys(cfg, groups))
     default = baseline_defaults(cfg)
     out = []
     # With macs_targets, every baseline runs at every target: the all-ones profile projected
@@ -262,6 +269,8 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
         nominal = min(max(b.ratio, s.ratio_min), s.ratio_max)
         params: dict[str, Any] = {"mode": "prune", "criterion": b.criterion, "steps": default["steps"]}
         params.update({k: nominal for k in keys})
+        if s.tie == "slope":  # slope 0 is the uniform profile (clipped into the sampler's range)
+            params[SLOPE_KEY] = min(max(0.0, s.slope_range[0]), s.slope_range[1])
         if s.grow:
             params["grow_method"] = default["grow_method"]
         params["finetune_epochs"] = default["finetune_epochs"]

@@ -7,7 +7,8 @@ the trial, the search and finalize alike:
   :data:`ADAPTIVE_CHOICE_KNOBS`, :data:`BUDGET_KEY`), the MACs target :data:`TARGET_KEY` and the
   screening marker :data:`SCREEN_KEY`; a baseline's markers ``baseline``
   (one of :data:`BASELINES`) and ``ratio``;
-* the ratio keys (:func:`ratio_key`, :data:`ALL_KEY`) and the one rule that turns them into a
+* the ratio keys (:func:`ratio_key`, :data:`ALL_KEY`; with ``search.tie: slope`` the one
+  :data:`SLOPE_KEY`, a profile over depth) and the one rule that turns them into a
   keep ratio per group (:func:`ratios_from_params`, described in ``search.study.space``);
 * :func:`baseline_defaults`: the value of every key a params dict may lack - the first
   criterion, step count and grow method, the most finetune epochs, the geometric middle of
@@ -19,18 +20,21 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pruning.errors import UsageError
 from search.config import ExperimentConfig
 
 __all__ = ["ADAPTIVE_CHOICE_KNOBS", "ADAPTIVE_FLOAT_KNOBS", "ALL_KEY", "BASELINES", "BUDGET_KEY", "MODES",
-           "SCREEN_KEY", "TARGET_KEY", "baseline_defaults", "ratio_key", "ratios_from_params"]
+           "SCREEN_KEY", "SLOPE_KEY", "TARGET_KEY", "baseline_defaults", "depth_profile", "ratio_key",
+           "ratios_from_params"]
 
 MODES = ("prune", "adaptive", "scratch")
 BASELINES = ("uniform", "global")
 ALL_KEY = "r_all"
+#: ``search.tie: slope``: the trial's depth slope, its profile ``pruning.budget.depth_profile``.
+SLOPE_KEY = "depth_slope"
 #: Adaptive-mode knobs, each sampled from the ``search.adaptive`` field of the same name.
 ADAPTIVE_FLOAT_KNOBS = ("gamma", "prune_threshold", "grow_fraction")
 ADAPTIVE_CHOICE_KNOBS = ("patience", "eval_every_steps", "grow_method")
@@ -56,6 +60,18 @@ def baseline_defaults(cfg: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def depth_profile(groups: Sequence[str], slope: float) -> dict[str, float]:
+    """The one-parameter profile p_i ∝ exp(-slope · i / (n - 1)) over ``groups`` in model order
+    (i = 0 the first group), scaled so that its largest value is 1: ``slope`` > 0 keeps the early
+    groups wider than the late ones, < 0 the reverse, 0 is uniform. The early groups of a CNN run
+    at high resolution (many MACs per channel), so the sign trades early width against late width
+    at the same MACs."""
+    names = list(groups)
+    n = max(len(names) - 1, 1)
+    top = max(0.0, -slope)  # the largest exponent: at i = 0 (slope >= 0) or i = n - 1 (slope < 0)
+    return {g: math.exp(-slope * i / n - top) for i, g in enumerate(names)}
+
+
 def ratio_key(group: str) -> str:
     """The untied ratio key of ``group``: ``r_<group>`` with unsafe characters replaced."""
     return "r_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", group)
@@ -73,6 +89,8 @@ def ratios_from_params(params: Mapping[str, Any], groups: list[str]) -> dict[str
         return {g: float(params["ratio"]) for g in groups}
     if ALL_KEY in params:
         return {g: float(params[ALL_KEY]) for g in groups}
+    if SLOPE_KEY in params:
+        return depth_profile(groups, float(params[SLOPE_KEY]))
     out: dict[str, float] = {}
     current: float | None = None
     for g in groups:
