@@ -17,7 +17,12 @@ by L1 (top filters per group) and finetuned the same way (same epochs, LR, data 
 * **abn-screened** (``--screen`` candidates, top ``screen_top``): EagleEye's procedure, random
   profiles (low 0.1) scored by adaptive BN, the best ones finetuned;
 * **cost-graded** (``GRADED``, off with ``--no-graded``): deterministic profiles that keep wider the
-  groups whose channels cost few MACs (or the reverse).
+  groups whose channels cost few MACs (or the reverse);
+* **depth slopes** (``--slopes S ...``, each finetuned with ``--slope-draws`` data orders): the
+  one-parameter family p_g = exp(-S * i_g / (n - 1)), i_g the group's index in model order (S > 0:
+  the early groups wider, the late ones narrower; S < 0 the reverse), projected to the budget. Each
+  slope's mean test accuracy over its draws is compared with the mean over uniform's draws: what
+  the direction gives *in expectation*, free of the finetune's luck that a best-of-N pick gains.
 
 Proxies recorded for every finetuned allocation, before its finetune: adaptive BN (BN statistics
 re-estimated on ``--abn-batches`` training batches, ``pruning.recalibrate.recalibrate_bn``, then
@@ -104,6 +109,8 @@ class Settings:
     # uniform finetuned with this many data orders (at least 2: it and the noise floor's): the
     # best of N uniform draws by val is what the best of N random allocations by val must beat
     uniform_draws: int = 2
+    slopes: tuple[float, ...] = ()  # depth-slope profiles (see the module docstring)
+    slope_draws: int = 4  # data orders each depth slope is finetuned with
 
 
 QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
@@ -113,6 +120,10 @@ QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, alloca
 #: the uniform widths. Deterministic: one each per seed.
 GRADED = (("cost-aware β=0.25", 0.25), ("cost-aware β=0.5", 0.5), ("cost-inverse β=0.25", -0.25))
 NOISE_SEED = 1000  # the noise-floor finetune's data order: seed + NOISE_SEED
+
+
+def slope_kind(slope: float) -> str:
+    return f"depth slope {slope:g}"
 
 
 def say(msg: str) -> None:
@@ -169,6 +180,7 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
     import random
 
     from pruning.budget import random_profile, uniform_profile
+    from search.trial.params import depth_profile
     from pruning.models import create_model
     from pruning.train import TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
 
@@ -207,6 +219,7 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
         for kind, beta in GRADED:
             prof = {g: (lo / d[g]) ** beta if beta > 0 else (d[g] / hi) ** -beta for g in d}
             allocs.append({"kind": kind, "profile": prof})
+    allocs += [{"kind": slope_kind(sl), "profile": depth_profile(list(proj.sizes), sl)} for sl in s.slopes]
     t3 = time.perf_counter()
     for a in allocs:
         a["widths"] = proj.project(a["profile"], target).widths
@@ -277,6 +290,8 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
                         f"{', reused' if res['reused'] else ''}); {len(res['allocs'])} allocations planned, "
                         f"screened {res['screen_n']} in {res['screen_s']:.0f} s")
                     jobs = [("finetune", tb, seed, a, seed) for a in res["allocs"]]
+                    jobs += [("finetune", tb, seed, a, seed + k * NOISE_SEED) for a in res["allocs"]
+                             if a["kind"].startswith("depth slope") for k in range(1, s.slope_draws)]
                     jobs.append(("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, another seed"},
                                  seed + NOISE_SEED))
                     jobs += [("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, draw"}, seed + k * NOISE_SEED)
@@ -421,6 +436,53 @@ def _graded(s: Settings, rows: list[dict]) -> None:
         print(f"| {TESTBEDS[tb].label} | " + " | ".join(cells) + " |")
 
 
+UNIFORM_KINDS = ("uniform", "uniform, another seed", "uniform, draw")  # every finetune of the uniform cut
+
+
+def _slopes(s: Settings, rows: list[dict]) -> None:
+    """Per depth slope and seed: mean test over its draws minus the mean over uniform's draws; then
+    the slope a search of this family would pick (best mean val over the draws) against uniform."""
+    slopes = sorted({float(r["kind"].removeprefix("depth slope ")) for r in rows if r["kind"].startswith("depth slope")})
+    if not slopes:
+        return
+    print("\n**Depth slopes** (p_g = exp(-S·i_g/(n-1)), i_g the group's index in model order, projected to the "
+          "budget; S > 0 keeps the early, high-resolution groups wider): mean test accuracy over each slope's data "
+          "orders minus the mean over uniform's, pt, per seed; *collapsed*: finetunes ending > 10 pt below "
+          "uniform's mean; *picked by val*: the slope with the best mean val over its draws, per seed.\n")
+    print("| testbed | slope S | widths (seed " + str(s.seeds[0]) + ") | draws | Δ mean test per seed (pt) | "
+          "mean Δ (pt) | collapsed |")
+    print("|---|---:|---|---:|---|---:|---:|")
+    for tb in s.testbeds:
+        picks = []
+        uni_by_seed = {}
+        for seed in s.seeds:
+            uni = [r["test_acc"] for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS]
+            if uni:
+                uni_by_seed[seed] = statistics.mean(uni)
+        by_seed: dict[int, dict[float, list[dict]]] = {}
+        for sl in slopes:
+            ds, draws, collapsed, widths = [], [], 0, "-"
+            for seed, u in uni_by_seed.items():
+                mine = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == slope_kind(sl)]
+                if not mine:
+                    continue
+                by_seed.setdefault(seed, {})[sl] = mine
+                if seed == s.seeds[0]:
+                    widths = " ".join(str(w) for w in mine[0]["widths"].values())
+                ds.append(100 * (statistics.mean(r["test_acc"] for r in mine) - u))
+                draws.append(len(mine))
+                collapsed += sum(r["test_acc"] < u - 0.10 for r in mine)
+            if ds:
+                print(f"| {TESTBEDS[tb].label} | {sl:g} | {widths} | {min(draws)}–{max(draws)} | "
+                      f"{' / '.join(f'{d:+.2f}' for d in ds)} | **{statistics.mean(ds):+.2f}** | {collapsed} |")
+        for seed, got in by_seed.items():
+            best = max(got, key=lambda sl: statistics.mean(r["val_acc"] for r in got[sl]))
+            picks.append((best, 100 * (statistics.mean(r["test_acc"] for r in got[best]) - uni_by_seed[seed])))
+        if picks:
+            print(f"| {TESTBEDS[tb].label} | picked by val: {' / '.join(f'{b:g}' for b, _ in picks)} | | | "
+                  f"{' / '.join(f'{d:+.2f}' for _, d in picks)} | **{statistics.mean(d for _, d in picks):+.2f}** | |")
+
+
 def _first_random(s: Settings, bases: list[dict], rows: list[dict]) -> list[dict]:
     """``rows`` with only the first ``s.allocations`` random allocations of each base model's plan (the
     draws are sequential, so a run resumed with more allocations holds a report of fewer as a prefix)."""
@@ -449,7 +511,7 @@ def _noise_matched(s: Settings, rows: list[dict]) -> dict[str, tuple[float, int]
         deltas = []
         for seed in s.seeds:
             mine = [r for r in rows if r["tb"] == tb and r["seed"] == seed]
-            uni = sorted((r for r in mine if r["kind"] in ("uniform", "uniform, another seed", "uniform, draw")),
+            uni = sorted((r for r in mine if r["kind"] in UNIFORM_KINDS),
                          key=lambda r: r["train_seed"])
             rnd = [r for r in mine if r["kind"] == "random"]
             n = min(len(uni), len(rnd))
@@ -578,6 +640,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
             print(f"| {TESTBEDS[tb].label} | pooled ({n_seeds} seeds, centred) | {len(pooled['val_acc'])} | "
                   + " | ".join(f"{x:+.2f}" for x in c) + " |")
     _graded(s, rows)
+    _slopes(s, rows)
     _refined(s, rows)
     matched = _noise_matched(s, rows)
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")
@@ -625,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, help="the MACs budget as a fraction of the dense MACs (default 0.1)")
     p.add_argument("--uniform-draws", type=int, help="finetune uniform with this many data orders (the noise-matched "
                                                      "headroom: best of N uniform vs best of N random, by val)")
+    p.add_argument("--slopes", type=float, nargs="+", help="depth-slope profiles exp(-S*i/(n-1)) to finetune "
+                                                         "(S > 0: early groups wider)")
+    p.add_argument("--slope-draws", type=int, help="data orders each depth slope is finetuned with (default 4)")
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
                    help="leave out the cost-graded profiles (GRADED)")
     p.add_argument("--workers", type=int, help="worker processes (1 thread each)")
@@ -641,7 +707,9 @@ def main(argv: list[str] | None = None) -> int:
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
                               "base_epochs": args.base_epochs, "uniform_draws": args.uniform_draws,
                               "limit": args.limit, "budget": args.budget,
-                              "workers": args.workers, "graded": args.graded}.items() if v is not None}
+                              "workers": args.workers, "graded": args.graded,
+                              "slopes": tuple(args.slopes) if args.slopes else None,
+                              "slope_draws": args.slope_draws}.items() if v is not None}
     s = replace(s, **over)
     if not 0 < s.budget < 1:
         p.error(f"--budget must be a fraction in (0, 1), got {s.budget:g}")
