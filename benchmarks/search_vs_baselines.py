@@ -117,7 +117,7 @@ def search_config(s: Settings, seed: int, frac: float, ckpt: str, root: Path, r_
         "train": {"epochs": s.base_epochs, "lr": s.lr, "batch_size": s.batch_size, "device": "cpu"},
         # With a target the ratio keys are a profile scaled onto it: the range only bounds how
         # unequal the groups may be (the same spread as before targets, around the uniform ratio).
-        "search": {"modes": ["prune"], "criteria": ["l1", "taylor_fo"], "tie": "none", "steps": [1],
+        "search": {"modes": ["prune"], "criteria": ["l1", "taylor_fo"], "tie": s.tie, "steps": [1],
                    "ratio_min": round(r_uni / 3.5, 3), "ratio_max": round(min(1.0, 1.9 * r_uni), 3),
                    "finetune_epochs": [s.search_epochs, s.search_epochs],
                    "finetune_lr": [s.finetune_lr, s.finetune_lr],
@@ -144,6 +144,12 @@ def _final_row(row: Any, arm: str, compute: int, t0: float, **extra: Any) -> dic
 def _p(row: Any) -> float | None:
     p = row.get("select_p")
     return None if p is None or p != p else float(p)
+
+
+def _finalize_arm(distill: bool, kind: str = "") -> str:
+    """The arm name of a finalize: ``search + finalize``, `` --distill``, then `` --with-scratch``
+    (``kind`` "scratch") or `` --long`` ("long")."""
+    return "search + finalize" + " --distill" * distill + {"": "", "scratch": " --with-scratch", "long": " --long"}[kind]
 
 
 def arm_finalize(cfg: Any, s: Settings, distill: bool = False, long: bool = False) -> list[dict]:
@@ -174,16 +180,17 @@ def arm_finalize(cfg: Any, s: Settings, distill: bool = False, long: bool = Fals
     if picked.empty:
         raise RuntimeError(f"finalize ({variant}) picked nothing among {list(mine['candidate'])}")
     compute = int(mine["train_macs"].sum())  # every candidate finalize trained, the uniform baseline too
-    suffix = (" --distill" if distill else "") + (" --long" if long else "")
-    rows = [_final_row(picked.iloc[0], f"search + finalize{suffix}", compute, t0, candidates=len(mine),
+    arm = _finalize_arm(distill, "long" if long else "")
+    rows = [_final_row(picked.iloc[0], arm, compute, t0, candidates=len(mine),
                        pick_uniform=bool(picked.iloc[0].is_uniform), select_p=_p(picked.iloc[0]))]
     # The same candidates under finalize --pick-alpha (uniform unless beaten significantly on select).
     safe = pick_rows(mine, list(mine["candidate"]), s.pick_alpha)
-    rows.append(_final_row(safe.iloc[0], f"search + finalize{suffix} --pick-alpha", compute, t0, candidates=len(mine),
+    rows.append(_final_row(safe.iloc[0], f"{arm} --pick-alpha", compute, t0, candidates=len(mine),
                            pick_uniform=bool(safe.iloc[0].is_uniform), select_p=_p(safe.iloc[0])))
     uni = mine[mine["is_uniform"] == True]  # noqa: E712
     if not uni.empty:
-        rows.append(_final_row(uni.iloc[0], f"finalize{suffix}: uniform at target", int(uni.iloc[0].train_macs), t0))
+        rows.append(_final_row(uni.iloc[0], arm.removeprefix("search + ") + ": uniform at target",
+                               int(uni.iloc[0].train_macs), t0))
     return rows
 
 
@@ -212,7 +219,7 @@ def arm_finalize_scratch(cfg: Any, s: Settings, distill: bool) -> list[dict]:
     if picked.empty or ref.empty:
         raise RuntimeError(f"finalize --with-scratch picked nothing among {list(mine['candidate'])}")
     compute = int(mine["train_macs"].sum())  # every candidate, finetuned and from scratch
-    arm = "search + finalize" + (" --distill" if distill else "") + " --with-scratch"
+    arm = _finalize_arm(distill, "scratch")
     rows = [_final_row(picked.iloc[0], arm, compute, t0, candidates=len(mine),
                        pick_uniform=bool(picked.iloc[0].is_uniform), select_p=_p(picked.iloc[0]),
                        variant=str(picked.iloc[0].variant))]
@@ -246,7 +253,7 @@ def _long_copy(exp_dir: Path) -> Path:
 def _extra_finalize_rows(cfg: Any, s: Settings, seed: int, distill: bool, kind: str) -> list[dict]:
     """The rows of one extra finalize arm, ``kind`` "scratch" (:func:`arm_finalize_scratch`) or
     "long" (:func:`arm_finalize` with ``long``); a failure is the arm's error row."""
-    arm = "search + finalize" + (" --distill" if distill else "") + (" --with-scratch" if kind == "scratch" else " --long")
+    arm = _finalize_arm(distill, kind)
     try:
         got = arm_finalize_scratch(cfg, s, distill) if kind == "scratch" else arm_finalize(cfg, s, distill, long=True)
         return [dict(r, seed=seed) for r in got]
@@ -363,7 +370,7 @@ def search_arms(s: Settings, seed: int, frac: float, dense_macs: int, ckpt: str,
             try:
                 rows += [dict(r, seed=seed) for r in arm_finalize(cfg, s, distill)]
             except Exception as e:  # noqa: BLE001
-                rows.append({"arm": "search + finalize" + (" --distill" if distill else ""), "seed": seed,
+                rows.append({"arm": _finalize_arm(distill), "seed": seed,
                              "error": f"{type(e).__name__}: {e}"[:120]})
             for kind in s.extra_finalizes:
                 rows += _extra_finalize_rows(cfg, s, seed, distill, kind)
@@ -493,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also finalize with distillation, reported as its own arm")
     p.add_argument("--finalize-distill-only", action="store_true",
                    help="finalize with distillation only (the like-for-like rival of uniform L1 + distillation)")
+    p.add_argument("--tie", choices=["none", "slope"], help="the search's profile: a keep value per group (none, "
+                   "the default) or one depth slope per trial (slope)")
     p.add_argument("--no-zhang", action="store_true", help="skip the (c) arms (iterative global Zhang et al. criteria)")
     p.add_argument("--base-epochs", type=int, help="override the testbed's dense training epochs")
     p.add_argument("--plot-dir", default=str(Path(__file__).parent / "results"),
@@ -521,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
                 finalize_distill=args.finalize_distill or args.finalize_distill_only or s.finalize_distill,
                 finalize_plain=not args.finalize_distill_only, zhang_arms=not args.no_zhang,
                 base_epochs=args.base_epochs or s.base_epochs, finalize_scratch=args.finalize_scratch,
-                finalize_long=args.finalize_long)
+                finalize_long=args.finalize_long, tie=args.tie or s.tie)
     if s.screen_keep > s.screen_candidates:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
     if args.report_from:

@@ -62,7 +62,8 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
     base_compute = statistics.mean(b["compute"] for b in bases.values())
     n_test = "10,000"
     train_n = s.limit - round(s.select_fraction * s.limit)
-    print(f"### Search vs fixed pruning recipes (Fashion-MNIST, {s.label}){' — QUICK smoke run' if quick else ''}\n")
+    tie = ", the search over depth slopes (`search.tie: slope`)" if s.tie == "slope" else ""
+    print(f"### Search vs fixed pruning recipes (Fashion-MNIST, {s.label}{tie}){' — QUICK smoke run' if quick else ''}\n")
     print(f"Fashion-MNIST at {s.image_size}×{s.image_size}: {s.limit} training images of which a seeded stratified "
           f"{s.select_fraction:.0%} (~{s.limit - train_n}) is the selection split that no arm trains on (every arm, the "
           f"base model and the search train on the same ~{train_n}), {s.val_limit} validation images (seeded stratified "
@@ -72,8 +73,11 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
           f"{s.base_epochs + s.finetune_epochs} epochs at LR {s.lr}. Seeds {', '.join(map(str, s.seeds))} (each seed "
           f"its own split, base model and search); test accuracy mean ± std over seeds. The search: "
           f"{s.search_trials} trials per budget and seed on Ray (2 at a time), budget-exact "
-          f"(`objectives.macs_targets: [budget]`: each trial's per-group keep ratios are a profile scaled onto the "
-          f"budget), TPE on val accuracy, criterion (l1 / taylor_fo) + distillation (off, or on "
+          f"(`objectives.macs_targets: [budget]`: each trial's "
+          + ("depth slope S in [-2, 2] (`search.tie: slope`) gives the profile exp(−S·i/(n−1)) over the groups in "
+             "model order, scaled onto the budget" if s.tie == "slope" else
+             "per-group keep ratios are a profile scaled onto the budget")
+          + f"), TPE on val accuracy, criterion (l1 / taylor_fo) + distillation (off, or on "
           f"with α in {list(DISTILL_RANGES['distill_alpha'])} and T in {list(DISTILL_RANGES['distill_temperature'])}; "
           f"the fixed recipe (a) + distillation uses α={DISTILL_ALPHA:g}, T={DISTILL_T:g}), {s.search_epochs} finetune "
           f"epoch(s) per trial; `search.screen` scores {s.screen_candidates} random budget-exact profiles with the "

@@ -63,6 +63,9 @@ class Settings:
     # also finalize with every candidate finetuned base + finetune epochs (as long as scratch
     # trains), in a copy of the experiment: its own arms ("... --long")
     finalize_long: bool = False
+    # the search's profile parameterisation (search.tie): "none", a keep value per group; "slope",
+    # one depth slope per trial (search.trial.params.depth_profile) in search.slope_range
+    tie: str = "none"
     zhang_arms: bool = True  # the (c) arms (iterative global taylor_guided / attribution / attribution_iba)
     seeds: tuple[int, ...] = (0, 1, 2)
     budgets: tuple[float, ...] = (0.3, 0.1)
