@@ -460,6 +460,11 @@ def _slopes(s: Settings, rows: list[dict]) -> None:
             if uni:
                 uni_by_seed[seed] = statistics.mean(uni)
         by_seed: dict[int, dict[float, list[dict]]] = {}
+        if uni_by_seed:
+            n_uni = [sum(r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS for r in rows)
+                     for seed in uni_by_seed]
+            print(f"| {TESTBEDS[tb].label} | uniform (reference, mean test %) | | {min(n_uni)}–{max(n_uni)} | "
+                  f"{' / '.join(_pct(u) for u in uni_by_seed.values())} | | |")
         for sl in slopes:
             ds, draws, collapsed, widths = [], [], 0, "-"
             for seed, u in uni_by_seed.items():
@@ -540,16 +545,30 @@ def _noise_matched(s: Settings, rows: list[dict]) -> dict[str, tuple[float, int]
     return out
 
 
+def _setup_text(s: Settings) -> str:
+    return (f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
+            f"official train set), the official 10,000 test images. Per testbed and seed one dense base model "
+            f"({_base_epochs_text(s)}, LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of "
+            f"{s.budget:.0%} of the dense MACs (`pruning.budget`, min {s.min_channels} channels per group) and "
+            f"finetuned {s.finetune_epochs} epochs at LR {s.finetune_lr}.")
+
+
+def report_slopes(s: Settings, rows: list[dict], wall: float, title: str | None) -> None:
+    """``--slopes-only``: the depth-slope table alone (uniform's draws are its reference)."""
+    print(f"### {title or f'Depth slopes at {s.budget:.0%} MACs'}\n")
+    print(_setup_text(s) + f" Uniform: every finetune of the uniform cut in the run's rows (one per data order).")
+    _slopes(s, rows)
+    if wall:
+        print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread; a shared "
+              f"machine).")
+
+
 def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool,
            title: str | None = None) -> None:
     rows = _first_random(s, bases, rows)
     title = title or f"Allocation headroom at {s.budget:.0%} MACs: uniform L1 vs budget-exact random allocations"
     print(f"### {title}{' — QUICK smoke run' if quick else ''}\n")
-    print(f"Fashion-MNIST, {s.limit} training / {s.val_limit} validation images (seeded stratified subsets of the "
-          f"official train set), the official 10,000 test images. Per testbed and seed one dense base model "
-          f"({_base_epochs_text(s)}, LR {s.lr}, cosine); every allocation is cut from it by L1 to within ±1% of {s.budget:.0%} of the dense "
-          f"MACs (`pruning.budget`, min {s.min_channels} channels per group) and finetuned {s.finetune_epochs} epochs "
-          f"at LR {s.finetune_lr} with the same data order. *random*: {s.allocations} random profiles per seed "
+    print(_setup_text(s) + f" *random*: {s.allocations} random profiles per seed "
           f"(relative keep values uniform in [0.1, 1] or [0.4, 1], alternating); *best by val*: the random "
           f"allocation with the highest finetuned val accuracy, reported on test; "
           + (f"*ABN-screened*: the top {s.screen_top} of {s.screen} random profiles (low 0.1) by adaptive-BN val "
@@ -690,6 +709,7 @@ def main(argv: list[str] | None = None) -> int:
                                                      "headroom: best of N uniform vs best of N random, by val)")
     p.add_argument("--slopes", type=float, nargs="+", help="depth-slope profiles exp(-S*i/(n-1)) to finetune "
                                                          "(S > 0: early groups wider)")
+    p.add_argument("--slopes-only", action="store_true", help="report only the depth slopes against uniform")
     p.add_argument("--slope-draws", type=int, help="data orders each depth slope is finetuned with (default 4)")
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
                    help="leave out the cost-graded profiles (GRADED)")
@@ -717,16 +737,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     import shutil
 
+    def show(bases: list[dict], rows: list[dict], wall: float) -> None:
+        if args.slopes_only:
+            report_slopes(s, rows, wall, args.title)
+        else:
+            report(s, bases, rows, wall, args.quick, args.title)
+
     if args.source:
-        bases, rows = read_rows(Path(args.source))
-        report(s, bases, rows, 0.0, args.quick, args.title)
+        show(*read_rows(Path(args.source)), 0.0)
         return 0
     if args.refine_epochs:
         if not args.keep:
             raise SystemExit("--refine-epochs needs --keep DIR of an earlier run")
         refine(s, Path(args.keep), args.refine_epochs)
-        bases, rows = read_rows(Path(args.keep))
-        report(s, bases, rows, 0.0, args.quick, args.title)
+        show(*read_rows(Path(args.keep)), 0.0)
         return 0
     root = Path(args.keep or tempfile.mkdtemp(prefix="ptheadroom-")).resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -737,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    report(s, bases, rows, time.perf_counter() - t0, args.quick, args.title)
+    show(bases, rows, time.perf_counter() - t0)
     return 0
 
 
