@@ -442,7 +442,8 @@ UNIFORM_KINDS = ("uniform", "uniform, another seed", "uniform, draw")  # every f
 def _slopes(s: Settings, rows: list[dict]) -> None:
     """Per depth slope and seed: mean test over its draws minus the mean over uniform's draws; then
     the slope a search of this family would pick (best mean val over the draws) against uniform."""
-    slopes = sorted({float(r["kind"].removeprefix("depth slope ")) for r in rows if r["kind"].startswith("depth slope")})
+    slopes = sorted(set(s.slopes) or {float(r["kind"].removeprefix("depth slope ")) for r in rows
+                                      if r["kind"].startswith("depth slope")})  # --slopes, else all recorded
     if not slopes:
         return
     print("\n**Depth slopes** (p_g = exp(-S·i_g/(n-1)), i_g the group's index in model order, projected to the "
