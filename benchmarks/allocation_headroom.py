@@ -464,7 +464,9 @@ def _slopes(s: Settings, rows: list[dict]) -> None:
         if uni_by_seed:
             n_uni = [sum(r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS for r in rows)
                      for seed in uni_by_seed]
-            print(f"| {TESTBEDS[tb].label} | uniform (reference, mean test %) | | {min(n_uni)}–{max(n_uni)} | "
+            u0 = next((r for r in rows if r["tb"] == tb and r["seed"] == s.seeds[0] and r["kind"] == "uniform"), None)
+            widths = " ".join(str(w) for w in u0["widths"].values()) if u0 else ""
+            print(f"| {TESTBEDS[tb].label} | uniform (reference, mean test %) | {widths} | {min(n_uni)}–{max(n_uni)} | "
                   f"{' / '.join(_pct(u) for u in uni_by_seed.values())} | | |")
         for sl in slopes:
             ds, draws, collapsed, widths = [], [], 0, "-"

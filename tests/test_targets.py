@@ -154,6 +154,9 @@ def test_depth_profile_is_monotone_in_depth_largest_one_and_uniform_at_zero():
     assert up == sorted(up) and up[-1] == 1.0
     assert down[-1] == pytest.approx(math.exp(-1.5)) and up == pytest.approx(down[::-1])
     assert depth_profile(["only"], 3.0) == {"only": 1.0}
+    for k in range(-40, 41):  # every value a keep ratio in (0, 1], the largest exactly 1 (no rounding above)
+        p = depth_profile([f"g{i}" for i in range(13)], k / 20)
+        assert max(p.values()) == 1.0 and min(p.values()) > 0.0
 
 
 def test_slope_tie_samples_one_slope_whose_profile_keeps_early_groups_wider(tmp_path):

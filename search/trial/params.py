@@ -68,8 +68,9 @@ def depth_profile(groups: Sequence[str], slope: float) -> dict[str, float]:
     at the same MACs."""
     names = list(groups)
     n = max(len(names) - 1, 1)
-    top = max(0.0, -slope)  # the largest exponent: at i = 0 (slope >= 0) or i = n - 1 (slope < 0)
-    return {g: math.exp(-slope * i / n - top) for i, g in enumerate(names)}
+    exponents = [-slope * i / n for i in range(len(names))]
+    top = max(exponents, default=0.0)  # subtracted: the largest value is exp(0) = 1 exactly
+    return {g: math.exp(e - top) for g, e in zip(names, exponents)}
 
 
 def ratio_key(group: str) -> str:
