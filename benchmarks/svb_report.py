@@ -278,7 +278,7 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
 def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick: bool) -> Path | None:
     """Proxy score against finetuned val accuracy of the screened candidates that ran as trials,
     one colour per budget, Spearman per search in the legend; written to
-    ``out_dir/svb_proxy_<model>[_quick].png``. None when no search finetuned a screened candidate."""
+    ``out_dir/svb_proxy_<model>[_slope][_quick].png`` (``_slope``: the search over depth slopes). None when no search finetuned a screened candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,7 +303,7 @@ def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"svb_proxy_{s.model}{'_quick' if quick else ''}.png"
+    path = out_dir / f"svb_proxy_{s.model}{'_slope' if s.tie == 'slope' else ''}{'_quick' if quick else ''}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
