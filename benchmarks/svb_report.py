@@ -278,7 +278,8 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
 def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick: bool) -> Path | None:
     """Proxy score against finetuned val accuracy of the screened candidates that ran as trials,
     one colour per budget, Spearman per search in the legend; written to
-    ``out_dir/svb_proxy_<model>[_slope][_quick].png`` (``_slope``: the search over depth slopes). None when no search finetuned a screened candidate."""
+    ``out_dir/svb_proxy_<model>[_slope][_b<budgets>][_quick].png`` (``_slope``: the search over depth
+    slopes; ``_b10``: a run of other budgets than the default ones). None when no search finetuned a screened candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,7 +304,8 @@ def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"svb_proxy_{s.model}{'_slope' if s.tie == 'slope' else ''}{'_quick' if quick else ''}.png"
+    only = "" if s.budgets == Settings.budgets else "_b" + "_".join(str(round(100 * f)) for f in s.budgets)
+    path = out_dir / f"svb_proxy_{s.model}{'_slope' if s.tie == 'slope' else ''}{only}{'_quick' if quick else ''}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
