@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -42,8 +42,8 @@ from optuna.trial import TrialState
 from search.config import ExperimentConfig
 from search.results.schema import params_of
 from search.results.screen import candidate_key
-from search.study.space import ratio_keys
-from search.trial.params import SCREEN_KEY, SLOPE_KEY, TARGET_KEY, baseline_defaults
+from search.study.space import profile_space
+from search.trial.params import SCREEN_KEY, TARGET_KEY, baseline_defaults
 
 __all__ = ["best_candidates", "candidate_params", "enqueue_best", "requeue_lost", "screen_plan"]
 
@@ -64,7 +64,8 @@ def _recipe(cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
-def candidate_params(cfg: ExperimentConfig, keys: Sequence[str], target: float, index: int) -> dict[str, Any]:
+def candidate_params(cfg: ExperimentConfig, keys: Mapping[str, tuple[float, float]], target: float,
+                     index: int) -> dict[str, Any]:
     """Candidate ``index`` at ``target``: complete prune-mode params of the space (``mode``,
     ``criterion``, ``steps``, ``macs_target``, the ratio keys as a profile, the finetune recipe)
     plus the ``screen_candidate`` marker. Deterministic in (seed, target, index)."""
@@ -72,10 +73,7 @@ def candidate_params(cfg: ExperimentConfig, keys: Sequence[str], target: float, 
     rng = np.random.default_rng([int(cfg.experiment.seed) & 0xFFFFFFFF, int(round(float(target) * 1e6)), int(index)])
     criterion = s.criteria[int(rng.integers(len(s.criteria)))]
     params: dict[str, Any] = {"mode": "prune", "criterion": criterion, TARGET_KEY: float(target)}
-    if s.tie == "slope":  # one depth slope, uniform in its range (search.study.space)
-        params[SLOPE_KEY] = float(rng.uniform(*s.slope_range))
-    else:
-        params.update({k: float(rng.uniform(s.ratio_min, s.ratio_max)) for k in keys})
+    params.update({k: float(rng.uniform(lo, hi)) for k, (lo, hi) in keys.items()})  # space.profile_space
     params.update(_recipe(cfg))
     params[SCREEN_KEY] = int(index)
     return params
@@ -84,7 +82,7 @@ def candidate_params(cfg: ExperimentConfig, keys: Sequence[str], target: float, 
 def screen_plan(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, Any]]:
     """Every candidate of every target, targets in config order, indices ascending."""
     assert cfg.search.screen is not None and cfg.objectives.macs_targets
-    keys = [] if cfg.search.tie == "slope" else list(dict.fromkeys(ratio_keys(cfg, groups).values()))
+    keys = profile_space(cfg, groups)
     n = cfg.search.screen.candidates
     return [candidate_params(cfg, keys, t, i) for t in cfg.objectives.macs_targets for i in range(n)]
 

@@ -131,6 +131,16 @@ def _unique(values: Mapping[str, str]) -> list[str]:
     return list(dict.fromkeys(values.values()))
 
 
+def profile_space(cfg: ExperimentConfig, groups: list[str]) -> dict[str, tuple[float, float]]:
+    """``{key: (low, high)}`` of the values that give a prune or scratch trial its widths: the ratio
+    keys in ``[ratio_min, ratio_max]``, or with ``search.tie: slope`` the one ``depth_slope`` in
+    ``slope_range``. The sampler (``suggest``), screening and the baselines all read it."""
+    s = cfg.search
+    if s.tie == "slope":
+        return {SLOPE_KEY: s.slope_range}
+    return {key: (s.ratio_min, s.ratio_max) for key in _unique(ratio_keys(cfg, groups))}
+
+
 def _enqueued(trial: Any) -> Mapping[str, Any]:
     """Params fixed for this trial by ``study.enqueue_trial`` (Ray: ``points_to_evaluate``).
 
@@ -162,11 +172,9 @@ def suggest(trial: optuna.trial.BaseTrial, cfg: ExperimentConfig, groups: list[s
         params["steps"] = trial.suggest_categorical("steps", list(s.steps))
     if targets:
         params[TARGET_KEY] = trial.suggest_categorical(TARGET_KEY, list(targets))
-    if params["mode"] in ("prune", "scratch") and s.tie == "slope":  # one slope: a profile over depth
-        params[SLOPE_KEY] = trial.suggest_float(SLOPE_KEY, *s.slope_range)
-    elif params["mode"] in ("prune", "scratch"):  # scratch: widths only, trained from random weights
-        for key in _unique(ratio_keys(cfg, groups)):  # with targets: a profile, scaled onto the target
-            params[key] = trial.suggest_float(key, s.ratio_min, s.ratio_max)
+    if params["mode"] in ("prune", "scratch"):  # scratch: widths only, trained from random weights
+        for key, (lo, hi) in profile_space(cfg, groups).items():  # with targets: a profile, scaled onto the target
+            params[key] = trial.suggest_float(key, lo, hi)
     else:
         a = s.adaptive
         for knob in ADAPTIVE_FLOAT_KNOBS:
@@ -257,7 +265,7 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
     the sampler's space (for a global baseline they are nominal).
     """
     s = cfg.search
-    keys = [] if s.tie == "slope" else _unique(ratio_keys(cfg, groups))
+    keys = profile_space(cfg, groups)
     default = baseline_defaults(cfg)
     out = []
     # With macs_targets, every baseline runs at every target: the all-ones profile projected
@@ -266,11 +274,9 @@ def baseline_params(cfg: ExperimentConfig, groups: list[str]) -> list[dict[str, 
     for b, target in ((b, t) for t in targets for b in s.baselines):
         if target is not None:
             b = b.model_copy(update={"ratio": 1.0})
-        nominal = min(max(b.ratio, s.ratio_min), s.ratio_max)
         params: dict[str, Any] = {"mode": "prune", "criterion": b.criterion, "steps": default["steps"]}
-        params.update({k: nominal for k in keys})
-        if s.tie == "slope":  # slope 0 is the uniform profile (clipped into the sampler's range)
-            params[SLOPE_KEY] = min(max(0.0, s.slope_range[0]), s.slope_range[1])
+        # the baseline's ratio on every ratio key, or slope 0 (the uniform profile), clipped into the range
+        params.update({k: min(max(0.0 if k == SLOPE_KEY else b.ratio, lo), hi) for k, (lo, hi) in keys.items()})
         if s.grow:
             params["grow_method"] = default["grow_method"]
         params["finetune_epochs"] = default["finetune_epochs"]
