@@ -247,7 +247,8 @@ def job_finetune(s: Settings, tb: str, seed: int, ckpt: str, alloc: dict, train_
     history = train(model, data, TrainConfig(epochs=s.finetune_epochs, lr=s.finetune_lr, batch_size=s.batch_size,
                                              seed=train_seed))
     return {**{k: v for k, v in alloc.items() if k != "profile"}, "tb": tb, "seed": seed, "train_seed": train_seed,
-            "macs": p.macs, "target": target, "finetune_epochs": s.finetune_epochs, "abn_val": abn,
+            "macs": p.macs, "target": target, "finetune_epochs": s.finetune_epochs, "finetune_lr": s.finetune_lr,
+            "abn_val": abn,
             "ep1_val": history[0].val_acc,
             "val_acc": evaluate(model, data.val), "test_acc": evaluate(model, data.test),
             "wall_s": time.perf_counter() - t0}
@@ -299,7 +300,7 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
                     todo = []
                     for job in jobs:
                         key = _row_key({**job[3], "tb": tb, "seed": seed, "train_seed": job[4]})
-                        if key in earlier and earlier[key]["finetune_epochs"] == s.finetune_epochs:
+                        if key in earlier and _same_finetune(earlier[key], s):
                             rows.append(earlier[key])
                         else:
                             todo.append(job)
@@ -314,6 +315,11 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
         pool.shutdown(cancel_futures=True)
         log.close()
     return bases, rows
+
+
+def _same_finetune(row: dict, s: Settings) -> bool:
+    """Whether a recorded finetune was trained as ``s`` asks (rows before --finetune-lr: LR 0.01)."""
+    return row["finetune_epochs"] == s.finetune_epochs and row.get("finetune_lr", 0.01) == s.finetune_lr
 
 
 def _row_key(r: dict) -> tuple:
@@ -705,6 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allocations", type=int, help="random allocations finetuned per seed")
     p.add_argument("--screen", type=int, help="candidates screened by adaptive BN per seed")
     p.add_argument("--finetune-epochs", type=int, help="finetune epochs of every allocation")
+    p.add_argument("--finetune-lr", type=float, help="finetune learning rate of every allocation (default 0.01)")
     p.add_argument("--base-epochs", type=int, help="dense training epochs (default: the testbed's own)")
     p.add_argument("--limit", type=int, help="training images (a seeded stratified subset of the official train set)")
     p.add_argument("--budget", type=float, help="the MACs budget as a fraction of the dense MACs (default 0.1)")
@@ -728,6 +735,7 @@ def main(argv: list[str] | None = None) -> int:
     over = {k: v for k, v in {"testbeds": tuple(args.testbeds) if args.testbeds else None,
                               "seeds": tuple(args.seeds) if args.seeds else None, "allocations": args.allocations,
                               "screen": args.screen, "finetune_epochs": args.finetune_epochs,
+                              "finetune_lr": args.finetune_lr,
                               "base_epochs": args.base_epochs, "uniform_draws": args.uniform_draws,
                               "limit": args.limit, "budget": args.budget,
                               "workers": args.workers, "graded": args.graded,
