@@ -572,6 +572,41 @@ def report_slopes(s: Settings, rows: list[dict], wall: float, title: str | None)
               f"machine).")
 
 
+def report_by_lr(s: Settings, sources: list[Path], title: str | None) -> None:
+    """``--from DIR DIR ...``: runs that differ only in ``--finetune-lr``, side by side: per LR,
+    uniform's and each depth slope's test accuracy (mean over its data orders, per seed) and the
+    slope's gain over uniform. Rows recorded before ``--finetune-lr`` existed were trained at 0.01."""
+    by_lr: dict[float, list[dict]] = {}
+    for src in sources:
+        for r in read_rows(src)[1]:
+            by_lr.setdefault(r.get("finetune_lr", 0.01), []).append(r)
+    tb = s.testbeds[0]
+    print(f"### {title or f'Depth slopes by finetune LR at {s.budget:.0%} MACs: {TESTBEDS[tb].label}'}\n")
+    print(_setup_text(s).removesuffix(f" at LR {s.finetune_lr}.") + " at the LR of each row. Mean test accuracy "
+          "over each profile's data orders (finetunes), per seed; Δ: the slope's mean minus uniform's, pt.\n")
+    print("| finetune LR | uniform: test % per seed | draws | slope S | slope: test % per seed | draws | "
+          "Δ per seed (pt) | mean Δ (pt) |")
+    print("|---:|---|---:|---:|---|---:|---|---:|")
+
+    def per_seed(rows: list[dict], kinds: tuple[str, ...]) -> tuple[dict[int, float], int]:
+        got = {seed: [r["test_acc"] for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in kinds]
+               for seed in s.seeds}
+        got = {seed: xs for seed, xs in got.items() if xs}
+        return {seed: statistics.mean(xs) for seed, xs in got.items()}, min(map(len, got.values()), default=0)
+
+    for lr in sorted(by_lr):
+        uni, n_uni = per_seed(by_lr[lr], UNIFORM_KINDS)
+        for sl in s.slopes:
+            mine, n = per_seed(by_lr[lr], (slope_kind(sl),))
+            seeds = [seed for seed in mine if seed in uni]
+            if not seeds:
+                continue
+            ds = [100 * (mine[seed] - uni[seed]) for seed in seeds]
+            print(f"| {lr:g} | {' / '.join(_pct(uni[seed]) for seed in seeds)} | {n_uni} | {sl:g} | "
+                  f"{' / '.join(_pct(mine[seed]) for seed in seeds)} | {n} | {' / '.join(f'{d:+.2f}' for d in ds)} | "
+                  f"**{statistics.mean(ds):+.2f}** |")
+
+
 def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick: bool,
            title: str | None = None) -> None:
     rows = _first_random(s, bases, rows)
@@ -727,7 +762,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refine-epochs", type=int, help="with --keep DIR of a finished run: finetune uniform and the "
                    "best random allocation by val again for this many epochs, then report")
     p.add_argument("--title", help="the report's heading (default: what it measures)")
-    p.add_argument("--from", dest="source", help="only report what DIR/rows.jsonl of an earlier (--keep) run holds")
+    p.add_argument("--from", dest="source", nargs="+", help="only report what DIR/rows.jsonl of an earlier (--keep) run "
+                   "holds; several DIRs (runs that differ in --finetune-lr, with --slopes): the slopes by finetune LR")
     p.add_argument("--keep", help="keep base models and rows.jsonl here and reuse base models found there "
                                   "(default: a temp dir, removed)")
     args = p.parse_args(argv)
@@ -754,8 +790,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report(s, bases, rows, wall, args.quick, args.title)
 
+    if args.source and len(args.source) > 1:
+        if not s.slopes:
+            p.error("several --from DIRs compare depth slopes by finetune LR: give --slopes")
+        report_by_lr(s, [Path(d) for d in args.source], args.title)
+        return 0
     if args.source:
-        show(*read_rows(Path(args.source)), 0.0)
+        show(*read_rows(Path(args.source[0])), 0.0)
         return 0
     if args.refine_epochs:
         if not args.keep:

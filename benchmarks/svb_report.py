@@ -56,6 +56,18 @@ def _mean(rows: list[dict], arm: str | None, key: str = "test_acc") -> float | N
     return statistics.mean(xs) if xs else None
 
 
+def _paired(rows: list[dict], arm: str, rival: str | None) -> str:
+    """Per seed, ``arm``'s test accuracy minus ``rival``'s (pt), and the standard error of their
+    mean: how far the mean over so few seeds is from deciding a goal."""
+    mine = {r.get("seed"): r["test_acc"] for r in rows if r["arm"] == arm and "error" not in r}
+    theirs = {r.get("seed"): r["test_acc"] for r in rows if r["arm"] == rival and "error" not in r}
+    d = [100 * (mine[k] - theirs[k]) for k in sorted(mine, key=str) if k in theirs]
+    if len(d) < 2:
+        return ""
+    return (f"; per seed {', '.join(f'{x:+.2f}' for x in d)}, standard error of the mean "
+            f"{statistics.stdev(d) / len(d) ** 0.5:.2f}")
+
+
 def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], wall: float, quick: bool,
            png: Path | None = None) -> None:
     dense_macs = statistics.mean(b["macs"] for b in bases.values())
@@ -239,14 +251,17 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
                                f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))
             if abs(frac - 0.1) < 1e-9 and ad is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation + 1.0 pt "
-                               f"({100 * (ef - ad):+.2f} pt)", 100 * (ef - ad) >= 1.0))
+                               f"({100 * (ef - ad):+.2f} pt{_paired(r, arm, 'uniform l1 + distill')})",
+                               100 * (ef - ad) >= 1.0))
             if abs(frac - 0.1) < 1e-9 and b is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ global Taylor (torch-pruning) + 1.0 pt "
-                               f"({100 * (ef - b):+.2f} pt)", 100 * (ef - b) >= 1.0))
+                               f"({100 * (ef - b):+.2f} pt{_paired(r, arm, 'global Taylor (torch-pruning)')})",
+                               100 * (ef - b) >= 1.0))
             alike = uni if "--long" in arm else scratch_uni if "--with-scratch" in arm else None
             if abs(frac - 0.1) < 1e-9 and alike is not None:  # (a) trains 5 epochs; these arms train far longer
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 trained alike (as long, the same "
-                               f"way) + 1.0 pt, the goal at equal training ({100 * (ef - alike):+.2f} pt)",
+                               f"way) + 1.0 pt, the goal at equal training ({100 * (ef - alike):+.2f} pt"
+                               f"{_paired(r, arm, _uniform_of(arm) if '--long' in arm else _scratch_uniform_of(arm))})",
                                100 * (ef - alike) >= 1.0))
             if abs(frac - 0.3) < 1e-9 and ad is not None:
                 checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation ({100 * (ef - ad):+.2f} pt)",
