@@ -61,8 +61,8 @@ from typing import Any
 import torch
 
 from headroom_report import report, report_by_lr, report_slopes
-from headroom_settings import (DATASET, GRADED, NOISE_SEED, QUICK, REFINED, TESTBEDS, Settings, base_epochs,
-                               first_random, slope_kind)
+from headroom_settings import (DATASET, DRAWN_PREFIXES, GRADED, NOISE_SEED, QUICK, REFINED, TESTBEDS, Settings,
+                               base_epochs, first_random, profile_kind, slope_kind)
 
 
 def say(msg: str) -> None:
@@ -155,6 +155,11 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
             prof = {g: (lo / d[g]) ** beta if beta > 0 else (d[g] / hi) ** -beta for g in d}
             allocs.append({"kind": kind, "profile": prof})
     allocs += [{"kind": slope_kind(sl), "profile": depth_profile(list(proj.sizes), sl)} for sl in s.slopes]
+    for name, values in s.profiles:
+        if len(values) != len(proj.sizes):
+            raise SystemExit(f"--profiles {name}: {len(values)} values for {len(proj.sizes)} groups of {tb} "
+                             f"({', '.join(proj.sizes)})")
+        allocs.append({"kind": profile_kind(name), "profile": dict(zip(proj.sizes, values))})
     t3 = time.perf_counter()
     for a in allocs:
         a["widths"] = proj.project(a["profile"], target).widths
@@ -227,7 +232,7 @@ def run(s: Settings, root: Path) -> tuple[list[dict], list[dict]]:
                         f"screened {res['screen_n']} in {res['screen_s']:.0f} s")
                     jobs = [("finetune", tb, seed, a, seed) for a in res["allocs"]]
                     jobs += [("finetune", tb, seed, a, seed + k * NOISE_SEED) for a in res["allocs"]
-                             if a["kind"].startswith("depth slope") for k in range(1, s.slope_draws)]
+                             if a["kind"].startswith(DRAWN_PREFIXES) for k in range(1, s.slope_draws)]
                     jobs.append(("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, another seed"},
                                  seed + NOISE_SEED))
                     jobs += [("finetune", tb, seed, {**res["allocs"][0], "kind": "uniform, draw"}, seed + k * NOISE_SEED)
@@ -316,6 +321,23 @@ def refine(s: Settings, root: Path, epochs: int) -> None:
             say(f"{res['tb']} seed {res['seed']} {res['kind']}: test {100 * res['test_acc']:.2f}")
 
 
+def _parse_profiles(p: argparse.ArgumentParser, items: list[str] | None) -> tuple | None:
+    """``["head2=2,2,1,...", ...]`` -> ``(("head2", (2.0, 2.0, 1.0, ...)), ...)``; one line on a bad item."""
+    if not items:
+        return None
+    out = []
+    for item in items:
+        name, sep, values = item.partition("=")
+        try:
+            vals = tuple(float(v) for v in values.split(","))
+        except ValueError:
+            vals = ()
+        if not sep or not name or not vals or min(vals) <= 0:
+            p.error(f"--profiles {item!r}: expected NAME=P1,...,PN with positive numbers, one per group")
+        out.append((name, vals))
+    return tuple(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny subset, 1 seed, few allocations")
@@ -332,7 +354,10 @@ def main(argv: list[str] | None = None) -> int:
                                                      "headroom: best of N uniform vs best of N random, by val)")
     p.add_argument("--slopes", type=float, nargs="+", help="depth-slope profiles exp(-S*i/(n-1)) to finetune "
                                                          "(S > 0: early groups wider)")
-    p.add_argument("--slopes-only", action="store_true", help="report only the depth slopes against uniform")
+    p.add_argument("--profiles", nargs="+", metavar="NAME=P1,...,PN", help="named profiles (a relative keep value "
+                   "per group, in model order) to finetune like the depth slopes")
+    p.add_argument("--slopes-only", action="store_true", help="report only the depth slopes (and --profiles) "
+                   "against uniform")
     p.add_argument("--slope-draws", type=int, help="data orders each depth slope is finetuned with (default 4)")
     p.add_argument("--no-graded", dest="graded", action="store_false", default=None,
                    help="leave out the cost-graded profiles (GRADED)")
@@ -354,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                               "limit": args.limit, "budget": args.budget,
                               "workers": args.workers, "graded": args.graded,
                               "slopes": tuple(args.slopes) if args.slopes else None,
-                              "slope_draws": args.slope_draws}.items() if v is not None}
+                              "slope_draws": args.slope_draws,
+                              "profiles": _parse_profiles(p, args.profiles)}.items() if v is not None}
     s = replace(s, **over)
     if not 0 < s.budget < 1:
         p.error(f"--budget must be a fraction in (0, 1), got {s.budget:g}")

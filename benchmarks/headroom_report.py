@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 
 from headroom_settings import (GRADED, RANKED, REFINED, TESTBEDS, UNIFORM_KINDS, Settings, base_epochs, first_random,
-                               slope_kind)
+                               profile_kind, slope_kind)
 
 
 def _refined(s: Settings, rows: list[dict]) -> None:
@@ -81,8 +81,24 @@ def _slopes(s: Settings, rows: list[dict]) -> None:
           "budget; S > 0 keeps the early, high-resolution groups wider): mean test accuracy over each slope's data "
           "orders minus the mean over uniform's, pt, per seed; *collapsed*: finetunes ending > 10 pt below "
           "uniform's mean; *picked by val*: the slope with the best mean val over its draws, per seed.\n")
-    print("| testbed | slope S | widths (seed " + str(s.seeds[0]) + ") | draws | Δ mean test per seed (pt) | "
-          "mean Δ (pt) | collapsed |")
+    _against_uniform(s, rows, "slope S", [(f"{sl:g}", slope_kind(sl)) for sl in slopes], pick=True)
+
+
+def _profiles(s: Settings, rows: list[dict]) -> None:
+    """``--profiles``: each named profile against uniform, as the depth slopes are."""
+    if not s.profiles:
+        return
+    print("\n**Named profiles** (`--profiles NAME=p_1,...,p_n`: relative keep values per group in model order, "
+          "projected to the budget): mean test accuracy over each profile's data orders minus the mean over "
+          "uniform's, pt, per seed; *collapsed*: finetunes ending > 10 pt below uniform's mean.\n")
+    _against_uniform(s, rows, "profile", [(f"{name} ({','.join(f'{v:g}' for v in values)})", profile_kind(name))
+                                          for name, values in s.profiles], pick=False)
+
+
+def _against_uniform(s: Settings, rows: list[dict], label: str, entries: list[tuple[str, str]], pick: bool) -> None:
+    """The table of :func:`_slopes` and :func:`_profiles`: ``entries`` (shown name, row kind)."""
+    print(f"| testbed | {label} | widths (seed {s.seeds[0]}) | draws | Δ mean test per seed (pt) | mean Δ (pt) | "
+          f"collapsed |")
     print("|---|---:|---|---:|---|---:|---:|")
     for tb in s.testbeds:
         picks = []
@@ -91,7 +107,7 @@ def _slopes(s: Settings, rows: list[dict]) -> None:
             uni = [r["test_acc"] for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS]
             if uni:
                 uni_by_seed[seed] = statistics.mean(uni)
-        by_seed: dict[int, dict[float, list[dict]]] = {}
+        by_seed: dict[int, dict[str, list[dict]]] = {}
         if uni_by_seed:
             n_uni = [sum(r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS for r in rows)
                      for seed in uni_by_seed]
@@ -99,26 +115,26 @@ def _slopes(s: Settings, rows: list[dict]) -> None:
             widths = " ".join(str(w) for w in u0["widths"].values()) if u0 else ""
             print(f"| {TESTBEDS[tb].label} | uniform (reference, mean test %) | {widths} | {min(n_uni)}–{max(n_uni)} | "
                   f"{' / '.join(_pct(u) for u in uni_by_seed.values())} | | |")
-        for sl in slopes:
+        for shown, kind in entries:
             ds, draws, collapsed, widths = [], [], 0, "-"
             for seed, u in uni_by_seed.items():
-                mine = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == slope_kind(sl)]
+                mine = [r for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] == kind]
                 if not mine:
                     continue
-                by_seed.setdefault(seed, {})[sl] = mine
+                by_seed.setdefault(seed, {})[shown] = mine
                 if seed == s.seeds[0]:
                     widths = " ".join(str(w) for w in mine[0]["widths"].values())
                 ds.append(100 * (statistics.mean(r["test_acc"] for r in mine) - u))
                 draws.append(len(mine))
                 collapsed += sum(r["test_acc"] < u - 0.10 for r in mine)
             if ds:
-                print(f"| {TESTBEDS[tb].label} | {sl:g} | {widths} | {min(draws)}–{max(draws)} | "
+                print(f"| {TESTBEDS[tb].label} | {shown} | {widths} | {min(draws)}–{max(draws)} | "
                       f"{' / '.join(f'{d:+.2f}' for d in ds)} | **{statistics.mean(ds):+.2f}** | {collapsed} |")
         for seed, got in by_seed.items():
-            best = max(got, key=lambda sl: statistics.mean(r["val_acc"] for r in got[sl]))
+            best = max(got, key=lambda k: statistics.mean(r["val_acc"] for r in got[k]))
             picks.append((best, 100 * (statistics.mean(r["test_acc"] for r in got[best]) - uni_by_seed[seed])))
-        if picks:
-            print(f"| {TESTBEDS[tb].label} | picked by val: {' / '.join(f'{b:g}' for b, _ in picks)} | | | "
+        if pick and picks:
+            print(f"| {TESTBEDS[tb].label} | picked by val: {' / '.join(b for b, _ in picks)} | | | "
                   f"{' / '.join(f'{d:+.2f}' for _, d in picks)} | **{statistics.mean(d for _, d in picks):+.2f}** | |")
 
 
@@ -184,6 +200,7 @@ def report_slopes(s: Settings, rows: list[dict], wall: float, title: str | None)
     print(f"### {title or f'Depth slopes at {s.budget:.0%} MACs'}\n")
     print(_setup_text(s) + f" Uniform: every finetune of the uniform cut in the run's rows (one per data order).")
     _slopes(s, rows)
+    _profiles(s, rows)
     if wall:
         print(f"\nTotal benchmark wall time {wall / 60:.1f} min ({s.workers} worker processes of 1 thread; a shared "
               f"machine).")
@@ -321,6 +338,7 @@ def report(s: Settings, bases: list[dict], rows: list[dict], wall: float, quick:
                   + " | ".join(f"{x:+.2f}" for x in c) + " |")
     _graded(s, rows)
     _slopes(s, rows)
+    _profiles(s, rows)
     _refined(s, rows)
     matched = _noise_matched(s, rows)
     print("\n**Timings** (1 thread per worker, on a shared 2-core machine):\n")

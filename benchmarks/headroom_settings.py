@@ -54,7 +54,9 @@ class Settings:
     # best of N uniform draws by val is what the best of N random allocations by val must beat
     uniform_draws: int = 2
     slopes: tuple[float, ...] = ()  # depth-slope profiles (see the module docstring)
-    slope_draws: int = 4  # data orders each depth slope is finetuned with
+    slope_draws: int = 4  # data orders each depth slope (and named profile) is finetuned with
+    # named profiles: (name, relative keep value per group in model order), finetuned like the slopes
+    profiles: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
 
 QUICK = Settings(seeds=(0,), limit=300, val_limit=200, finetune_epochs=2, allocations=3, screen=6, screen_top=1,
@@ -68,6 +70,14 @@ NOISE_SEED = 1000  # the noise-floor finetune's data order: seed + NOISE_SEED
 
 def slope_kind(slope: float) -> str:
     return f"depth slope {slope:g}"
+
+
+def profile_kind(name: str) -> str:
+    return f"profile {name}"
+
+
+#: The allocations finetuned with ``slope_draws`` data orders each (compared in expectation).
+DRAWN_PREFIXES = ("depth slope", "profile ")
 
 REFINED = ("uniform, refined", "best random by val, refined")
 UNIFORM_KINDS = ("uniform", "uniform, another seed", "uniform, draw")  # every finetune of the uniform cut
