@@ -159,7 +159,8 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
         if len(values) != len(proj.sizes):
             raise SystemExit(f"--profiles {name}: {len(values)} values for {len(proj.sizes)} groups of {tb} "
                              f"({', '.join(proj.sizes)})")
-        allocs.append({"kind": profile_kind(name), "profile": dict(zip(proj.sizes, values))})
+        top = max(values)  # relative: the largest keeps 1, as a projected profile must
+        allocs.append({"kind": profile_kind(name), "profile": {g: v / top for g, v in zip(proj.sizes, values)}})
     t3 = time.perf_counter()
     for a in allocs:
         a["widths"] = proj.project(a["profile"], target).widths
