@@ -296,8 +296,8 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
 def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick: bool) -> Path | None:
     """Proxy score against finetuned val accuracy of the screened candidates that ran as trials,
     one colour per budget, Spearman per search in the legend; written to
-    ``out_dir/svb_proxy_<model>[_slope][_b<budgets>][_quick].png`` (``_slope``: the search over depth
-    slopes; ``_b10``: a run of other budgets than the default ones). None when no search finetuned a screened candidate."""
+    ``out_dir/svb_proxy_<model>[_slope][_b<budgets>][_s<seeds>][_quick].png`` (``_slope``: the search over
+    depth slopes; ``_b10``: a run of other budgets than the default ones; ``_s0-5``: of other seeds). None when no search finetuned a screened candidate."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -323,6 +323,8 @@ def plot_proxy(s: Settings, rows: dict[float, list[dict]], out_dir: Path, quick:
     ax.grid(alpha=0.3)
     out_dir.mkdir(parents=True, exist_ok=True)
     only = "" if s.budgets == Settings.budgets else "_b" + "_".join(str(round(100 * f)) for f in s.budgets)
+    if s.seeds != Settings.seeds and not quick:
+        only += f"_s{min(s.seeds)}-{max(s.seeds)}" if len(s.seeds) > 1 else f"_s{s.seeds[0]}"
     path = out_dir / f"svb_proxy_{s.model}{'_slope' if s.tie == 'slope' else ''}{only}{'_quick' if quick else ''}.png"
     fig.tight_layout()
     fig.savefig(path, dpi=110)
