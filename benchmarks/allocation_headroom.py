@@ -285,8 +285,6 @@ def read_rows(root: Path) -> tuple[list[dict], list[dict]]:
     return list(bases.values()), list(rows.values())
 
 
-
-
 def refine(s: Settings, root: Path, epochs: int) -> None:
     """Finetune uniform and the best-by-val random allocation (of the first ``s.allocations``) of each
     testbed and seed of ``root/rows.jsonl`` again for ``epochs`` epochs (same data order as before):

@@ -95,6 +95,13 @@ def _profiles(s: Settings, rows: list[dict]) -> None:
                                           for name, values in s.profiles], pick=False)
 
 
+def _test_draws(s: Settings, rows: list[dict], tb: str, kinds: tuple[str, ...]) -> dict[int, list[float]]:
+    """Per seed of ``s`` (those with any), the test accuracies of ``tb``'s finetunes of ``kinds``."""
+    got = {seed: [r["test_acc"] for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in kinds]
+           for seed in s.seeds}
+    return {seed: xs for seed, xs in got.items() if xs}
+
+
 def _against_uniform(s: Settings, rows: list[dict], label: str, entries: list[tuple[str, str]], pick: bool) -> None:
     """The table of :func:`_slopes` and :func:`_profiles`: ``entries`` (shown name, row kind)."""
     print(f"| testbed | {label} | widths (seed {s.seeds[0]}) | draws | Δ mean test per seed (pt) | mean Δ (pt) | "
@@ -102,15 +109,11 @@ def _against_uniform(s: Settings, rows: list[dict], label: str, entries: list[tu
     print("|---|---:|---|---:|---|---:|---:|")
     for tb in s.testbeds:
         picks = []
-        uni_by_seed = {}
-        for seed in s.seeds:
-            uni = [r["test_acc"] for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS]
-            if uni:
-                uni_by_seed[seed] = statistics.mean(uni)
+        uni_draws = _test_draws(s, rows, tb, UNIFORM_KINDS)
+        uni_by_seed = {seed: statistics.mean(xs) for seed, xs in uni_draws.items()}
         by_seed: dict[int, dict[str, list[dict]]] = {}
         if uni_by_seed:
-            n_uni = [sum(r["tb"] == tb and r["seed"] == seed and r["kind"] in UNIFORM_KINDS for r in rows)
-                     for seed in uni_by_seed]
+            n_uni = [len(xs) for xs in uni_draws.values()]
             u0 = next((r for r in rows if r["tb"] == tb and r["seed"] == s.seeds[0] and r["kind"] == "uniform"), None)
             widths = " ".join(str(w) for w in u0["widths"].values()) if u0 else ""
             print(f"| {TESTBEDS[tb].label} | uniform (reference, mean test %) | {widths} | {min(n_uni)}–{max(n_uni)} | "
@@ -223,9 +226,7 @@ def report_by_lr(s: Settings, runs: list[list[dict]], title: str | None) -> None
     print("|---:|---|---:|---:|---|---:|---|---:|")
 
     def per_seed(rows: list[dict], kinds: tuple[str, ...]) -> tuple[dict[int, float], int]:
-        got = {seed: [r["test_acc"] for r in rows if r["tb"] == tb and r["seed"] == seed and r["kind"] in kinds]
-               for seed in s.seeds}
-        got = {seed: xs for seed, xs in got.items() if xs}
+        got = _test_draws(s, rows, tb, kinds)
         return {seed: statistics.mean(xs) for seed, xs in got.items()}, min(map(len, got.values()), default=0)
 
     for lr in sorted(by_lr):
