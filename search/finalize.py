@@ -126,8 +126,9 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     exact McNemar p-value at most ``pick_alpha`` (None: the best on select, whatever the
     margin). ``with_scratch`` also trains every candidate from random weights for
     ``scratch_epochs`` (None: ``search.scratch_epochs``; distilled with ``distill``) and
-    those runs compete for the pick (the reference of ``pick_alpha`` stays the uniform
-    baseline finetuned). ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
+    those runs compete for the pick (the reference of ``pick_alpha`` and of every
+    ``select_p`` is then the uniform baseline trained longest:
+    :func:`search.finalpick.reference_variant`). ``fresh`` deletes ``final.parquet``/``final_epochs.parquet``
     first. ``options`` is a :class:`search.tuner.SearchOptions` (cluster address, verbosity,
     injected ``trial_fn``/``prepare_fn``). Candidates already in ``final.parquet`` are skipped.
     Raises UsageError (before Ray starts) for bad settings (:func:`check_finalize`), an
@@ -148,7 +149,8 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
     epochs_of = {main: epochs, **{v: scratch_epochs or cfg.search.scratch_epochs for v in competing}}
     cands = [c for v in (main, *competing) for c in finalpick.candidates(targets, v)]
     ran, skipped = _run_candidates(cfg, exp_dir, options, cands, epochs_of, epochs)
-    picks = _score_and_pick(cfg, exp_dir, targets, main, competing, options, pick_alpha)
+    ref = finalpick.reference_variant(main, competing, epochs_of)
+    picks = _score_and_pick(cfg, exp_dir, targets, main, competing, ref, options, pick_alpha)
     shown = [main, *competing]
     if compare:
         shown += [v for v in finalpick.compare_variants(main) if v not in shown]
@@ -158,14 +160,14 @@ def finalize(experiment: str | os.PathLike[str], top: int, epochs: int, *, from_
                  if (c := finalpick.Candidate(by_label[label], v, None if pick.uniform else pick.row)).key not in have]
         more_ran, more_skipped = _run_candidates(cfg, exp_dir, options, extra, epochs_of, epochs)
         ran, skipped, cands = ran + more_ran, skipped + more_skipped, cands + extra
-        _score_and_pick(cfg, exp_dir, targets, main, competing, options, pick_alpha)  # scores new rows; picks stay
+        _score_and_pick(cfg, exp_dir, targets, main, competing, ref, options, pick_alpha)  # scores new rows; picks stay
     final = read_final(exp_dir)
     exported = _export_picks(cfg, exp_dir, final, picks, options) if export else {}
     data = _select_size(cfg)
     return FinalizeSummary(exp_dir=exp_dir, sources=[c.key for c in cands], ran=ran, skipped=skipped,
                            wall_s=time.perf_counter() - t0, picks={k: c.key for k, c in picks.items()},
                            exported=exported,
-                           report=finalpick.summary_text(final, targets, main, shown, data, competing))
+                           report=finalpick.summary_text(final, targets, main, shown, data, competing, ref))
 
 
 def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: Sequence[finalpick.Candidate],
@@ -201,11 +203,11 @@ def _run_candidates(cfg: ExperimentConfig, exp_dir: Path, options: Any, cands: S
 
 
 def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[finalpick.Target],
-                    main: finalpick.Variant, competing: Sequence[finalpick.Variant], options: Any,
-                    pick_alpha: float | None) -> dict[str, finalpick.Candidate]:
+                    main: finalpick.Variant, competing: Sequence[finalpick.Variant], reference: finalpick.Variant,
+                    options: Any, pick_alpha: float | None) -> dict[str, finalpick.Candidate]:
     """Score the finished rows lacking ``select_acc`` on the selection split (with their
     per-example hits), give each of a target's candidates in ``main`` and the ``competing``
-    variants its p-value against the target's uniform baseline in ``main``, mark each
+    variants its p-value against the target's uniform baseline in ``reference``, mark each
     target's pick among them (``picked``; every other row False;
     :func:`search.finalpick.pick_rows` with ``pick_alpha``), write ``final.parquet``;
     returns target label -> picked candidate."""
@@ -216,7 +218,7 @@ def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[fina
         led.update(key, **scores)
     final = led.trials()
     mains = [{c.key: c for v in (main, *competing) for c in finalpick.candidates([t], v)} for t in targets]
-    refs = [finalpick.Candidate(t, main, None).key for t in targets]  # each target's uniform, finetuned
+    refs = [finalpick.Candidate(t, reference, None).key for t in targets]  # each target's uniform baseline
     for keys, ref in zip(mains, refs):
         for key, p in finalpick.p_values(final, list(keys), ref).items():
             led.update(key, select_p=p)

@@ -50,7 +50,7 @@ from search.trial.params import baseline_defaults, ratio_key
 from search.trial.targets import project_widths
 
 __all__ = ["FINAL_EXTRA_FIELDS", "UNIFORM", "Candidate", "Target", "Variant", "asked_epochs", "candidate_params", "candidates",
-           "choose_sources", "choose_target_sources", "compare_variants", "final_params", "mcnemar_p", "p_values", "pick_rows", "plan_targets", "score_select",
+           "choose_sources", "choose_target_sources", "compare_variants", "final_params", "mcnemar_p", "p_values", "pick_rows", "plan_targets", "reference_variant", "score_select",
            "summary_text", "uniform_widths"]
 
 log = logging.getLogger(__name__)
@@ -218,6 +218,17 @@ def candidates(targets: Sequence[Target], variant: Variant) -> list[Candidate]:
     return out
 
 
+def reference_variant(main: Variant, competing: Sequence[Variant], epochs_of: Mapping[Variant, int]) -> Variant:
+    """The variant whose uniform baseline is a target's reference (``--pick-alpha`` keeps it
+    unless a search candidate beats it significantly; every ``select_p`` is against it): of
+    ``main`` and the ``competing`` variants, the one trained the most epochs (``epochs_of``),
+    ``main`` on ties. With ``--with-scratch`` that is usually the uniform from scratch: the
+    longest-trained uniform is the strongest default a search has to beat (measured in the
+    README's search_vs_baselines blocks: with the finetuned uniform as the reference, the
+    safe pick fell below the uniform trained from scratch)."""
+    return max([main, *competing], key=lambda v: epochs_of.get(v, 0) + (0.5 if v == main else 0))
+
+
 def compare_variants(main: Variant) -> list[Variant]:
     """What ``--compare`` adds for a pick: of {finetune, finetune + distillation, from scratch
     (distilled if ``main`` distils)}, those that are not ``main``."""
@@ -309,7 +320,7 @@ def _reference(rows: pd.DataFrame, reference: str | None) -> pd.DataFrame:
 def p_values(final: pd.DataFrame, keys: Sequence[str], reference: str | None = None) -> dict[str, float]:
     """``{candidate: select_p}`` for the finished rows among ``keys`` (one target's candidates)
     other than the reference: :func:`mcnemar_p` against the reference, the candidate
-    ``reference`` (with several variants competing: the uniform baseline of the main one),
+    ``reference`` (with several variants competing: :func:`reference_variant`'s uniform baseline),
     else the uniform baseline among ``keys``. Empty without that row or without hits (no
     selection split, an older finalize)."""
     rows = final[final["candidate"].isin(list(keys)) & (final["status"] == "TERMINATED")]
@@ -364,11 +375,13 @@ def _diff(a: Any, b: Any) -> str:
 
 
 def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, shown_variants: Sequence[Variant],
-                 select_size: int | None, competing: Sequence[Variant] = ()) -> str:
+                 select_size: int | None, competing: Sequence[Variant] = (), reference: Variant | None = None) -> str:
     """One table per target (candidate, variant, widths, MACs, val, select, test, ``*`` = the
     pick) and the line ``search pick vs uniform at target T: +x.xx pt on select (McNemar p = P), +y.yy pt on
     test`` (the best search candidate on select, in ``main`` or a ``competing`` variant, against
-    the uniform baseline in ``main``) naming what was handed back."""
+    the uniform baseline in ``reference``, default ``main``: :func:`reference_variant`) naming
+    what was handed back."""
+    reference = reference or main
     lines = []
     how = f"select ({select_size} samples)" if select_size else "val (no selection split: data.select_fraction is null)"
     picked_among = [main, *competing]
@@ -391,15 +404,16 @@ def summary_text(final: pd.DataFrame, targets: Sequence[Target], main: Variant, 
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(cell, width)).rstrip() for cell in cells]
         ranked = rows[rows["variant"].isin([v.name for v in picked_among])]
         search = pick_rows(ranked[ranked["is_uniform"] != True], list(keys))  # noqa: E712 (nullable)
-        uniform = rows[rows["candidate"] == Candidate(t, main, None).key]
+        uniform = rows[rows["candidate"] == Candidate(t, reference, None).key]
         if not search.empty and not uniform.empty:
             s, u = search.iloc[0], uniform.iloc[0]
             picked = ranked[ranked["picked"] == True]  # noqa: E712 (nullable)
-            handed = "uniform"
+            vs = "uniform" if reference == main else f"uniform ({reference.name})"
+            handed = vs
             if not picked.empty and picked.iloc[0]["candidate"] != u["candidate"]:
                 key = str(picked.iloc[0]["candidate"])
                 handed = key if _true(picked.iloc[0]["is_uniform"]) else f"search trial {key}"
             p = "" if is_missing(s.get("select_p")) else f" (McNemar p = {float(s['select_p']):.2f})"
-            lines.append(f"  search pick vs uniform at target {t.label}: {_diff(s['select_acc'], u['select_acc'])} on "
+            lines.append(f"  search pick vs {vs} at target {t.label}: {_diff(s['select_acc'], u['select_acc'])} on "
                          f"select{p}, {_diff(s['test_acc'], u['test_acc'])} on test (handed back: {handed})")
     return "\n".join(lines)

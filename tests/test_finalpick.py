@@ -334,9 +334,11 @@ def test_run_with_a_finalize_section_finalizes_at_its_end(tmp_path: Path, cli: C
     assert (scratch["mode"] == "scratch").all() and (scratch["epochs"] == 2).all() and len(scratch) == 2
     assert (final[final["variant"] == "finetune"]["epochs"] == 1).all()
     assert final["picked"].astype(bool).idxmax() == final.sort_values(["select_acc", "val_acc"], ascending=False).index[0]
-    ref = [k for k in final.index if k.startswith("uniform@") and final.loc[k, "variant"] == "finetune"]
+    # The reference: the uniform baseline trained longest (from scratch, 2 epochs > 1).
+    ref = [k for k in final.index if k.startswith("uniform@") and final.loc[k, "variant"] == "scratch"]
     assert final["select_p"].isna().tolist() == [k in ref for k in final.index]  # each challenger vs the reference
-    assert "search pick vs uniform at target" in proc.stdout and "finetune and scratch, picked on select" in proc.stdout
+    assert "search pick vs uniform (scratch) at target" in proc.stdout
+    assert "finetune and scratch, picked on select" in proc.stdout
 
 
 def test_rows_of_an_older_finalize_are_candidates_by_their_source(tmp_path: Path) -> None:
@@ -369,8 +371,8 @@ def test_summary_has_a_table_per_target_and_the_line_against_uniform(tmp_path: P
     assert star.split()[1] == "a" and "85.00" in star and "82.00" in star
     assert ("search pick vs uniform at target 300,000 MACs (best trial): +5.00 pt on select, +2.00 pt on test "
             "(handed back: search trial a)") in text
-    # with_scratch: the uniform baseline from scratch, picked, is named; the line still compares
-    # the best search candidate with the uniform baseline finetuned.
+    # with_scratch: the uniform baseline from scratch, picked, is named; the line compares the
+    # best search candidate with the reference's uniform baseline (main's by default).
     scratch = Candidate(target, Variant(True, False), None)
     led.add_trial({"trial_id": "t-s", "status": "TERMINATED", "val_acc": 0.9, "test_acc": 0.83, "select_acc": 0.9,
                    "macs": 290_000, "widths": [12, 24, 24],
@@ -382,3 +384,15 @@ def test_summary_has_a_table_per_target_and_the_line_against_uniform(tmp_path: P
                                   [Variant(True, False)])
     assert "1 search trial + uniform L1, finetune and scratch, picked on select (20 samples)" in text
     assert f"+5.00 pt on select, +2.00 pt on test (handed back: {scratch.key})" in text
+    text = finalpick.summary_text(led.trials(), [target], Variant(), [Variant(), Variant(True, False)], 20,
+                                  [Variant(True, False)], Variant(True, False))
+    assert (f"search pick vs uniform (scratch) at target 300,000 MACs (best trial): -5.00 pt on select, -1.00 pt on "
+            "test (handed back: uniform (scratch))") in text
+
+
+def test_the_reference_is_the_uniform_trained_longest() -> None:
+    main, scratch = Variant(False, True), Variant(True, True)
+    assert finalpick.reference_variant(main, [], {main: 5}) == main
+    assert finalpick.reference_variant(main, [scratch], {main: 5, scratch: 35}) == scratch
+    assert finalpick.reference_variant(main, [scratch], {main: 5, scratch: 5}) == main  # ties: main
+    assert finalpick.reference_variant(main, [scratch], {main: 40, scratch: 35}) == main

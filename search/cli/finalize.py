@@ -50,8 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "beside the pick, never picked)")
     p.add_argument("--pick-alpha", type=float,
                    help="keep the uniform baseline as the pick unless the best search candidate on the selection "
-                        "split beats it there with a one-sided exact McNemar p-value <= this (e.g. 0.1); default: "
-                        "the config's finalize.pick_alpha (null: the best on select, whatever the margin)")
+                        "split beats it there with a one-sided exact McNemar p-value <= this (e.g. 0.1; with "
+                        "--with-scratch: the uniform baseline trained the most epochs); default: the config's "
+                        "finalize.pick_alpha (null: the best on select, whatever the margin)")
     p.add_argument("--no-export", dest="export", action="store_false", help="do not export the picks")
     p.add_argument("--fresh", action="store_true", help="delete final.parquet first (run every candidate again)")
     add_cluster(p)

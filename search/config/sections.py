@@ -182,7 +182,8 @@ class FinalizeSection(_Section):
     # a one-sided exact McNemar p-value <= pick_alpha; None: the best on select, whatever the margin.
     pick_alpha: float | None = Field(None, gt=0, le=1)
     # Every candidate is also trained from random weights (scratch_epochs, distilled with distill)
-    # and those runs compete for the pick with the finetuned ones.
+    # and those runs compete for the pick with the finetuned ones; pick_alpha's reference is then
+    # the uniform baseline trained the most epochs (finalpick.reference_variant).
     with_scratch: bool = False
     scratch_epochs: int | None = Field(None, ge=1)  # None: search.scratch_epochs
 
