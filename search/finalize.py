@@ -219,9 +219,11 @@ def _score_and_pick(cfg: ExperimentConfig, exp_dir: Path, targets: Sequence[fina
     final = led.trials()
     mains = [{c.key: c for v in (main, *competing) for c in finalpick.candidates([t], v)} for t in targets]
     refs = [finalpick.Candidate(t, reference, None).key for t in targets]  # each target's uniform baseline
+    have = set(led.keys())
     for keys, ref in zip(mains, refs):
-        for key, p in finalpick.p_values(final, list(keys), ref).items():
-            led.update(key, select_p=p)
+        p = finalpick.p_values(final, list(keys), ref)
+        for key in have.intersection(keys):  # the reference's own: none (a rerun may change the reference)
+            led.update(key, select_p=p.get(key))
     final = led.trials()
     picks: dict[str, finalpick.Candidate] = {}
     for t, keys, ref in zip(targets, mains, refs):

@@ -234,6 +234,34 @@ def test_with_scratch_the_from_scratch_runs_compete_against_the_finetuned_unifor
     assert list(finalpick.pick_rows(led.trials(), keys, None, ref)["candidate"]) == ["a+distill"]
 
 
+def test_a_rerun_with_another_reference_leaves_no_stale_p_values(tmp_path: Path) -> None:
+    """Finalize gives every candidate its p against the reference; the reference itself has none,
+    also when a rerun (here: --with-scratch after a finalize without it) changes the reference."""
+    from types import SimpleNamespace
+
+    from search.finalize import _score_and_pick
+
+    cfg = config_from_dict(CONFIG)
+    target = Target("10% MACs", 0.1, None, pd.DataFrame([{"trial_id": "a"}]))
+    main, scratch = Variant(False, True), Variant(True, True)
+    uniform = [1] * 70 + [0] * 30
+    led = FinalLedger(tmp_path, cfg.experiment.name)
+    for cand, hits in ((Candidate(target, main, None), uniform), (Candidate(target, main, {"trial_id": "a"}),
+                                                                  [1] * 75 + [0] * 25),
+                       (Candidate(target, scratch, None), [1] * 85 + [0] * 15)):
+        params = {"final_candidate": cand.key, "final_variant": cand.variant.name, "final_uniform": cand.uniform}
+        led.add_trial({"trial_id": f"t-{cand.key}", "status": "TERMINATED", "val_acc": 0.9, "macs": 100,
+                       "select_acc": sum(hits) / 100, "select_hits": _packed(hits), "params_json": json.dumps(params)})
+    led.flush()
+    _score_and_pick(cfg, tmp_path, [target], main, [scratch], main, SimpleNamespace(), 0.1)
+    p = read_final(tmp_path).set_index("candidate")["select_p"]
+    assert p.isna().tolist() == [True, False, False] and p["uniform@0.1+scratch+distill"] < 0.1
+    picks = _score_and_pick(cfg, tmp_path, [target], main, [scratch], scratch, SimpleNamespace(), 0.1)
+    p = read_final(tmp_path).set_index("candidate")["select_p"]
+    assert p.isna().tolist() == [False, False, True]  # the new reference's old p is gone
+    assert p["a+distill"] == 1.0 and picks["10% MACs"].key == "uniform@0.1+scratch+distill"
+
+
 def test_uniform_widths_meet_the_target_macs(tmp_path: Path) -> None:
     from search.trial.base import BaseArtifacts
     from search.trial.materialize import untrained_model
