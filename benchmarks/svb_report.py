@@ -244,9 +244,9 @@ def _arm_goals(s: Settings, frac: float, arm: str) -> list[tuple[str, str, float
         goals.append((scratch_uni, f"{at}: {arm} ≥ its own uniform L1 from scratch, i.e. the widths add to the "
                                    f"recipe", 0.0, False))
     main = "search + finalize" if s.finalize_plain else "search + finalize --distill"
-    if arm in (main, f"{main} --with-scratch", f"{main} --long"):
-        # (f) trains the widths of the first finalize variant's pick; the longer-training
-        # readings of that finalize are held to it too (the model a user would take)
+    if arm.removesuffix(" --pick-alpha") in (main, f"{main} --with-scratch", f"{main} --long"):
+        # (f) trains the widths of the first finalize variant's pick; the longer-training and
+        # --pick-alpha readings of that finalize are held to it too (the model a user would take)
         of = "" if arm == main else f", the widths of {main}'s pick"
         goals.append(("scratch, widths of (e)", f"{at}: {arm} ≥ the same widths from scratch (f){of}", 0.0, False))
     return goals
@@ -277,92 +277,6 @@ def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -
                 if other is not None:
                     d = 100 * (ef - other)
                     checks.append((f"{text} ({d:+.2f} pt{_paired(r, arm, rival) if paired else ''})", d >= margin))
-    searches = [r for frac in s.budgets for r in rows[frac] if r["arm"] == "search, best trial" and "error" not in r]
-    print("The search over every seed and budget:\n")
-    print(f"- trials over their target (ledger: macs > macs_target × base MACs): "
-          f"{sum(r['over_target'] for r in searches)} of {sum(r['finished'] for r in searches)} finished trials "
-          f"in {len(searches)} searches")
-    for arm in FINALIZE_ARMS:
-        picks = [r for frac in s.budgets for r in rows[frac] if r["arm"] == arm and "error" not in r]
-        if not picks:
-            continue
-        rel = [r["macs"] / (r["macs_target"] * dense_macs) for r in picks]
-        print(f"- `{arm}` pick: MACs {min(rel):.2%} to {max(rel):.2%} of its target; the uniform baseline picked "
-              f"{sum(r['pick_uniform'] for r in picks)} time(s), a search trial {sum(not r['pick_uniform'] for r in picks)} "
-              f"time(s) of {len(picks)}")
-        for rival in filter(None, (_uniform_of(arm), "uniform l1 + distill", _scratch_uniform_of(arm))):
-            d = [100 * (r["test_acc"] - u["test_acc"]) for frac in s.budgets for r in rows[frac] if r["arm"] == arm
-                 and "error" not in r for u in rows[frac] if u["arm"] == rival and "error" not in u
-                 and u.get("seed") == r.get("seed")]
-            if d:
-                print(f"  - on test vs {LABEL.get(rival, rival)}: beat it in {sum(x > 0 for x in d)} of {len(d)} "
-                      f"(seed, budget) runs (Δ pt: {', '.join(f'{x:+.2f}' for x in d)})")
-    rhos = [r["proxy_rho"] for r in searches if r["proxy_rho"] is not None]
-    if rhos:
-        print(f"- proxy `{s.screen_proxy}` Spearman rank correlation with finetuned val accuracy: "
-              f"{', '.join(f'{x:+.2f}' for x in rhos)} (mean {statistics.mean(rhos):+.2f})")
-    else:
-        print(f"- proxy `{s.screen_proxy}`: no rank correlation (fewer than 3 finetuned screened candidates per search)")
-    print()
-
-
-def _goals(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]]) -> None:
-    """The goals of issue 17 ("Done when"), met or not, from the mean test accuracies. The deeper
-    testbed's goals (+1.0 pt at 10%, >= uniform + distillation at 30%) are checked on any testbed
-    but only count on the deeper one (the line says which testbed it ran on)."""
-    dense = statistics.mean(b["test_acc"] for b in bases.values())
-    dense_macs = statistics.mean(b["macs"] for b in bases.values())
-    checks = []
-    low = min(s.budgets)
-    a = _mean(rows[low], "uniform l1")
-    if a is not None:
-        checks.append((f"design check: uniform L1 at {low:.0%} loses ≥ 2 pt vs dense ({100 * (a - dense):+.2f} pt)",
-                       100 * (dense - a) >= 2.0))
-    # Each finalize arm (plain, and --distill when run) is checked on its own: taking the better
-    # of the two on test would be choosing on the test set.
-    for frac in s.budgets:
-        r = rows[frac]
-        ad, b, f = (_mean(r, arm) for arm in ("uniform l1 + distill", "global Taylor (torch-pruning)",
-                                               "scratch, widths of (e)"))
-        for arm in FINALIZE_ARMS:
-            ef = _mean(r, arm)
-            if ef is None:
-                continue
-            if ad is not None:
-                checks.append((f"{frac:.0%}: {arm} ≥ uniform L1 + distillation − 0.2 pt ({100 * (ef - ad):+.2f} pt)",
-                               100 * (ef - ad) >= -0.2))
-            uni = _mean(r, _uniform_of(arm))
-            scratch_uni = _mean(r, _scratch_uniform_of(arm))  # None for an arm without --with-scratch
-            if uni is not None:  # the same trainer and epochs as the pick: the like-for-like baseline
-                checks.append((f"{frac:.0%}: {arm} ≥ finalize's own uniform L1 at the target − 0.2 pt "
-                               f"({100 * (ef - uni):+.2f} pt)", 100 * (ef - uni) >= -0.2))
-            if abs(frac - 0.1) < 1e-9 and ad is not None:
-                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation + 1.0 pt "
-                               f"({100 * (ef - ad):+.2f} pt{_paired(r, arm, 'uniform l1 + distill')})",
-                               100 * (ef - ad) >= 1.0))
-            if abs(frac - 0.1) < 1e-9 and b is not None:
-                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ global Taylor (torch-pruning) + 1.0 pt "
-                               f"({100 * (ef - b):+.2f} pt{_paired(r, arm, 'global Taylor (torch-pruning)')})",
-                               100 * (ef - b) >= 1.0))
-            alike = uni if "--long" in arm else scratch_uni if "--with-scratch" in arm else None
-            if abs(frac - 0.1) < 1e-9 and alike is not None:  # (a) trains 5 epochs; these arms train far longer
-                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 trained alike (as long, the same "
-                               f"way) + 1.0 pt, the goal at equal training ({100 * (ef - alike):+.2f} pt"
-                               f"{_paired(r, arm, _uniform_of(arm) if '--long' in arm else _scratch_uniform_of(arm))})",
-                               100 * (ef - alike) >= 1.0))
-            if abs(frac - 0.3) < 1e-9 and ad is not None:
-                checks.append((f"{frac:.0%} ({s.label}): {arm} ≥ uniform L1 + distillation ({100 * (ef - ad):+.2f} pt)",
-                               ef >= ad))
-            if scratch_uni is not None:  # the same recipe at uniform widths: what the search's widths add
-                checks.append((f"{frac:.0%}: {arm} ≥ its own uniform L1 from scratch, i.e. the widths add to the "
-                               f"recipe ({100 * (ef - scratch_uni):+.2f} pt)", ef >= scratch_uni))
-            main = "search + finalize" if s.finalize_plain else "search + finalize --distill"
-            if arm in (main, f"{main} --with-scratch", f"{main} --long") and f is not None:
-                # (f) trains the widths of the first finalize variant's pick; the longer-training
-                # readings of that finalize are held to it too (the model a user would take)
-                of = "" if arm == main else f", the widths of {main}'s pick"
-                checks.append((f"{frac:.0%}: {arm} ≥ the same widths from scratch (f){of} ({100 * (ef - f):+.2f} pt)",
-                               ef >= f))
     searches = [r for frac in s.budgets for r in rows[frac] if r["arm"] == "search, best trial" and "error" not in r]
     if searches:
         over = sum(r["over_target"] for r in searches)
