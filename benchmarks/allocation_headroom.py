@@ -155,10 +155,7 @@ def job_base(s: Settings, tb: str, seed: int, ckpt: str) -> dict:
             prof = {g: (lo / d[g]) ** beta if beta > 0 else (d[g] / hi) ** -beta for g in d}
             allocs.append({"kind": kind, "profile": prof})
     allocs += [{"kind": slope_kind(sl), "profile": depth_profile(list(proj.sizes), sl)} for sl in s.slopes]
-    for name, values in s.profiles:
-        if len(values) != len(proj.sizes):
-            raise SystemExit(f"--profiles {name}: {len(values)} values for {len(proj.sizes)} groups of {tb} "
-                             f"({', '.join(proj.sizes)})")
+    for name, values in s.profiles:  # their lengths were checked by main (_check_profiles)
         top = max(values)  # relative: the largest keeps 1, as a projected profile must
         allocs.append({"kind": profile_kind(name), "profile": {g: v / top for g, v in zip(proj.sizes, values)}})
     t3 = time.perf_counter()
@@ -337,6 +334,29 @@ def _parse_profiles(p: argparse.ArgumentParser, items: list[str] | None) -> tupl
     return tuple(out)
 
 
+def _group_names(tb: str) -> list[str]:
+    """The prunable groups of testbed ``tb``'s model in model order (a --profiles item has one value
+    per group), from an untrained model: the groups depend on neither the data's channels nor its
+    classes."""
+    from pruning.models import create_model
+    from pruning.surgery import GroupGraph
+
+    t = TESTBEDS[tb]
+    model = create_model(t.model, 10, in_channels=1, width_mult=t.width_mult)
+    return list(GroupGraph(model, torch.zeros(1, 1, t.image_size, t.image_size)).widths())
+
+
+def _check_profiles(p: argparse.ArgumentParser, s: Settings) -> None:
+    """One line (exit 2) when a --profiles item has not one value per group of every testbed,
+    before any base model trains."""
+    for tb in s.testbeds if s.profiles else ():
+        names = _group_names(tb)
+        for name, values in s.profiles:
+            if len(values) != len(names):
+                p.error(f"--profiles {name}: {len(values)} values for the {len(names)} groups of {tb} "
+                        f"({', '.join(names)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="smoke run: tiny subset, 1 seed, few allocations")
@@ -383,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     s = replace(s, **over)
     if not 0 < s.budget < 1:
         p.error(f"--budget must be a fraction in (0, 1), got {s.budget:g}")
+    _check_profiles(p, s)
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING)
     import shutil
