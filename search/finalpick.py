@@ -226,7 +226,7 @@ def reference_variant(main: Variant, competing: Sequence[Variant], epochs_of: Ma
     longest-trained uniform is the strongest default a search has to beat (measured in the
     README's search_vs_baselines blocks: with the finetuned uniform as the reference, the
     safe pick fell below the uniform trained from scratch)."""
-    return max([main, *competing], key=lambda v: epochs_of.get(v, 0) + (0.5 if v == main else 0))
+    return max([main, *competing], key=lambda v: (epochs_of.get(v, 0), v == main))
 
 
 def compare_variants(main: Variant) -> list[Variant]:
