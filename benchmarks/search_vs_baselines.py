@@ -282,17 +282,34 @@ def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[in
     return bases, rows
 
 
-def report_from(root: Path, plot_dir: Path) -> int:
-    """The report of a run kept with ``--keep``, from ``settings.json`` and ``arms.jsonl`` (the
-    last row of each arm; a run that was interrupted reports what it finished)."""
+def _kept(root: Path) -> tuple[dict, dict[tuple, dict]]:
+    """A run kept with ``--keep``: its ``settings.json`` and the last row of each arm of its
+    ``arms.jsonl`` (a run that was interrupted has what it finished)."""
     raw = json.loads((root / "settings.json").read_text())
-    quick = raw.pop("quick")
-    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     last: dict[tuple, dict] = {}
     with open(root / "arms.jsonl") as f:
         for line in f:
             row = json.loads(line)
             last[tuple(row.pop("key"))] = row
+    return raw, last
+
+
+def report_from(roots: list[Path], plot_dir: Path) -> int:
+    """The report of a run kept with ``--keep``, from ``settings.json`` and ``arms.jsonl``;
+    several ``roots``: runs of the same settings on other seeds (``--seeds``), read as one run
+    of all their seeds (the settings must agree but for the seeds, and no seed may repeat)."""
+    raw, last = _kept(roots[0])
+    for root in roots[1:]:
+        other, more = _kept(root)
+        differ = sorted(k for k in raw.keys() | other.keys() if k != "seeds" and raw.get(k) != other.get(k))
+        if differ:
+            raise SystemExit(f"--report-from {root}: its settings differ from {roots[0]}'s in {', '.join(differ)}")
+        if set(raw["seeds"]) & set(other["seeds"]):
+            raise SystemExit(f"--report-from {root}: seeds {sorted(set(raw['seeds']) & set(other['seeds']))} are "
+                             f"also in an earlier DIR")
+        raw, last = {**raw, "seeds": raw["seeds"] + other["seeds"]}, {**last, **more}
+    quick = raw.pop("quick")
+    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
     bases = {k[0]: v for k, v in last.items() if k[1] == "dense" and "error" not in v}
     rows: dict[float, list[dict]] = {frac: [] for frac in s.budgets}
     for k, v in last.items():
@@ -348,7 +365,7 @@ def refinalize(root: Path, plot_dir: Path, only: tuple[str, ...] = (), budgets: 
         _collect(pending, root)
     finally:
         pool.shutdown(cancel_futures=True)
-    return report_from(root, plot_dir)
+    return report_from([root], plot_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,8 +407,9 @@ def main(argv: list[str] | None = None) -> int:
                         "arms train), in a copy of each experiment, its own arm: is a gain of --with-scratch from "
                         "training from scratch or from training longer?; with --refinalize DIR: only that (with "
                         "--finalize-scratch: both)")
-    p.add_argument("--report-from", metavar="DIR",
-                   help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing")
+    p.add_argument("--report-from", metavar="DIR", nargs="+",
+                   help="print the report of the run kept in DIR (--keep DIR) from its arms.jsonl, running nothing; "
+                        "several DIRs: runs of the same settings on other --seeds, reported as one")
     args = p.parse_args(argv)
     s = for_testbed(QUICK if args.quick else Settings(), args.model, args.width_mult)
     s = replace(s, seeds=tuple(args.seeds or s.seeds), budgets=tuple(args.budgets or s.budgets), search_trials=args.trials or s.search_trials,
@@ -406,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     if s.screen_keep > s.screen_candidates:
         p.error(f"--screen-keep {s.screen_keep} > --screen-candidates {s.screen_candidates}")
     if args.report_from:
-        return report_from(Path(args.report_from), Path(args.plot_dir))
+        return report_from([Path(d) for d in args.report_from], Path(args.plot_dir))
     if args.refinalize:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         logging.basicConfig(level=logging.WARNING)

@@ -132,8 +132,9 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
                 extra += _mean(rows[frac], "search, best trial", "compute") or 0
             compute = statistics.mean(r["compute"] for r in ok) + extra
             over = " (over budget)" if arm != "dense" and max(r["macs"] for r in ok) > frac * dense_macs else ""
+            few = f" ({len(ok)} of {len(s.seeds)} seeds)" if len(ok) < len(s.seeds) else ""  # failed or not run yet
             print(f"| {LABEL[arm]} | {statistics.mean(r['macs'] for r in ok) / dense_macs:.1%}{over} | "
-                  f"{_ms([r['test_acc'] for r in ok])} | {100 * (statistics.mean(r['test_acc'] for r in ok) - dense):+.2f} | "
+                  f"{_ms([r['test_acc'] for r in ok])}{few} | {100 * (statistics.mean(r['test_acc'] for r in ok) - dense):+.2f} | "
                   f"{_ms([r['val_acc'] for r in ok])} | {compute / base_compute:.2f} | "
                   f"{_span([r['epochs'] for r in ok])} |")
         print()
