@@ -152,7 +152,8 @@ def report(s: Settings, bases: dict[int, dict], rows: dict[float, list[dict]], w
                       f"{' '.join(map(str, r['uniform_widths'].values()))}).")
         for r in rows[frac]:
             if r["arm"].startswith("search + finalize") and "error" not in r:
-                p = "" if r.get("select_p") is None else f", McNemar p vs uniform {r['select_p']:.2f}"
+                vs = "uniform from scratch" if "--with-scratch" in r["arm"] else "uniform"  # the reference
+                p = "" if r.get("select_p") is None else f", McNemar p vs {vs} {r['select_p']:.2f}"
                 how = f" ({r['variant']})" if r.get("variant") else ""
                 print(f"- seed {r['seed']}: `{r['arm']}` picked {'the uniform baseline' if r['pick_uniform'] else 'a search trial'}{how} "
                       f"(`{r['candidate']}`, of {r['candidates']} candidates; select {100 * (r['select_acc'] or 0):.2f}%{p}), "
