@@ -282,6 +282,12 @@ def run_all(s: Settings, root: Path, pool: ProcessPoolExecutor) -> tuple[dict[in
     return bases, rows
 
 
+def _settings(raw: dict) -> tuple[Settings, bool]:
+    """The Settings of a kept run's ``settings.json`` (lists back to tuples) and its ``quick``."""
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k != "quick"}
+    return Settings(**fields), bool(raw["quick"])
+
+
 def _kept(root: Path) -> tuple[dict, dict[tuple, dict]]:
     """A run kept with ``--keep``: its ``settings.json`` and the last row of each arm of its
     ``arms.jsonl`` (a run that was interrupted has what it finished)."""
@@ -308,8 +314,7 @@ def report_from(roots: list[Path], plot_dir: Path) -> int:
             raise SystemExit(f"--report-from {root}: seeds {sorted(set(raw['seeds']) & set(other['seeds']))} are "
                              f"also in an earlier DIR")
         raw, last = {**raw, "seeds": raw["seeds"] + other["seeds"]}, {**last, **more}
-    quick = raw.pop("quick")
-    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    s, quick = _settings(raw)
     bases = {k[0]: v for k, v in last.items() if k[1] == "dense" and "error" not in v}
     rows: dict[float, list[dict]] = {frac: [] for frac in s.budgets}
     for k, v in last.items():
@@ -328,9 +333,7 @@ def refinalize(root: Path, plot_dir: Path, only: tuple[str, ...] = (), budgets: 
     kept finalizes, whose finetuned rows it reuses; "long": every candidate finetuned as long
     as scratch trains, in a copy of the experiment), and record in ``settings.json`` that the
     run has those arms. ``budgets``: only these (default: every budget of the run)."""
-    raw = json.loads((root / "settings.json").read_text())
-    quick = raw.pop("quick")
-    s = Settings(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+    s, quick = _settings(json.loads((root / "settings.json").read_text()))
     more = replace(s, finalize_scratch=s.finalize_scratch or "scratch" in only,
                    finalize_long=s.finalize_long or "long" in only)
     if more != s:
